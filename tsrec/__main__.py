@@ -1,0 +1,3 @@
+from tsrec.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""params.yaml is the single source of truth; each stage reads its own typed section."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from tsrec.errors import ParamError
+
+DEFAULT_PARAMS = "params.yaml"
+T = TypeVar("T")
+
+
+def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Read params.yaml (``--params`` or ``$TSREC_PARAMS`` override the default path)."""
+    path = Path(path or os.environ.get("TSREC_PARAMS") or DEFAULT_PARAMS)
+    if not path.is_file():
+        raise ParamError("params file not found", file=path)
+    try:
+        params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ParamError(f"invalid YAML: {exc}", file=path, line=mark.line + 1 if mark else None) from exc
+    if not isinstance(params, dict):
+        raise ParamError("top level must be a mapping", file=path)
+    params["_path"] = str(path)
+    return params
+
+
+def _check(value: Any, tp: Any, where: str, file: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ParamError(f"must be one of {list(typing.get_args(tp))}, got {value!r}", file=file, field=where)
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            if arg is type(None) and value is None:
+                return None
+            try:
+                return _check(value, arg, where, file)
+            except ParamError as exc:
+                errors.append(str(exc))
+        raise ParamError(f"{value!r} matches none of {tp}", file=file, field=where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ParamError(f"must be a list, got {value!r}", file=file, field=where)
+        (arg, *_) = typing.get_args(tp) or (Any,)
+        return [_check(v, arg, f"{where}[{i}]", file) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamError(f"must be a mapping, got {value!r}", file=file, field=where)
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where, file)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool):
+        raise ParamError(f"must be {tp.__name__}, got {value!r}", file=file, field=where)
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ParamError(f"must be {tp.__name__}, got {value!r}", file=file, field=where)
+    return value
+
+
+def from_dict(cls: type[T], raw: Any, where: str, file: str = DEFAULT_PARAMS) -> T:
+    """Build dataclass ``cls`` from ``raw``: unknown keys and wrong types raise ParamError."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamError(f"must be a mapping, got {raw!r}", file=file, field=where)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ParamError(f"unknown key(s) {unknown}; expected some of {sorted(names)}", file=file, field=where)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            kwargs[f.name] = _check(raw[f.name], hints[f.name], f"{where}.{f.name}", file)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ParamError("missing required key", file=file, field=f"{where}.{f.name}")
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except ValueError as exc:
+            raise ParamError(str(exc), file=file, field=where) from exc
+    return obj
+
+
+def section(params: dict[str, Any], name: str, cls: type[T]) -> T:
+    """Typed view of ``params[name]``; a ``validate()`` method on ``cls`` may raise ValueError."""
+    return from_dict(cls, params.get(name), name, params.get("_path", DEFAULT_PARAMS))

@@ -1,0 +1,34 @@
+"""HR@K (= Recall@K with one relevant item) and NDCG@K from ranked lists (REFERENCE.md section 5)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterable, Sequence
+
+KS = (1, 3, 5, 10, 20)
+MISSING = -1  # rank of a target absent from the ranked list
+
+
+def rank_of(ranked: Sequence[Hashable], target: Hashable) -> int:
+    """0-based rank of the first entry equal to ``target``, or MISSING."""
+    for r, cand in enumerate(ranked):
+        if cand == target:
+            return r
+    return MISSING
+
+
+def ranks(ranked_lists: Iterable[Sequence[Hashable]], targets: Iterable[Hashable]) -> list[int]:
+    return [rank_of(lst, t) for lst, t in zip(ranked_lists, targets, strict=True)]
+
+
+def from_ranks(row_ranks: Sequence[int], ks: Sequence[int] = KS) -> dict[str, float]:
+    """Average HR@K and NDCG@K over rows; NDCG@K = 1/log2(r+2) if r < K, else 0."""
+    if not row_ranks:
+        raise ValueError("no rows to score")
+    out: dict[str, float] = {}
+    n = len(row_ranks)
+    for k in ks:
+        hits = [r for r in row_ranks if 0 <= r < k]
+        out[f"HR@{k}"] = len(hits) / n
+        out[f"NDCG@{k}"] = sum(1.0 / math.log2(r + 2) for r in hits) / n
+    return out
