@@ -19,3 +19,11 @@ def tiny_dataset(tmp_path):
     from tsrec.synthetic import make_dataset
 
     return make_dataset(tmp_path / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory):
+    """A random 2-layer llama + real BPE tokenizer, in the backbone stage's folder layout."""
+    from tsrec.tiny import make_tiny_backbone
+
+    return make_tiny_backbone(tmp_path_factory.mktemp("backbone"))
