@@ -1,0 +1,227 @@
+"""SA-Init: initialise new SID token rows from the backbone's own embeddings of the token's keywords.
+
+Authors' recipe (REFERENCE.md section 2): tokenize the keywords joined with spaces, look up the INPUT
+embedding rows (static table), average over all sub-word pieces, rescale to the mean L2 norm of the
+(pre-resize) table, write into the token's row. Tied embeddings stay tied, so the output-head row changes too.
+
+Variants (params section ``sainit``): ``source`` keywords | description | both (keywords, then the
+description, in one text); ``pooling`` mean | idf (idf-weighted mean, smooth idf of each sub-word piece
+over the cache's texts) | max (element-wise) | contextual (mean of the backbone's last hidden states over
+the text); ``rescale`` on/off; ``levels`` any subset of a/b/c; ``random`` keeps the framework's default
+init (HF mean-resizing) for the ablation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal
+
+from tsrec.config import from_dict, section
+from tsrec.errors import TsrecError
+
+log = logging.getLogger(__name__)
+
+LEVELS = ("a", "b", "c")
+
+
+@dataclasses.dataclass
+class SAInitConfig:
+    random: bool = False                                      # True: framework default init (ablation)
+    source: Literal["keywords", "description", "both"] = "keywords"
+    pooling: Literal["mean", "idf", "max", "contextual"] = "mean"
+    rescale: bool = True                                      # to the mean L2 norm of the old table
+    levels: list[str] = dataclasses.field(default_factory=lambda: list(LEVELS))
+    batch_size: int = 16                                      # contextual pooling: texts per forward pass
+
+    def validate(self) -> None:
+        bad = [lv for lv in self.levels if lv not in LEVELS]
+        if bad:
+            raise ValueError(f"levels must be a subset of {list(LEVELS)}, got {self.levels}")
+        if len(set(self.levels)) != len(self.levels):
+            raise ValueError(f"levels has duplicates: {self.levels}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def config(params: dict[str, Any]) -> SAInitConfig:
+    return section(params, "sainit", SAInitConfig)
+
+
+def load_cache(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a keyword cache (authors' format: a JSON list of {token, keywords, description})."""
+    path = Path(path)
+    if not path.is_file():
+        raise TsrecError("keyword cache not found (run `tsrec keywords`)", file=path)
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise TsrecError(f"invalid JSON: {exc.msg}", file=path, line=exc.lineno) from exc
+    if not isinstance(records, list):
+        raise TsrecError("keyword cache must be a JSON list of {token, keywords, description}", file=path)
+    for i, r in enumerate(records):
+        if not isinstance(r, dict) or not isinstance(r.get("token"), str):
+            raise TsrecError(f"entry {i} has no string 'token'", file=path)
+        if not isinstance(r.get("keywords", []), list) or not isinstance(r.get("description", ""), str):
+            raise TsrecError("'keywords' must be a list and 'description' a string", file=path, field=r["token"])
+    return records
+
+
+def token_text(record: dict[str, Any], source: str) -> str:
+    """The text pooled for one token: keywords joined with spaces, the description, or both."""
+    parts = []
+    if source in ("keywords", "both"):
+        parts.append(" ".join(str(k).strip() for k in record.get("keywords") or [] if str(k).strip()))
+    if source in ("description", "both"):
+        parts.append(str(record.get("description") or "").strip())
+    return " ".join(p for p in parts if p)
+
+
+def _select(token_ids_by_token: dict[str, int], levels: list[str]) -> dict[str, int]:
+    from tsrec.backbone import sid_sort_key
+
+    chosen = {t: i for t, i in token_ids_by_token.items() if sid_sort_key(t)[0] in levels}
+    return dict(sorted(chosen.items(), key=lambda kv: sid_sort_key(kv[0])))
+
+
+def check_cache(records: list[dict[str, Any]], tokens: list[str], source: str) -> dict[str, dict[str, Any]]:
+    """Records for ``tokens``; refuse missing tokens (listed) and empty keyword lists / descriptions."""
+    by_token: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r["token"] in by_token:
+            raise TsrecError("keyword cache lists a token twice", field=r["token"])
+        by_token[r["token"]] = r
+    missing = [t for t in tokens if t not in by_token]
+    if missing:
+        shown = ", ".join(missing[:30]) + (f", ... ({len(missing)} in all)" if len(missing) > 30 else "")
+        raise TsrecError(f"keyword cache is missing {len(missing)} token(s) of the index: {shown}")
+    for t in tokens:
+        r = by_token[t]
+        if source in ("keywords", "both") and not [k for k in r.get("keywords") or [] if str(k).strip()]:
+            raise TsrecError("empty keyword list", field=t)
+        if source in ("description", "both") and not str(r.get("description") or "").strip():
+            raise TsrecError("empty description", field=t)
+    return {t: by_token[t] for t in tokens}
+
+
+def idf_weights(texts: list[list[int]]) -> dict[int, float]:
+    """Smooth idf per sub-word piece over documents ``texts``: log((1 + N) / (1 + df)) + 1 (always > 0)."""
+    n = len(texts)
+    df = Counter(i for ids in texts for i in set(ids))
+    return {i: math.log((1 + n) / (1 + d)) + 1.0 for i, d in df.items()}
+
+
+def pool(vectors, ids: list[int], pooling: str, idf: dict[int, float] | None = None):
+    """Pool rows ``vectors`` [n, d] (one per piece id in ``ids``) into one [d] vector."""
+    import torch
+
+    if pooling in ("mean", "contextual"):
+        return vectors.mean(0)
+    if pooling == "max":
+        return vectors.max(0).values
+    if pooling == "idf":
+        w = torch.tensor([idf[i] for i in ids], dtype=vectors.dtype)
+        return (w[:, None] * vectors).sum(0) / w.sum()
+    raise ValueError(pooling)
+
+
+def _contextual(model, tokenizer, id_lists: list[list[int]], batch_size: int) -> list:
+    """Mean of the backbone's last hidden states over each text's pieces (no special tokens added)."""
+    import torch
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.no_grad():
+            for s in range(0, len(id_lists), batch_size):
+                chunk = id_lists[s:s + batch_size]
+                width = max(len(x) for x in chunk)
+                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for j, x in enumerate(chunk):  # right padding: causal states of real pieces are unaffected
+                    ids[j, :len(x)] = torch.tensor(x)
+                    mask[j, :len(x)] = 1
+                base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+                h = base(input_ids=ids, attention_mask=mask).last_hidden_state
+                for j, x in enumerate(chunk):
+                    out.append(h[j, :len(x)].float())
+    finally:
+        model.train(was_training)
+    return out
+
+
+def sa_init(model, tokenizer, token_ids_by_token: dict[str, int], cache_records: list[dict[str, Any]],
+            cfg: SAInitConfig | dict | None = None) -> dict[str, Any]:
+    """Write SA-Init vectors into the rows of the SID tokens of ``cfg.levels``; returns a small report.
+
+    ``token_ids_by_token``: every SID token added to the model (all levels) -> its id; rows outside the
+    selected levels and all old-vocabulary rows are left unchanged. Call before LoRA wrapping.
+    """
+    import torch
+
+    from tsrec.backbone import is_tied
+
+    if cfg is None:
+        cfg = SAInitConfig()
+    elif isinstance(cfg, dict):
+        cfg = from_dict(SAInitConfig, cfg, "sainit")
+    else:
+        cfg.validate()
+    report: dict[str, Any] = {"random": cfg.random, "source": cfg.source, "pooling": cfg.pooling,
+                              "rescale": cfg.rescale, "levels": list(cfg.levels), "initialised": 0}
+    if cfg.random:
+        log.info("SA-Init off: new rows keep the framework default init")
+        return report
+    chosen = _select(token_ids_by_token, cfg.levels)
+    if not chosen:
+        log.warning("SA-Init: no SID tokens at levels %s", cfg.levels)
+        return report
+    records = check_cache(cache_records, list(chosen), cfg.source)
+
+    emb = model.get_input_embeddings().weight
+    tied = is_tied(model)
+    new_ids = set(int(i) for i in token_ids_by_token.values())
+    old_rows = torch.tensor([i for i in range(emb.shape[0]) if i not in new_ids], dtype=torch.long)
+    with torch.no_grad():
+        table = emb.detach().float()
+        target = table[old_rows].norm(dim=1).mean().item()
+
+    id_lists = []
+    for t in chosen:
+        ids = [i for i in tokenizer(token_text(records[t], cfg.source), add_special_tokens=False)["input_ids"]
+               if i not in new_ids]  # never pool the (random) rows of SID tokens named in a text
+        if not ids:
+            raise TsrecError("text has no pieces after tokenization", field=t)
+        id_lists.append(ids)
+
+    if cfg.pooling == "contextual":
+        states = _contextual(model, tokenizer, id_lists, cfg.batch_size)
+    idf = idf_weights(id_lists) if cfg.pooling == "idf" else None
+    vectors = []
+    for k, ids in enumerate(id_lists):
+        rows = states[k] if cfg.pooling == "contextual" else table[torch.tensor(ids)]
+        v = pool(rows, ids, cfg.pooling, idf)
+        if cfg.rescale:
+            v = v * (target / v.norm().clamp_min(1e-12))
+        vectors.append(v)
+    with torch.no_grad():
+        idx = torch.tensor(list(chosen.values()), dtype=torch.long)
+        emb[idx] = torch.stack(vectors).to(emb.dtype)
+        out = model.get_output_embeddings()
+        if out is not None and not tied and out.weight.shape[0] == emb.shape[0]:
+            log.info("untied output head: SA-Init sets input rows only (authors' recipe)")
+    if tied and not is_tied(model):
+        raise TsrecError("SA-Init broke the embedding tie (internal error)")
+    report.update(initialised=len(chosen), target_norm=target,
+                  mean_pieces=sum(len(x) for x in id_lists) / len(id_lists),
+                  per_level={lv: sum(1 for t in chosen if t[1] == lv) for lv in cfg.levels})
+    log.info("SA-Init: %d rows (%s, %s pooling, rescale=%s, levels=%s, %.1f pieces/token)", len(chosen),
+             cfg.source, cfg.pooling, cfg.rescale, "".join(cfg.levels), report["mean_pieces"])
+    return report
