@@ -137,6 +137,8 @@ def test_tied_after_sainit_and_lora(setup):
     out = peft_model.get_output_embeddings()(torch.eye(inp.shape[0])).T[ids["<b_0>"]]
     torch.testing.assert_close(inp, row)
     torch.testing.assert_close(out, row)
+    with pytest.raises(TsrecError, match="before prepare_for_finetune"):
+        sa_init(peft_model, tok, ids, _cache(), SAInitConfig())
 
 
 def test_missing_tokens_and_empty_keywords_refused(setup):

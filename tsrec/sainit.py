@@ -174,6 +174,8 @@ def sa_init(model, tokenizer, token_ids_by_token: dict[str, int], cache_records:
         cfg = from_dict(SAInitConfig, cfg, "sainit")
     else:
         cfg.validate()
+    if hasattr(model, "peft_config"):
+        raise TsrecError("sa_init must run on the base model, before prepare_for_finetune wraps it")
     report: dict[str, Any] = {"random": cfg.random, "source": cfg.source, "pooling": cfg.pooling,
                               "rescale": cfg.rescale, "levels": list(cfg.levels), "initialised": 0}
     if cfg.random:
