@@ -1,0 +1,155 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from tsrec.config import section
+from tsrec.errors import ParamError, TsrecError
+from tsrec.tasks import IGNORE
+from tsrec.train import (TrainConfig, Collator, label_position_loss, load_trained, train_run, variant_params)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_train import make_params  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def params(tmp_path, tiny_dataset, tiny_backbone):
+    return make_params(tmp_path, tiny_dataset, tiny_backbone)
+
+
+def _batch(model, pad_id, n=3):
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(n):
+        length = 6 + 3 * i
+        ids = torch.randint(3, model.config.vocab_size, (length,), generator=g).tolist()
+        prompt = length - 2 - i
+        rows.append({"input_ids": ids, "labels": [IGNORE] * prompt + ids[prompt:], "weight": 1.0})
+    return rows, Collator(pad_id)
+
+
+def test_label_position_loss_equals_full_head_loss(tiny_backbone):
+    model = AutoModelForCausalLM.from_pretrained(tiny_backbone)
+    rows, coll = _batch(model, model.config.pad_token_id)
+    batch = coll(rows)
+    total, count = label_position_loss(model, model.get_output_embeddings(), batch)
+    full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    assert count == sum(sum(x != IGNORE for x in r["labels"][1:]) for r in rows)
+    torch.testing.assert_close(total / count, full, rtol=1e-5, atol=1e-6)
+
+
+def test_lambda_scales_tsalign_loss(tiny_backbone):
+    model = AutoModelForCausalLM.from_pretrained(tiny_backbone)
+    rows, coll = _batch(model, model.config.pad_token_id)
+    head = model.get_output_embeddings()
+    per = [label_position_loss(model, head, coll([r]))[0] for r in rows]
+    for lam in (0.0, 0.5, 3.0):
+        rows[2]["weight"] = lam  # the "TS-Align" sample
+        total, _ = label_position_loss(model, head, coll(rows))
+        torch.testing.assert_close(total, per[0] + per[1] + lam * per[2], rtol=1e-5, atol=1e-5)
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+class CountSteps(TrainerCallback):
+    def __init__(self):
+        self.n = 0
+
+    def on_step_end(self, args, state, control, **kw):
+        self.n += 1
+
+
+def _weights(run):
+    return load_file(run / "final" / "model.safetensors")
+
+
+def test_resumed_run_matches_uninterrupted(params, tmp_path):
+    full = train_run(params, "tiny", "tsrec", out=tmp_path / "full")
+    assert full["train"]["steps"] == 4 and full["train"]["resumed_from"] is None
+    params["train"]["keep_checkpoints"] = True
+    half = train_run(params, "tiny", "tsrec", out=tmp_path / "half", callbacks=[StopAt(2)])
+    assert half["train"]["steps"] == 2
+    assert list((tmp_path / "half" / "checkpoints" / "checkpoint-2").glob("*.safetensors"))
+    assert not list((tmp_path / "half" / "checkpoints").rglob("pytorch_model*"))  # weights as safetensors only
+    counter = CountSteps()
+    resumed = train_run(params, "tiny", "tsrec", out=tmp_path / "half", callbacks=[counter])
+    assert resumed["train"]["resumed_from"] == "checkpoint-2" and resumed["train"]["steps"] == 4
+    assert counter.n == 2  # only the remaining steps ran
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "half")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    # the loss curves agree too (resume trims and re-logs rows after the checkpoint)
+    assert (tmp_path / "full/plots/valid.csv").read_text() == (tmp_path / "half/plots/valid.csv").read_text()
+    # a changed configuration does not resume from old checkpoints
+    params["tasks"]["seqrec"] = {"share": 0.5}
+    other = train_run(params, "tiny", "tsrec", out=tmp_path / "half")
+    assert other["train"]["resumed_from"] is None
+
+
+def test_final_model_meta_and_load_trained_refusals(params, tmp_path, tiny_dataset, tiny_backbone):
+    meta = train_run(params, "tiny", "sft", out=tmp_path / "run")
+    run = tmp_path / "run"
+    assert not (run / "checkpoints").exists()  # removed once final/ exists
+    header = (run / "plots/train.csv").read_text().splitlines()[0]
+    assert header == "step,epoch,learning_rate,loss"
+    model, tok, m = load_trained(run, index_path=tiny_dataset / "sid_index.json", backbone=tiny_backbone)
+    assert m == meta and m["variant"] == "sft" and m["params"]["tasks"]["tsalign"]["enabled"] is False
+    assert "<a_0>" in tok.get_vocab() and model.get_input_embeddings().weight.shape[0] == len(tok)
+    other = tmp_path / "other_index.json"
+    idx = json.loads((tiny_dataset / "sid_index.json").read_text())
+    idx["0"], idx["1"] = idx["1"], idx["0"]
+    other.write_text(json.dumps(idx))
+    with pytest.raises(TsrecError, match="another SID index"):
+        load_trained(run, index_path=other)
+    other_bb = tmp_path / "bb2"
+    shutil.copytree(tiny_backbone, other_bb)
+    sd = load_file(other_bb / "model.safetensors")
+    sd[next(iter(sd))] += 1
+    from safetensors.torch import save_file
+    save_file(sd, other_bb / "model.safetensors")
+    with pytest.raises(TsrecError, match="another backbone"):
+        load_trained(run, backbone=other_bb)
+
+
+def test_bad_params_refused(params):
+    with pytest.raises(ParamError, match="unknown variant"):
+        variant_params(params, "nope")
+    params["variants"]["weird"] = {"optimizer": {"lr": 1}}
+    with pytest.raises(ParamError, match="overrides only"):
+        variant_params(params, "weird")
+    for bad in ({"batch_size": 0}, {"lr": 2.0}, {"patience": 0}, {"epochs": 0, "max_steps": -1}, {"nope": 1}):
+        with pytest.raises(ParamError):
+            section({"train": bad}, "train", TrainConfig)
+    params["variants"]["tsrec"] = {"backbone": {"keep_layers": 0}}
+    with pytest.raises(ParamError, match="keep_layers"):
+        train_run(params, "tiny", "tsrec")
+
+
+def test_torchrun_two_cpu_processes(params, tmp_path):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "tsrec", "--params", params["_path"],
+           "train", "--dataset", "tiny", "--variant", "sft", "--results", str(tmp_path / "results")]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "artifacts" / "tiny" / "runs" / "sft"
+    meta = json.loads((run / "final" / "tsrec_meta.json").read_text())
+    assert meta["train"]["world_size"] == 2 and meta["train"]["steps"] == 4
+    assert (tmp_path / "results" / "tiny" / "sft" / "valid.csv").is_file()

@@ -1,0 +1,418 @@
+"""train: multi-task SFT of the backbone with SID tokens (one run per variant), HF Trainer.
+
+Run folder ``artifacts/<DS>/runs/<variant>/``: ``checkpoints/`` (safetensors, resumed when present and
+made by the same configuration), ``plots/{train,valid}.csv`` (loss + lr, valid loss: DVC plots),
+``final/`` (merged plain model + tokenizer + ``tsrec_meta.json``). Works unchanged under
+``torchrun``/``accelerate launch`` (DDP; gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tsrec.backbone import backbone_path, index_tokens
+from tsrec.config import section
+from tsrec.data import DataConfig, load_index
+from tsrec.errors import ParamError, TsrecError
+from tsrec.io import atomic_dir, atomic_file, sha256_file, sha256_json, write_json
+from tsrec.tasks import IGNORE, build_examples, load_corpus, seqrec_examples, tasks_config
+
+log = logging.getLogger(__name__)
+
+META = "tsrec_meta.json"
+FINGERPRINT = "fingerprint.json"
+VARIANT_SECTIONS = ("sainit", "tasks", "train", "backbone")  # what a variant may override  # what a variant may override
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    datasets: list[str] = dataclasses.field(default_factory=lambda: ["Industrial_and_Scientific"])
+    variants: list[str] = dataclasses.field(default_factory=lambda: ["tsrec", "sft"])
+    out: str = "artifacts"
+    epochs: float = 1.0
+    max_steps: int = -1             # > 0 overrides epochs
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    eval_steps: int = 100           # also the checkpoint interval
+    patience: int = 3               # early stopping on valid loss
+    valid_rows: int = 256           # fixed subsample of valid seqrec rows for the valid loss (0 = all)
+    group_by_length: bool = True
+    logging_steps: int = 10
+    save_total_limit: int = 2
+    keep_checkpoints: bool = False  # delete checkpoints/ once final/ is written
+    threads: int = 0                # torch threads per process (0 = leave as is)
+
+    def validate(self) -> None:
+        for name in ("batch_size", "grad_accum", "eval_steps", "logging_steps", "save_total_limit"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.patience < 1 or self.valid_rows < 0:
+            raise ValueError("warmup_steps, valid_rows must be >= 0 and patience >= 1")
+        if not 0 < self.lr < 1:
+            raise ValueError(f"lr must be in (0, 1), got {self.lr}")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise ValueError("epochs must be > 0 (or max_steps > 0)")
+        if self.threads < 0:
+            raise ValueError("threads must be >= 0")
+
+
+# ---------------------------------------------------------------- variants
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def variant_params(params: dict, variant: str) -> dict:
+    """params with the variant's overrides (``variants.<name>``: a mapping of section -> overrides) applied."""
+    variants = params.get("variants") or {}
+    if not isinstance(variants, dict) or variant not in variants:
+        raise ParamError(f"unknown variant {variant!r}; defined: {sorted(variants) if isinstance(variants, dict) else []}",
+                         file=params.get("_path"), field="variants")
+    over = variants[variant] or {}
+    if not isinstance(over, dict) or set(over) - set(VARIANT_SECTIONS):
+        raise ParamError(f"a variant overrides only {list(VARIANT_SECTIONS)}, got {over!r}",
+                         file=params.get("_path"), field=f"variants.{variant}")
+    return _merge(params, over)
+
+
+# ---------------------------------------------------------------- inputs
+def index_path(params: dict, ds: str) -> Path:
+    try:
+        from tsrec.codebook import index_path as ip
+    except ModuleNotFoundError:
+        return Path(section(params, "data", DataConfig).out) / ds / "sid_index.json"
+    return Path(ip(params, ds))
+
+
+def keywords_path(params: dict, ds: str) -> Path:
+    try:
+        from tsrec.keywords import cache_path
+    except ModuleNotFoundError:  # the authors' cache in the mirror
+        root = section(params, "data", DataConfig).mirror_root
+        return root / "tsrec-authors" / "semantics" / f"{ds}.description_keywords.json"
+    return Path(cache_path(params, ds))
+
+
+def backbone_id(path: str | Path) -> str:
+    """Name + sha256 of the backbone's weights (a checkpoint from another backbone is refused)."""
+    path = Path(path)
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise TsrecError("no *.safetensors in backbone folder (run `tsrec backbone`)", file=path)
+    digest = sha256_json([sha256_file(f) for f in files])
+    return f"{path.name}@{digest[:16]}"
+
+
+def load_model(params: dict, tokens: list[str], keywords: Path | None):
+    """Backbone (first keep_layers layers) + SID tokens + SA-Init (unless ``sainit.random``) + LoRA/full mode."""
+    from tsrec import backbone as bb
+    from tsrec import sainit as sa
+
+    bcfg = bb.config(params)
+    model, tokenizer = bb.load_backbone(bcfg.path, bcfg.keep_layers)
+    ids = bb.add_sid_tokens(model, tokenizer, tokens)
+    scfg = sa.config(params)
+    report = sa.sa_init(model, tokenizer, dict(zip(tokens, ids)),
+                        [] if scfg.random else sa.load_cache(keywords), scfg)
+    model = bb.prepare_for_finetune(model, bcfg.finetune, bcfg.lora, ids)
+    return model, tokenizer, report
+
+
+# ---------------------------------------------------------------- batches + loss
+class Examples(torch.utils.data.Dataset):
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        r = self.rows[i]
+        return {"input_ids": r["input_ids"], "labels": r["labels"], "weight": r["weight"]}
+
+
+@dataclasses.dataclass
+class Collator:
+    pad_id: int
+
+    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        n = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), n), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), n), IGNORE, dtype=torch.long)  # pads masked by position
+        mask = torch.zeros((len(batch), n), dtype=torch.long)
+        for i, b in enumerate(batch):
+            k = len(b["input_ids"])
+            ids[i, :k] = torch.tensor(b["input_ids"])
+            labels[i, :k] = torch.tensor(b["labels"])
+            mask[i, :k] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels,
+                "weight": torch.tensor([b["weight"] for b in batch], dtype=torch.float32)}
+
+
+def label_position_loss(model, head, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of weighted token CE, number of label tokens); vocabulary logits only at label positions.
+
+    ``model`` is called as a whole (so DDP hooks run); its final normed hidden states are gathered at
+    the positions that predict a label and only those go through ``head`` (the lm_head).
+    """
+    labels = inputs["labels"][:, 1:]
+    out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                output_hidden_states=True, logits_to_keep=1, use_cache=False)
+    keep = labels != IGNORE
+    hidden = out.hidden_states[-1][:, :-1][keep]
+    ce = F.cross_entropy(head(hidden).float(), labels[keep], reduction="none")
+    w = inputs["weight"].to(ce.dtype)[:, None].expand_as(labels)[keep]
+    return (ce * w).sum(), keep.sum()
+
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class TsrecTrainer(Trainer):
+        """Weighted (TS-Align lambda) CE on response tokens, logits only at label positions."""
+        loss_is_scaled_for_ga = True
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            head = self.accelerator.unwrap_model(model).get_output_embeddings()
+            total, count = label_position_loss(model, head, inputs)
+            if num_items_in_batch is not None and model.training:
+                # normalised over the whole accumulated, all-process batch; DDP averages the gradients
+                loss = total / num_items_in_batch * self.accelerator.num_processes
+            else:
+                loss = total / count.clamp(min=1)
+                if model.training:
+                    loss = loss / self.current_gradient_accumulation_steps
+            return (loss, {"loss": loss.detach()}) if return_outputs else loss
+
+    return TsrecTrainer
+
+
+# ---------------------------------------------------------------- logging callback
+PLOTS = {"train.csv": ["step", "epoch", "learning_rate", "loss"], "valid.csv": ["step", "epoch", "eval_loss"]}
+
+
+def _append(path: Path, fields: list[str], row: dict) -> None:
+    new = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def _csv_logger(plots: Path):
+    from transformers import TrainerCallback
+
+    class CsvLog(TrainerCallback):
+        """plots/train.csv (loss, lr) and plots/valid.csv (eval_loss): DVC plots data, kept across resumes."""
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not state.is_world_process_zero or not logs:
+                return
+            for name, fields in PLOTS.items():
+                if fields[-1] in logs:
+                    row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4),
+                           **{k: logs[k] for k in fields[2:] if k in logs}}
+                    _append(plots / name, fields, row)
+
+    return CsvLog()
+
+
+def _trim_logs(plots: Path, step: int) -> None:
+    """On resume, drop logged rows after the checkpoint's step (they will be logged again)."""
+    for name, fields in PLOTS.items():
+        path = plots / name
+        if path.exists():
+            with open(path, newline="", encoding="utf-8") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= step]
+            with atomic_file(path) as fh:
+                w = csv.DictWriter(fh, fieldnames=fields)
+                w.writeheader()
+                w.writerows(rows)
+
+
+# ---------------------------------------------------------------- the run
+def run_dir(params: dict, ds: str, variant: str) -> Path:
+    return Path(section(params, "train", TrainConfig).out) / ds / "runs" / variant
+
+
+def train_run(params: dict, ds: str, variant: str, *, out: str | Path | None = None,
+              callbacks: list | None = None) -> dict:
+    """Train one variant on one dataset; returns the meta written to ``final/tsrec_meta.json``."""
+    from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    vp = variant_params(params, variant)
+    cfg = section(vp, "train", TrainConfig)
+    tcfg = tasks_config(vp)
+    seed = int(params.get("seed", 42))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(out) if out else run_dir(params, ds, variant)
+    data_dir = Path(section(params, "data", DataConfig).out) / ds
+    ipath = index_path(vp, ds)
+    bpath = backbone_path(vp)
+    index = load_index(ipath)
+    tokens = index_tokens(index)
+    keywords = keywords_path(vp, ds)
+    corpus = load_corpus(data_dir, ipath, keywords, tcfg)
+
+    set_seed(seed)
+    model, tokenizer, sainit_report = load_model(vp, tokens, keywords)
+    train_rows = build_examples(corpus, tokenizer, seed)
+    valid_rows = seqrec_examples(data_dir, "valid", corpus.sids, tokenizer, tcfg.max_len, cfg.valid_rows, seed)
+
+    meta = {
+        "dataset": ds, "variant": variant, "seed": seed,
+        "index_path": str(ipath), "index_sha256": sha256_file(ipath),
+        "backbone": str(bpath), "backbone_id": backbone_id(bpath), "sainit": sainit_report,
+        "params": {k: vp.get(k) for k in (*VARIANT_SECTIONS, "seed") if k in vp},
+    }
+    ckpt_dir = out / "checkpoints"
+    fingerprint = sha256_json({k: meta[k] for k in ("index_sha256", "backbone_id", "params", "dataset")})
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    fp_file = ckpt_dir / FINGERPRINT
+    if rank0 and ckpt_dir.exists() and (not fp_file.exists() or json.loads(fp_file.read_text()) != fingerprint):
+        log.warning("%s holds checkpoints of another configuration: removing them", ckpt_dir)
+        shutil.rmtree(ckpt_dir)
+        shutil.rmtree(out / "plots", ignore_errors=True)
+    if rank0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        write_json(fp_file, fingerprint)
+    if distributed:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.barrier()
+    resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    plots = out / "plots"
+    if resume and rank0:
+        _trim_logs(plots, int(Path(resume).name.split("-")[-1]))
+    if resume:
+        log.info("resuming from %s", resume)
+
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir), seed=seed, data_seed=seed,
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size * 2,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
+        lr_scheduler_type="cosine", warmup_steps=cfg.warmup_steps,
+        eval_strategy="steps", eval_steps=cfg.eval_steps, save_strategy="steps", save_steps=cfg.eval_steps,
+        save_total_limit=cfg.save_total_limit, load_best_model_at_end=True,
+        metric_for_best_model="eval_loss", greater_is_better=False,
+        logging_steps=cfg.logging_steps, logging_first_step=True, report_to="none",
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        remove_unused_columns=False, label_names=["labels"], prediction_loss_only=True,
+        include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, dataloader_pin_memory=False,
+        ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None, ddp_find_unused_parameters=False,
+        disable_tqdm=not rank0,
+    )
+    trainer = _trainer_class()(
+        model=model, args=args, train_dataset=Examples(train_rows), eval_dataset=Examples(valid_rows),
+        data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience), _csv_logger(plots),
+                   *(callbacks or [])],
+    )
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=resume)
+    wall = time.time() - t0
+    stopped_early = trainer.state.global_step < trainer.state.max_steps
+    best = trainer.state.best_metric
+    tokens_seen = int(trainer.state.num_input_tokens_seen or 0)
+    meta.update({
+        "train": {"steps": trainer.state.global_step, "max_steps": trainer.state.max_steps,
+                  "stopped_early": stopped_early, "best_eval_loss": best,
+                  "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
+                  "train_loss": result.training_loss, "wall_s": round(wall, 1),
+                  "tokens_seen": tokens_seen, "tokens_per_s": round(tokens_seen / wall, 1) if wall else None,
+                  "resumed_from": resume and Path(resume).name, "examples": len(train_rows),
+                  "world_size": trainer.args.world_size},
+    })
+    if trainer.is_world_process_zero():
+        save_final(trainer.model, tokenizer, meta, out / "final")
+        if not cfg.keep_checkpoints:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if distributed:
+        torch.distributed.barrier()
+    return meta
+
+
+def save_final(model, tokenizer, meta: dict, final: Path) -> None:
+    """Merge LoRA (if any) into a plain model and write it with the tokenizer and meta, atomically."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    with atomic_dir(final) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / META, meta)
+
+
+def load_trained(run_dir: str | Path, *, index_path: str | Path | None = None,
+                 backbone: str | Path | None = None):
+    """(model, tokenizer, meta) of ``<run_dir>/final``; refuses a model trained on another index/backbone."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    final = Path(run_dir) / "final"
+    if not (final / META).is_file():
+        raise TsrecError("no trained model here (run `tsrec train`)", file=final / META)
+    meta = json.loads((final / META).read_text(encoding="utf-8"))
+    if index_path is not None:
+        got = sha256_file(index_path)
+        if got != meta.get("index_sha256"):
+            raise TsrecError(f"model was trained on another SID index (sha256 {meta.get('index_sha256')}, "
+                             f"this index {got})", file=index_path, field="index_sha256")
+    if backbone is not None:
+        got = backbone_id(backbone)
+        if got != meta.get("backbone_id"):
+            raise TsrecError(f"model was trained from another backbone ({meta.get('backbone_id')}, not {got})",
+                             file=backbone, field="backbone_id")
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    if index_path is not None:
+        missing = [t for t in index_tokens(load_index(Path(index_path))) if t not in tokenizer.get_vocab()]
+        if missing:
+            raise TsrecError(f"tokenizer lacks SID tokens {missing[:10]}", file=final)
+    model = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32)
+    model.eval()
+    return model, tokenizer, meta
+
+
+# ---------------------------------------------------------------- CLI
+def add_arguments(p) -> None:
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--variant", required=True)
+    p.add_argument("--out", default=None, help="run folder (default artifacts/<DS>/runs/<variant>)")
+    p.add_argument("--results", default="results", help="copy the loss curve to <results>/<DS>/<variant>/")
+
+
+def run(args, params: dict) -> None:
+    meta = train_run(params, args.dataset, args.variant, out=args.out)
+    if int(os.environ.get("RANK", "0")) == 0 and args.results:
+        out = Path(args.out) if args.out else run_dir(params, args.dataset, args.variant)
+        dest = Path(args.results) / args.dataset / args.variant
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in PLOTS:
+            shutil.copyfile(out / "plots" / name, dest / name)
+        write_json(dest / "train_summary.json", {k: meta[k] for k in ("dataset", "variant", "seed", "backbone_id",
+                                                                       "index_sha256", "train")})
+        log.info("%s/%s: %s", args.dataset, args.variant, json.dumps(meta["train"]))
