@@ -112,6 +112,14 @@ def test_final_model_meta_and_load_trained_refusals(params, tmp_path, tiny_datas
     model, tok, m = load_trained(run, index_path=tiny_dataset / "sid_index.json", backbone=tiny_backbone)
     assert m == meta and m["variant"] == "sft" and m["params"]["tasks"]["tsalign"]["enabled"] is False
     assert "<a_0>" in tok.get_vocab() and model.get_input_embeddings().weight.shape[0] == len(tok)
+    # LoRA + trainable SID rows were merged into a plain, still tied model
+    base = AutoModelForCausalLM.from_pretrained(tiny_backbone)
+    emb, old = model.get_input_embeddings().weight, base.get_input_embeddings().weight
+    assert type(model).__name__ == "LlamaForCausalLM" and not hasattr(model, "peft_config")
+    assert model.get_output_embeddings().weight.data_ptr() == emb.data_ptr()
+    torch.testing.assert_close(emb[: old.shape[0]], old)  # old rows untouched in LoRA mode
+    q_new, q_old = (m.model.layers[0].self_attn.q_proj.weight for m in (model, base))
+    assert not torch.allclose(q_new, q_old)  # LoRA delta merged
     other = tmp_path / "other_index.json"
     idx = json.loads((tiny_dataset / "sid_index.json").read_text())
     idx["0"], idx["1"] = idx["1"], idx["0"]

@@ -224,7 +224,14 @@ def _csv_logger(plots: Path):
     class CsvLog(TrainerCallback):
         """plots/train.csv (loss, lr) and plots/valid.csv (eval_loss): DVC plots data, kept across resumes."""
 
+        eval_s = 0.0
+        tokens_at_start = 0
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.tokens_at_start = int(state.num_input_tokens_seen or 0)  # > 0 after a resume
+
         def on_log(self, args, state, control, logs=None, **kw):
+            self.eval_s += float((logs or {}).get("eval_runtime", 0.0))
             if not state.is_world_process_zero or not logs:
                 return
             for name, fields in PLOTS.items():
@@ -328,10 +335,11 @@ def train_run(params: dict, ds: str, variant: str, *, out: str | Path | None = N
         ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None, ddp_find_unused_parameters=False,
         disable_tqdm=not rank0,
     )
+    csv_log = _csv_logger(plots)
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=Examples(train_rows), eval_dataset=Examples(valid_rows),
         data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience), _csv_logger(plots),
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience), csv_log,
                    *(callbacks or [])],
     )
     t0 = time.time()
@@ -339,13 +347,15 @@ def train_run(params: dict, ds: str, variant: str, *, out: str | Path | None = N
     wall = time.time() - t0
     stopped_early = trainer.state.global_step < trainer.state.max_steps
     best = trainer.state.best_metric
-    tokens_seen = int(trainer.state.num_input_tokens_seen or 0)
+    tokens_seen = int(trainer.state.num_input_tokens_seen or 0) - csv_log.tokens_at_start  # this session
     meta.update({
         "train": {"steps": trainer.state.global_step, "max_steps": trainer.state.max_steps,
                   "stopped_early": stopped_early, "best_eval_loss": best,
                   "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
                   "train_loss": result.training_loss, "wall_s": round(wall, 1),
-                  "tokens_seen": tokens_seen, "tokens_per_s": round(tokens_seen / wall, 1) if wall else None,
+                  "eval_s": round(csv_log.eval_s, 1), "tokens_seen": tokens_seen,
+                  "tokens_per_s": round(tokens_seen / wall, 1) if wall else None,  # end to end incl. evals
+                  "train_tokens_per_s": round(tokens_seen / max(wall - csv_log.eval_s, 1e-9), 1),
                   "resumed_from": resume and Path(resume).name, "examples": len(train_rows),
                   "world_size": trainer.args.world_size},
     })
