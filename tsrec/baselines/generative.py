@@ -1,0 +1,179 @@
+"""Generative retrieval over semantic IDs. TIGER (Rajput et al. 2023): a small T5 encoder-decoder trained
+from scratch; encoder input = the history's SID tokens, decoder output = the target's SID tokens + EOS,
+decoded with constrained beam search over the SID prefix trie (HF ``generate(prefix_allowed_tokens_fn=...)``).
+
+Ranking unit is the SID, as for the LLM models: a generated SID equal to the target's SID is a hit, so items
+that share a SID are indistinguishable (official index: 3,686 items on 3,670 SIDs for Industrial, 3,459 on
+3,444 for Office).
+Unlike the paper, no 4th de-duplication code and no user-id token are added.
+
+``SidTrie`` is a minimal trie kept local to this module; unify it with ``tsrec.decoding`` once that lands.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+from tsrec.baselines.trainer import FitResult, Recommender, SeqData, TrainConfig, fit, set_seed
+from tsrec.data import SID_PATTERN
+
+log = logging.getLogger(__name__)
+
+PAD, EOS = 0, 1  # PAD is also the decoder start token
+
+
+@dataclasses.dataclass
+class TigerConfig:
+    d_model: int = 128
+    d_ff: int = 512
+    layers: int = 2  # encoder and decoder layers each
+    heads: int = 4
+    dropout: float = 0.1
+    beams: int = 20  # beam width = number of SIDs returned (authors' protocol: 20)
+    valid_beams: int = 20  # beam width for the early-stopping evaluation on valid
+    valid_rows: int = 0  # 0 = all valid rows for early stopping; N = the first N rows (recorded)
+    eval_batch: int = 64
+    train: dict = dataclasses.field(default_factory=dict)  # overrides of baselines.train
+
+    def validate(self) -> None:
+        for name in ("d_model", "d_ff", "layers", "heads", "beams", "valid_beams", "eval_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        if not 0 <= self.dropout < 1:
+            raise ValueError("dropout must be in [0, 1)")
+        if self.valid_rows < 0:
+            raise ValueError("valid_rows must be >= 0")
+
+
+class SidTrie:
+    """Prefix -> allowed next token ids over a set of equal-length token-id SIDs; EOS after a full SID."""
+
+    def __init__(self, sids: list[tuple[int, ...]]):
+        self.sids = set(sids)
+        children: dict[tuple[int, ...], set[int]] = {}
+        for sid in self.sids:
+            for j in range(len(sid)):
+                children.setdefault(sid[:j], set()).add(sid[j])
+            children[sid] = {EOS}
+        self.children = {k: sorted(v) for k, v in children.items()}
+
+    def allowed(self, prefix: tuple[int, ...]) -> list[int]:
+        return self.children.get(prefix, [EOS])
+
+
+class SidVocab:
+    """SID token strings <-> ids: 0 PAD, 1 EOS, then every token of the index sorted by (level, code)."""
+
+    def __init__(self, index: dict[int, list[str]]):
+        tokens = {t for sid in index.values() for t in sid}
+        key = lambda t: (SID_PATTERN.fullmatch(t).group(1), int(SID_PATTERN.fullmatch(t).group(2)))  # noqa: E731
+        self.tokens = ["<pad>", "<eos>", *sorted(tokens, key=key)]
+        self.id_of = {t: i for i, t in enumerate(self.tokens)}
+        self.item_sid = {item: tuple(self.id_of[t] for t in sid) for item, sid in index.items()}
+        self.levels = len(next(iter(index.values())))
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def text(self, ids: tuple[int, ...]) -> tuple[str, ...]:
+        return tuple(self.tokens[i] for i in ids)
+
+
+class TIGER(Recommender):
+    unit = "sid"
+
+    def __init__(self, data: SeqData, seed: int, index: dict[int, list[str]], cfg: TigerConfig, train: TrainConfig):
+        super().__init__(data, seed)
+        missing = [i for i in data.item_ids if i not in index][:5]
+        if missing:
+            raise ValueError(f"items without a SID in the index: {missing}")
+        self.cfg, self.train_cfg = cfg, train
+        self.vocab = SidVocab({i: index[i] for i in data.item_ids})
+        self.trie = SidTrie(list(self.vocab.item_sid.values()))
+        set_seed(seed)
+        self.model = T5ForConditionalGeneration(T5Config(
+            vocab_size=len(self.vocab), d_model=cfg.d_model, d_kv=cfg.d_model // cfg.heads, d_ff=cfg.d_ff,
+            num_layers=cfg.layers, num_decoder_layers=cfg.layers, num_heads=cfg.heads, dropout_rate=cfg.dropout,
+            feed_forward_proj="relu", pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD,
+            tie_word_embeddings=True, relative_attention_num_buckets=16))
+
+    # ---------------------------------------------------------------- tensors
+    def encode(self, histories: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [[t for item in h[-self.data.max_len:] for t in self.vocab.item_sid[item]] for h in histories]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), PAD, dtype=torch.long)
+        for r, toks in enumerate(rows):
+            ids[r, :len(toks)] = torch.tensor(toks)
+        return ids, (ids != PAD).long()
+
+    def batches(self, rng: random.Random):
+        pairs = list(self.data.pairs)
+        rng.shuffle(pairs)
+        bs = self.train_cfg.batch_size
+        # length bucketing: sort inside windows of 16 batches so little padding is fed to the encoder
+        pairs = [p for w in range(0, len(pairs), 16 * bs) for p in sorted(pairs[w:w + 16 * bs], key=lambda p: len(p[0]))]
+        chunks = [pairs[start:start + bs] for start in range(0, len(pairs), bs)]
+        rng.shuffle(chunks)
+        for chunk in chunks:
+            ids, mask = self.encode([c for c, _ in chunk])
+            labels = torch.tensor([[*self.vocab.item_sid[t], EOS] for _, t in chunk])
+            yield ids, mask, labels
+
+    # ---------------------------------------------------------------- train / decode
+    def fit(self) -> FitResult:
+        def loss(batch):
+            ids, mask, labels = batch
+            return self.model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+        return fit(self.model, self.train_cfg, self.batches, loss, self.valid_score, self.seed, desc="tiger")
+
+    def valid_score(self, k: int = 20) -> float:
+        from tsrec.baselines.trainer import VALID_METRIC, evaluate
+
+        hist, targets = self.data.rows("valid")
+        if self.cfg.valid_rows:
+            hist, targets = hist[:self.cfg.valid_rows], targets[:self.cfg.valid_rows]
+        rec = lambda h, kk: self.decode(h, self.cfg.valid_beams)  # noqa: E731
+        return evaluate(rec, hist, self.keys(targets), k, batch_size=self.cfg.eval_batch)[0][VALID_METRIC]
+
+    @torch.no_grad()
+    def decode(self, histories: list[list[int]], beams: int) -> list[list[tuple[str, ...]]]:
+        """Constrained beam search: per row, up to ``beams`` distinct valid SIDs, best first."""
+        self.model.eval()
+        ids, mask = self.encode(histories)
+        levels = self.vocab.levels
+
+        def allowed(_batch_id: int, prefix: torch.Tensor) -> list[int]:
+            return self.trie.allowed(tuple(prefix.tolist()[1:]))  # drop the decoder start token
+
+        out = self.model.generate(input_ids=ids, attention_mask=mask, num_beams=beams, num_return_sequences=beams,
+                                  max_new_tokens=levels + 1, prefix_allowed_tokens_fn=allowed, do_sample=False,
+                                  early_stopping=True, pad_token_id=PAD, eos_token_id=EOS,
+                                  decoder_start_token_id=PAD)
+        out = out.view(len(histories), beams, -1).tolist()
+        lists = []
+        for row in out:
+            seen, ranked = set(), []
+            for seq in row:
+                sid = tuple(seq[1:1 + levels])
+                # a beam forced through a dead end (only possible when fewer valid SIDs than beams) is dropped
+                if sid in self.trie.sids and sid not in seen:
+                    seen.add(sid)
+                    ranked.append(self.vocab.text(sid))
+            lists.append(ranked)
+        return lists
+
+    def recommend(self, histories, k):
+        if k > self.cfg.beams:
+            raise ValueError(f"top-{k} needs beams >= {k} (tiger.beams = {self.cfg.beams})")
+        return [r[:k] for r in self.decode(histories, self.cfg.beams)]
+
+    def keys(self, items):
+        return [self.vocab.text(self.vocab.item_sid[i]) for i in items]

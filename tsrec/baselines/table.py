@@ -1,0 +1,130 @@
+"""results/baselines.md: our baseline rows (from results/<DS>/baselines/*.json and the sft variant's metrics)
+and, in a separate table, the published MiniOneRec Table-1 numbers for context only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from tsrec.io import atomic_file
+from tsrec.metrics import KS
+
+# (display name, source): "baseline:<model>" reads results/<DS>/baselines/<model>.json, "variant:<v>" reads
+# results/<DS>/<v>/metrics.json, None = not run by us (never filled from a paper).
+ROWS = [
+    ("Pop", "baseline:pop"),
+    ("GRU4Rec", "baseline:gru4rec"),
+    ("Caser", "baseline:caser"),
+    ("SASRec", "baseline:sasrec"),
+    ("HSTU", None),
+    ("TIGER", "baseline:tiger"),
+    ("LC-Rec (= our sft variant)", "variant:sft"),
+    ("MiniOneRec-SFT (= our sft variant)", "variant:sft"),
+    ("BIGRec", None),
+    ("D3", None),
+    ("S-DPO", None),
+    ("MiniOneRec-GRPO", None),
+]
+
+# MiniOneRec Table 1 (Qwen2.5, 8 GPUs, official train split), copied from REFERENCE.md section 6.
+# Order: HR@3 NDCG@3 HR@5 NDCG@5 HR@10 NDCG@10. Context only: a different split, scale and hardware.
+PUBLISHED_COLUMNS = ["HR@3", "NDCG@3", "HR@5", "NDCG@5", "HR@10", "NDCG@10"]
+PUBLISHED = {
+    "Industrial_and_Scientific": {
+        "GRU4Rec": (.0638, .0542, .0774, .0598, .0999, .0669),
+        "Caser": (.0618, .0514, .0717, .0555, .0942, .0628),
+        "SASRec": (.0790, .0700, .0909, .0748, .1088, .0806),
+        "HSTU": (.0927, .0885, .1037, .0918, .1163, .0958),
+        "TIGER": (.0852, .0742, .1010, .0807, .1321, .0908),
+        "LC-Rec": (.0915, .0805, .1057, .0862, .1332, .0952),
+        "BIGRec": (.0931, .0841, .1092, .0907, .1370, .0997),
+        "D3": (.1024, .0991, .1213, .0989, .1500, .1082),
+        "S-DPO": (.1032, .0906, .1238, .0991, .1524, .1082),
+        "MiniOneRec": (.1143, .1011, .1321, .1084, .1586, .1167),
+    },
+    "Office_Products": {
+        "GRU4Rec": (.0629, .0528, .0789, .0595, .1019, .0669),
+        "Caser": (.0748, .0615, .0865, .0664, .1093, .0737),
+        "SASRec": (.0861, .0769, .0949, .0805, .1120, .0858),
+        "HSTU": (.1134, .1031, .1252, .1079, .1400, .1126),
+        "TIGER": (.0986, .0852, .1163, .0960, .1408, .1002),
+        "LC-Rec": (.0921, .0807, .1048, .0859, .1237, .0920),
+        "BIGRec": (.1069, .0961, .1204, .1017, .1434, .1091),
+        "D3": (.1204, .1055, .1406, .1139, .1634, .1213),
+        "S-DPO": (.1169, .1033, .1356, .1110, .1587, .1255),
+        "MiniOneRec": (.1217, .1088, .1420, .1172, .1634, .1242),
+    },
+}
+METRICS = [f"{n}@{k}" for k in KS for n in ("HR", "NDCG")]
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def our_rows(results: Path, ds: str) -> pd.DataFrame:
+    rows = []
+    for name, src in ROWS:
+        row: dict = {"model": name}
+        rec = None
+        if src and src.startswith("baseline:"):
+            rec = _read(results / ds / "baselines" / f"{src.split(':')[1]}.json")
+        elif src:
+            rec = _read(results / ds / src.split(":")[1] / "metrics.json")
+        metrics = (rec or {}).get("metrics", rec) if rec else None
+        if not metrics or not all(m in metrics for m in METRICS):
+            row["status"] = "not run"
+        else:
+            row["status"] = "ok"
+            row.update({m: metrics[m] for m in METRICS})
+            if src.startswith("baseline:"):
+                row["valid NDCG@10"] = rec.get("best_valid_NDCG@10")
+                row["epochs"] = rec.get("epochs")
+                row["train s"] = rec.get("train_time_s")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["model", "status", *METRICS, "valid NDCG@10", "epochs", "train s"])
+
+
+def sanity(df: pd.DataFrame) -> list[str]:
+    """Learned baselines whose test NDCG@10 does not beat Pop's."""
+    ok = df[df["status"] == "ok"].set_index("model")
+    if "Pop" not in ok.index:
+        return []
+    pop = ok.loc["Pop", "NDCG@10"]
+    return [m for m in ok.index if m != "Pop" and not ok.loc[m, "NDCG@10"] > pop]
+
+
+def _md(df: pd.DataFrame) -> str:
+    return df.to_markdown(index=False, floatfmt=".4f", missingval="")
+
+
+def render(results: Path, datasets: list[str]) -> str:
+    parts = ["# Baselines (our runs, reconstructed-train protocol, test split)", "",
+             "Produced by `tsrec baseline` (commands, params and tuning trials in "
+             "`results/<DS>/baselines/<model>.json`); table by `tsrec baseline --table`. ID-based models rank "
+             "all items (full softmax); TIGER and the LLM variants rank SIDs from constrained beam search "
+             "(20 beams). \"not run\" rows were not run by us and are never filled from a paper.", ""]
+    for ds in datasets:
+        df = our_rows(results, ds)
+        bad = sanity(df)
+        parts += [f"## {ds}", "", _md(df), "",
+                  "Sanity (every learned model beats Pop on test NDCG@10): "
+                  + ("holds." if not bad else f"FAILS for {', '.join(bad)}."), ""]
+    parts += ["## Published, 8 GPUs, official split (MiniOneRec Table 1; context only, NOT our runs)", "",
+              "Qwen2.5 backbones, full official train split, 8 GPUs. Not comparable row-for-row with the "
+              "tables above (different train split, model scale and hardware).", ""]
+    for ds in datasets:
+        if ds in PUBLISHED:
+            pub = pd.DataFrame([{"model": m, **dict(zip(PUBLISHED_COLUMNS, v))} for m, v in PUBLISHED[ds].items()])
+            parts += [f"### {ds} (published)", "", _md(pub), ""]
+    return "\n".join(parts)
+
+
+def write_table(results: Path, datasets: list[str]) -> Path:
+    path = Path(results) / "baselines.md"
+    text = render(Path(results), datasets)
+    with atomic_file(path) as fh:
+        fh.write(text)
+    return path
