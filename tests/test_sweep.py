@@ -1,0 +1,54 @@
+import json
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tsrec.errors import ParamError
+from tsrec.sweep import masked, run_sweep
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_train import make_params  # noqa: E402
+
+
+@pytest.fixture()
+def params(tmp_path, tiny_dataset, tiny_backbone):
+    p = make_params(tmp_path, tiny_dataset, tiny_backbone)
+    p["sweep"] = {"dataset": tiny_dataset.name, "storage": f"sqlite:///{tmp_path}/optuna.db", "n_trials": 2,
+                  "pooling": ["mean", "max"], "weight_range": [0.5, 2.0],
+                  "train": {"max_steps": 2, "eval_steps": 1}, "out": str(tmp_path / "sweep"),
+                  "results": str(tmp_path / "results")}
+    p["data"]["datasets"] = [tiny_dataset.name]
+    return p
+
+
+def test_sweep_uses_rdb_storage_and_resumes(params, tmp_path):
+    df = run_sweep(params)
+    assert len(df) == 2 and df["value"].notna().all()
+    study = optuna.load_study(study_name=params["sweep"].get("study", "tsrec-sainit-tsalign"),
+                              storage=params["sweep"]["storage"])
+    assert len(study.trials) == 2
+    trial = study.trials[0]
+    assert trial.params["pooling"] in ("mean", "max") and 0.5 <= trial.params["tsalign_weight"] <= 2.0
+    assert Path(trial.user_attrs["run_dir"], "final", "tsrec_meta.json").is_file()
+    meta = json.loads(Path(trial.user_attrs["run_dir"], "final", "tsrec_meta.json").read_text())
+    assert meta["params"]["sainit"]["pooling"] == trial.params["pooling"]
+    assert meta["params"]["tasks"]["tsalign"]["weight"] == pytest.approx(trial.params["tsalign_weight"])
+    # asking for 3 complete trials runs exactly one more
+    params["sweep"]["n_trials"] = 3
+    df = run_sweep(params)
+    assert len(df) == 3 and len(optuna.load_study(study_name="tsrec-sainit-tsalign",
+                                                  storage=params["sweep"]["storage"]).trials) == 3
+    summary = json.loads((tmp_path / "results" / params["sweep"]["dataset"] / "sweep" / "sweep.json").read_text())
+    assert summary["best"]["value"] == pytest.approx(df["value"].min())
+
+
+def test_bad_sweep_params(params):
+    params["sweep"]["pooling"] = ["median"]
+    with pytest.raises(ParamError, match="pooling"):
+        run_sweep(params)
+
+
+def test_storage_password_is_masked():
+    assert "secret" not in masked("postgresql://user:secret@db.example:5432/optuna")
