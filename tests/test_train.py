@@ -101,6 +101,8 @@ def test_resumed_run_matches_uninterrupted(params, tmp_path):
     params["tasks"]["seqrec"] = {"share": 0.5}
     other = train_run(params, "tiny", "tsrec", out=tmp_path / "half")
     assert other["train"]["resumed_from"] is None
+    steps = [int(line.split(",")[0]) for line in (tmp_path / "half/plots/train.csv").read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3, 4]  # a fresh run starts a new curve
 
 
 def test_final_model_meta_and_load_trained_refusals(params, tmp_path, tiny_dataset, tiny_backbone):

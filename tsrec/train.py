@@ -244,7 +244,7 @@ def _csv_logger(plots: Path):
 
 
 def _trim_logs(plots: Path, step: int) -> None:
-    """On resume, drop logged rows after the checkpoint's step (they will be logged again)."""
+    """Drop logged rows after ``step``: a resume logs them again; step 0 = a fresh run."""
     for name, fields in PLOTS.items():
         path = plots / name
         if path.exists():
@@ -313,8 +313,8 @@ def train_run(params: dict, ds: str, variant: str, *, out: str | Path | None = N
         dist.barrier()
     resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     plots = out / "plots"
-    if resume and rank0:
-        _trim_logs(plots, int(Path(resume).name.split("-")[-1]))
+    if rank0:  # a resumed run keeps its curves up to the checkpoint; a fresh run starts new ones
+        _trim_logs(plots, int(Path(resume).name.split("-")[-1]) if resume else 0)
     if resume:
         log.info("resuming from %s", resume)
 
