@@ -1,0 +1,147 @@
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tsrec.decoding import SidTrie, beam_search, left_pad, reference_beam_search, search_batches
+from tsrec.errors import TsrecError
+
+
+def random_index(n_sids: int, codes: int, seed: int, levels: int = 3) -> dict[int, list[str]]:
+    rng = random.Random(seed)
+    sids: set[tuple[str, ...]] = set()
+    while len(sids) < n_sids:
+        sids.add(tuple(f"<{chr(97 + lv)}_{rng.randrange(codes)}>" for lv in range(levels)))
+    return {i: list(s) for i, s in enumerate(sorted(sids))}
+
+
+def sid_model(backbone, codes: int, levels: int = 3, seed: int = 0):
+    """The tiny backbone with SID tokens added; new rows random (not mean-initialised) to avoid score ties."""
+    tok = AutoTokenizer.from_pretrained(backbone)
+    model = AutoModelForCausalLM.from_pretrained(backbone)
+    old = len(tok)
+    tok.add_tokens([f"<{chr(97 + lv)}_{c}>" for lv in range(levels) for c in range(codes)])
+    model.resize_token_embeddings(len(tok))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[old:] = torch.randn(emb[old:].shape, generator=g) * emb[:old].std()
+    return model.eval(), tok
+
+
+@pytest.fixture(scope="module")
+def tiny_sid(tiny_backbone):
+    return sid_model(tiny_backbone, codes=8)
+
+
+def encode(tok, prompts: list[str]) -> list[list[int]]:
+    return [tok(p)["input_ids"] for p in prompts]
+
+
+def random_prompts(tok, n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    words = "drill bit steel saw blade glove tape wire pen paper user history next item".split()
+    out = []
+    for _ in range(n):
+        hist = "".join(f"<a_{rng.randrange(8)}><b_{rng.randrange(8)}><c_{rng.randrange(8)}>"
+                       for _ in range(rng.randint(1, 5)))
+        out.append(" ".join(rng.sample(words, rng.randint(1, 6))) + ": " + hist + " next:")
+    return out
+
+
+def test_trie_tables_and_allowed():
+    trie = SidTrie([[10, 20, 30], [10, 21, 31], [11, 20, 30], [10, 20, 32]], eos_id=2)
+    assert trie.depth == 3 and len(trie) == 4
+    assert trie.allowed([]) == [10, 11]
+    assert trie.allowed([10]) == [20, 21]
+    assert trie.allowed([10, 20]) == [30, 32]
+    assert trie.allowed([10, 20, 32]) == [2]          # EOS only after a full SID
+    assert trie.allowed([10, 20, 33]) == [] and trie.allowed([12]) == []
+    assert trie.sid_id([11, 20, 30]) == 3 and trie.sid_id([11, 20, 31]) is None
+    assert trie.child_tok[0].tolist() == [[10, 11]]
+    assert trie.child_tok[1].tolist() == [[20, 21], [20, -1]]
+    # leaves are the sorted SIDs
+    assert trie.sids == sorted(trie.sids)
+
+
+def test_trie_rejects_bad_input():
+    with pytest.raises(TsrecError, match="same length"):
+        SidTrie([[1, 2, 3], [1, 2]], eos_id=0)
+    with pytest.raises(TsrecError, match="duplicate"):
+        SidTrie([[1, 2, 3], [1, 2, 3]], eos_id=0)
+    with pytest.raises(TsrecError, match="EOS"):
+        SidTrie([[1, 2, 3]], eos_id=3)
+
+
+def test_from_index_groups_colliding_items(tiny_sid):
+    _, tok = tiny_sid
+    index = {5: ["<a_1>", "<b_2>", "<c_3>"], 7: ["<a_1>", "<b_2>", "<c_3>"], 9: ["<a_0>", "<b_0>", "<c_0>"]}
+    trie = SidTrie.from_index(index, tok)
+    assert len(trie) == 2
+    assert sorted(map(sorted, trie.items)) == [[5, 7], [9]]
+    k = trie.names.index("<a_1><b_2><c_3>")
+    assert trie.items[k] == [5, 7]
+    with pytest.raises(TsrecError, match="not in the tokenizer"):
+        SidTrie.from_index({1: ["<a_99>", "<b_0>", "<c_0>"]}, tok)
+
+
+@pytest.mark.parametrize("n_sids,beams,seed", [(150, 20, 0), (60, 8, 1), (5, 8, 2)])
+def test_beam_search_matches_hf_generate(tiny_sid, n_sids, beams, seed):
+    """Ranked SIDs identical to HF generate + prefix_allowed_tokens_fn (length_penalty=0), scores equal."""
+    model, tok = tiny_sid
+    trie = SidTrie.from_index(random_index(n_sids, codes=8, seed=seed), tok)
+    ids, mask = left_pad(encode(tok, random_prompts(tok, 5, seed)), tok.pad_token_id)
+    assert (mask == 0).any()  # the batch really is left-padded
+    ref = reference_beam_search(model, ids, mask, trie, num_beams=beams)
+    ours = beam_search(model, ids, mask, trie, num_beams=beams)
+    copied = beam_search(model, ids, mask, trie, num_beams=beams, shared_prefix=False)  # HF-style cache copies
+    assert torch.equal(copied.sid_ids, ref.sid_ids)
+    assert ours.sid_ids.shape == ref.sid_ids.shape == (ids.shape[0], beams)
+    assert torch.equal(ours.sid_ids, ref.sid_ids)
+    found = ours.sid_ids >= 0
+    assert (found.sum(1) == min(beams, n_sids)).all()   # fewer SIDs than beams: padded with -1
+    assert torch.isinf(ours.scores[~found]).all()
+    torch.testing.assert_close(ours.scores[found], ref.scores[found], rtol=0, atol=1e-4)
+    # distinct, valid, best first
+    for row, sc in zip(ours.sid_ids.tolist(), ours.scores.tolist()):
+        valid = [s for s in row if s >= 0]
+        assert len(set(valid)) == len(valid)
+        assert sc[:len(valid)] == sorted(sc[:len(valid)], reverse=True)
+
+
+def test_batching_does_not_change_results(tiny_sid):
+    """Each prompt alone == in a padded batch == through search_batches (length-sorted batches)."""
+    model, tok = tiny_sid
+    trie = SidTrie.from_index(random_index(120, codes=8, seed=3), tok)
+    prompts = random_prompts(tok, 6, seed=3)
+    batched = search_batches(model, encode(tok, prompts), trie, pad_id=tok.pad_token_id, num_beams=10,
+                             batch_size=4)
+    for i, p in enumerate(prompts):
+        ids, mask = left_pad(encode(tok, [p]), tok.pad_token_id)
+        alone = beam_search(model, ids, mask, trie, num_beams=10)
+        assert alone.sid_ids[0].tolist() == batched.sid_ids[i].tolist()
+        torch.testing.assert_close(alone.scores[0], batched.scores[i], rtol=0, atol=1e-4)
+
+
+def test_scores_are_full_vocab_log_probs(tiny_sid):
+    """The returned score of a SID is log p(SID, EOS | prompt) under the model, over the full vocabulary."""
+    model, tok = tiny_sid
+    trie = SidTrie.from_index(random_index(40, codes=8, seed=4), tok)
+    prompt = random_prompts(tok, 1, seed=4)[0]
+    ids, mask = left_pad(encode(tok, [prompt]), tok.pad_token_id)
+    res = beam_search(model, ids, mask, trie, num_beams=4)
+    for sid, score in zip(res.sid_ids[0].tolist(), res.scores[0].tolist()):
+        seq = torch.tensor([ids[0].tolist() + list(trie.sids[sid]) + [trie.eos_id]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(seq).logits[0, ids.shape[1] - 1:-1].float(), -1)
+        expect = logp.gather(-1, seq[0, ids.shape[1]:, None]).sum().item()
+        assert score == pytest.approx(expect, abs=1e-4)
+
+
+def test_left_padding_is_required(tiny_sid):
+    model, tok = tiny_sid
+    trie = SidTrie.from_index(random_index(10, codes=8, seed=5), tok)
+    ids, mask = left_pad(encode(tok, ["drill", "drill bit steel saw"]), tok.pad_token_id)
+    with pytest.raises(ValueError, match="LEFT"):
+        beam_search(model, ids.flip(1), mask.flip(1), trie, num_beams=2)

@@ -1,0 +1,113 @@
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from tsrec import metrics
+from tsrec.cli import main
+from tsrec.data import load_index, load_split
+from tsrec.decoding import SidTrie
+from tsrec.evaluate import EvaluateConfig, evaluate_rows, select_rows
+from tsrec.config import section
+from tsrec.errors import ParamError
+
+from test_decoding import sid_model
+
+
+def simple_prompt(history_sids: list[str]) -> str:
+    return "User history: " + " ".join(history_sids) + " next item:"
+
+
+@pytest.fixture(scope="module")
+def tiny_eval_model(tiny_backbone, tmp_path_factory):
+    model, tok = sid_model(tiny_backbone, codes=8)
+    out = tmp_path_factory.mktemp("sidmodel")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return model, tok, out
+
+
+def test_evaluate_rows_ranks_and_counts(tiny_dataset, tiny_eval_model):
+    model, tok, _ = tiny_eval_model
+    index = load_index(tiny_dataset / "sid_index.json")
+    trie = SidTrie.from_index(index, tok)
+    rows = load_split(tiny_dataset, "test")
+    out, summary = evaluate_rows(model, tok, trie, index, rows, simple_prompt, beams=20, batch_size=7)
+    assert len(out) == len(rows) == summary["n_rows"]
+    assert summary["invalid_outputs"] == 0 and summary["duplicate_outputs"] == 0
+    assert summary["rows_with_fewer_than_B_sids"] == 0
+    for r in out.itertuples():
+        assert len(r.ranked_sids) == 20 and len(set(r.ranked_sids)) == 20
+        assert r.target_sid == "".join(index[r.target])
+        assert r.rank == (r.ranked_sids.index(r.target_sid) if r.target_sid in r.ranked_sids else -1)
+        assert list(r.scores) == sorted(r.scores, reverse=True)
+    assert summary["metrics"] == metrics.from_ranks(out["rank"].tolist())
+    # 20 of the 60 SIDs are returned per row: a random model finds some targets, not all
+    assert 0 < summary["metrics"]["HR@20"] < 1
+
+
+def test_shared_sid_counts_as_hit(tiny_dataset, tiny_eval_model):
+    """Collision policy: a SID stands for all its items; with two SIDs in the index every target is in the top 2."""
+    model, tok, _ = tiny_eval_model
+    index = {i: (["<a_1>", "<b_2>", "<c_3>"] if i % 2 else ["<a_4>", "<b_5>", "<c_6>"]) for i in range(60)}
+    trie = SidTrie.from_index(index, tok)
+    assert len(trie) == 2 and sorted(len(v) for v in trie.items) == [30, 30]
+    rows = load_split(tiny_dataset, "test")
+    out, summary = evaluate_rows(model, tok, trie, index, rows, simple_prompt, beams=4, batch_size=16)
+    assert summary["metrics"]["HR@3"] == 1.0 and summary["rows_with_fewer_than_B_sids"] == len(rows)
+    assert set(out["rank"]) <= {0, 1}
+
+
+def test_subsample_is_fixed_and_seeded():
+    a = select_rows(100, 10, seed=42)
+    assert list(a) == list(select_rows(100, 10, seed=42)) and len(set(a)) == 10 and list(a) == sorted(a)
+    assert list(a) != list(select_rows(100, 10, seed=1))
+    assert list(select_rows(5, None, 0)) == list(range(5)) == list(select_rows(5, 50, 0))
+
+
+def test_config_validation():
+    with pytest.raises(ParamError, match="beams"):
+        section({"evaluate": {"beams": 10}}, "evaluate", EvaluateConfig)
+    with pytest.raises(ParamError, match="unknown"):
+        section({"evaluate": {"beam": 20}}, "evaluate", EvaluateConfig)
+
+
+def test_cli_writes_metrics_and_ranks(tiny_dataset, tiny_eval_model, tmp_path, monkeypatch):
+    _, _, model_dir = tiny_eval_model
+    import tsrec.evaluate as ev
+
+    monkeypatch.setattr(ev, "seqrec_prompt_fn", lambda: simple_prompt)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"seed": 42, "evaluate": {"beams": 20, "batch_size": 8}}))
+    rc = main(["--params", str(params), "evaluate", "--dataset", "Industrial_and_Scientific", "--variant", "tiny",
+               "--model-dir", str(model_dir), "--data-dir", str(tiny_dataset), "--subsample", "25",
+               "--results", str(tmp_path / "results"), "--artifacts", str(tmp_path / "artifacts")])
+    assert rc == 0
+    m = json.loads((tmp_path / "results/Industrial_and_Scientific/tiny/metrics.json").read_text())
+    ranks = pd.read_parquet(tmp_path / "artifacts/Industrial_and_Scientific/eval/tiny/ranks.parquet")
+    assert m["n_rows"] == len(ranks) == 25 and m["n_rows_split"] == 40
+    assert m["subsample"] == {"n": 25, "seed": 42} and m["split"] == "test" and m["beams"] == 20
+    assert m["model"]["source"]["kind"].startswith("plain_model_UNTRAINED")
+    assert m["invalid_outputs"] == 0 and m["duplicate_outputs"] == 0
+    for k, v in metrics.from_ranks(ranks["rank"].tolist()).items():
+        assert m[k] == v
+    assert m["rows_per_s"] > 0 and "evaluate" in m["command"]
+    # valid split goes to its own files; the test ranks survive
+    rc = main(["--params", str(params), "evaluate", "--dataset", "Industrial_and_Scientific", "--variant", "tiny",
+               "--model-dir", str(model_dir), "--data-dir", str(tiny_dataset), "--split", "valid",
+               "--results", str(tmp_path / "results"), "--artifacts", str(tmp_path / "artifacts")])
+    assert rc == 0
+    mv = json.loads((tmp_path / "results/Industrial_and_Scientific/tiny/metrics_valid.json").read_text())
+    assert mv["split"] == "valid" and mv["subsample"] is None and mv["n_rows"] == 40
+    assert sorted(p.name for p in (tmp_path / "artifacts/Industrial_and_Scientific/eval/tiny").iterdir()) == [
+        "ranks.parquet", "ranks_valid.parquet"]
+
+
+def test_cli_errors_are_one_line(tiny_dataset, tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text("seed: 42\n")
+    rc = main(["--params", str(params), "evaluate", "--dataset", "Industrial_and_Scientific", "--variant", "nope",
+               "--data-dir", str(tiny_dataset), "--artifacts", str(tmp_path / "artifacts")])
+    assert rc == 2
+    assert "trained run folder not found" in capsys.readouterr().err

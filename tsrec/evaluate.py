@@ -1,0 +1,229 @@
+"""evaluate: constrained beam search over the SID trie on valid/test, HR@K and NDCG@K (REFERENCE.md section 5).
+
+For each row the model reads ``tsrec.tasks.seqrec_prompt(history SIDs)`` and generates the top-B distinct
+SIDs (``tsrec.decoding``); the row's rank is the 0-based position of the TARGET'S SID in that list (a SID
+stands for all items sharing it, as in the reference implementations), -1 if absent.
+
+Outputs (test split; the valid split writes ``metrics_valid.json`` / ``ranks_valid.parquet``):
+  results/<DS>/<variant>/metrics.json        dvc metrics: HR@K/NDCG@K, rows, subsample, beams, timing, command
+  artifacts/<DS>/eval/<variant>/ranks.parquet  one row per evaluated row (for paired tests)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from tsrec import metrics
+from tsrec.config import section
+from tsrec.data import DATASETS, load_index, load_split
+from tsrec.decoding import SidTrie, search_batches
+from tsrec.errors import TsrecError
+from tsrec.io import atomic_dir, sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class EvaluateConfig:
+    split: Literal["valid", "test"] = "test"
+    beams: int = 20                 # beam width = length of the ranked list (authors: 20)
+    batch_size: int = 8             # prompts per beam-search batch (each holds `beams` rows while decoding)
+    subsample: int | None = None    # evaluate a fixed seeded random subsample of this many rows (None: all)
+    threads: int | None = None      # torch intra-op threads (None: torch default)
+
+    def validate(self) -> None:
+        if self.beams < 1 or self.batch_size < 1:
+            raise ValueError("beams and batch_size must be >= 1")
+        if self.beams < max(metrics.KS):
+            raise ValueError(f"beams must be >= {max(metrics.KS)} to report HR@{max(metrics.KS)}")
+        if self.subsample is not None and self.subsample < 1:
+            raise ValueError("subsample must be >= 1 or null")
+
+
+def select_rows(n: int, subsample: int | None, seed: int) -> np.ndarray:
+    """All row positions, or a fixed seeded random subsample of them (sorted)."""
+    if subsample is None or subsample >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=subsample, replace=False))
+
+
+def sid_string(tokens: Sequence[str]) -> str:
+    return "".join(tokens)
+
+
+def evaluate_rows(model, tokenizer, trie: SidTrie, index: dict[int, list[str]], rows: pd.DataFrame,
+                  prompt_fn: Callable[[list[str]], str], encode: Callable[[object, str], list[int]], *,
+                  beams: int = 20, batch_size: int = 8, desc: str = "evaluate") -> tuple[pd.DataFrame, dict]:
+    """Rank the target SID of every row; return per-row ranks and a summary (metrics, counts, timing).
+
+    ``prompt_fn(history SID strings) -> text`` and ``encode(tokenizer, text) -> ids`` must be the ones
+    training used (``tsrec.tasks.seqrec_prompt`` / ``tsrec.tasks.encode_prompt``).
+    """
+    prompts = [encode(tokenizer, prompt_fn([sid_string(index[i]) for i in hist])) for hist in rows["history"]]
+    targets = [sid_string(index[int(t)]) for t in rows["target"]]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model.eval()
+    start = time.perf_counter()
+    with tqdm(total=len(prompts), desc=desc, unit="row", disable=None, dynamic_ncols=True) as bar:
+        res = search_batches(model, prompts, trie, pad_id=pad_id, num_beams=beams, batch_size=batch_size,
+                             progress=bar.update)
+    wall = time.perf_counter() - start
+    ranked = [[trie.names[s] for s in row if s >= 0] for row in res.sid_ids.tolist()]
+    known = set(trie.names)
+    invalid = sum(s not in known for lst in ranked for s in lst)  # cannot happen by construction; counted
+    duplicate = sum(len(lst) - len(set(lst)) for lst in ranked)
+    short = sum(len(lst) < beams for lst in ranked)
+    row_ranks = metrics.ranks(ranked, targets)
+    out = pd.DataFrame({
+        "row": rows.index.to_numpy(), "user_id": rows["user_id"].to_numpy(),
+        "target": rows["target"].to_numpy(), "target_sid": targets, "rank": row_ranks,
+        "ranked_sids": ranked, "scores": [[round(float(x), 5) for x in sc[:len(lst)]]
+                                          for sc, lst in zip(res.scores.tolist(), ranked)],
+    })
+    summary = {
+        "metrics": metrics.from_ranks(row_ranks),
+        "n_rows": len(rows),
+        "invalid_outputs": invalid,
+        "duplicate_outputs": duplicate,
+        "rows_with_fewer_than_B_sids": short,
+        "target_not_in_top_B": sum(r == metrics.MISSING for r in row_ranks),
+        "prompt_tokens_mean": round(float(np.mean([len(p) for p in prompts])), 1),
+        "wall_time_s": round(wall, 2),
+        "rows_per_s": round(len(rows) / wall, 3) if wall > 0 else None,
+    }
+    return out, summary
+
+
+# ---------------------------------------------------------------- model / index / prompt plumbing
+def load_plain(model_dir: Path):
+    """(model, tokenizer, meta) of a plain HF folder, e.g. an UNTRAINED backbone with SID tokens added."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (model_dir / "config.json").is_file():
+        raise TsrecError("not a Hugging Face model folder (no config.json)", file=model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return model.eval(), tok, {"plain_model_dir": str(model_dir), "trained": False}
+
+
+def run_index(params: dict, ds: str, run_dir: Path) -> Path:
+    """The index a run was trained with (its meta), else the index in use for the dataset."""
+    from tsrec.train import META, index_path
+
+    meta_file = run_dir / "final" / META
+    if meta_file.is_file():
+        recorded = json.loads(meta_file.read_text(encoding="utf-8")).get("index_path")
+        if recorded and Path(recorded).is_file():
+            return Path(recorded)
+    return index_path(params, ds)
+
+
+def prompt_functions():
+    """The evaluation prompt and its tokenization, exactly as training builds them."""
+    from tsrec.tasks import encode_prompt, seqrec_prompt
+
+    return seqrec_prompt, encode_prompt
+
+
+# ---------------------------------------------------------------- CLI
+def add_arguments(p) -> None:
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--variant", required=True, help="trained variant (artifacts/<DS>/runs/<variant>) = results label")
+    p.add_argument("--run-dir", help="trained run folder (default: <train.out>/<DS>/runs/<variant>)")
+    p.add_argument("--model-dir", help="evaluate a plain HF model folder instead of a trained run "
+                                       "(e.g. an untrained backbone with SID tokens); labelled as such")
+    p.add_argument("--index", help="SID index JSON (default: the one the run was trained with)")
+    p.add_argument("--split", choices=["valid", "test"], help="default: evaluate.split")
+    p.add_argument("--subsample", type=int, help="fixed seeded random subsample of N rows (default: evaluate.subsample)")
+    p.add_argument("--beams", type=int, help="beam width (default: evaluate.beams)")
+    p.add_argument("--batch-size", type=int, help="default: evaluate.batch_size")
+    p.add_argument("--data-dir", help="default: <data.out>/<DS>")
+    p.add_argument("--results", default="results", help="results root (metrics JSON)")
+    p.add_argument("--artifacts", default="artifacts", help="artifacts root (per-row ranks)")
+
+
+def run(args, params) -> None:
+    overrides = {k: getattr(args, k) for k in ("split", "subsample", "beams", "batch_size")
+                 if getattr(args, k) is not None}
+    raw = {**(params.get("evaluate") or {}), **overrides}
+    cfg = section({**params, "evaluate": raw}, "evaluate", EvaluateConfig)
+    seed = int(params.get("seed", 42))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    ds, variant = args.dataset, args.variant
+    data_dir = Path(args.data_dir or Path((params.get("data") or {}).get("out", "data")) / ds)
+    if args.model_dir:
+        model, tokenizer, meta = load_plain(Path(args.model_dir))
+        source = {"kind": "plain_model_UNTRAINED_or_external", "path": args.model_dir}
+        index_file = Path(args.index) if args.index else data_dir / "sid_index.json"
+    else:
+        from tsrec.train import load_trained, run_dir as default_run_dir
+
+        run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(params, ds, variant)
+        if not run_dir.is_dir():
+            raise TsrecError("trained run folder not found (run `tsrec train` or pass --run-dir)", file=run_dir)
+        index_file = Path(args.index) if args.index else run_index(params, ds, run_dir)
+        model, tokenizer, meta = load_trained(run_dir, index_path=index_file)  # refuses another index
+        source = {"kind": "trained_run", "path": str(run_dir)}
+    index = load_index(index_file)
+    trie = SidTrie.from_index(index, tokenizer)
+    split_df = load_split(data_dir, cfg.split)
+    missing = sorted({int(i) for h, t in zip(split_df["history"], split_df["target"]) for i in [*h, t]} - set(index))
+    if missing:
+        raise TsrecError(f"{len(missing)} items of the {cfg.split} split have no SID in the index, e.g. {missing[:5]}",
+                         file=index_file)
+    picked = select_rows(len(split_df), cfg.subsample, seed)
+    rows = split_df.iloc[picked]
+    if len(rows) < len(split_df):
+        log.warning("evaluating a fixed seeded SUBSAMPLE: %d of %d %s rows (seed %d)",
+                    len(rows), len(split_df), cfg.split, seed)
+    log.info("%s/%s: %s split, %d rows, B=%d, %d SIDs, torch threads %d", ds, variant, cfg.split, len(rows),
+             cfg.beams, len(trie), torch.get_num_threads())
+    prompt_fn, encode = prompt_functions()
+    ranks_df, summary = evaluate_rows(model, tokenizer, trie, index, rows, prompt_fn, encode, beams=cfg.beams,
+                                      batch_size=cfg.batch_size, desc=f"evaluate {ds}/{variant}")
+    if summary["invalid_outputs"] or summary["duplicate_outputs"]:
+        log.error("invalid or duplicate outputs: %d / %d", summary["invalid_outputs"], summary["duplicate_outputs"])
+    suffix = "" if cfg.split == "test" else f"_{cfg.split}"
+    result = {
+        **summary["metrics"],
+        "dataset": ds, "variant": variant, "split": cfg.split,
+        "n_rows": len(rows), "n_rows_split": len(split_df),
+        "subsample": None if len(rows) == len(split_df) else {"n": len(rows), "seed": seed},
+        "beams": cfg.beams, "batch_size": cfg.batch_size,
+        **{k: v for k, v in summary.items() if k not in ("metrics", "n_rows")},
+        "decoding": "constrained beam search, exact HF semantics (length_penalty=0, full-vocab log-softmax, "
+                    "SID then EOS); rank of the target's SID",
+        "model": {"source": source, "meta": meta},
+        "index": {"path": str(index_file), "sha256": sha256_file(index_file), "items": len(index), "sids": len(trie),
+                  "items_sharing_a_sid": sum(len(v) for v in trie.items if len(v) > 1)},
+        "torch_threads": torch.get_num_threads(), "host": platform.machine(),
+        "command": "tsrec " + shlex.join(sys.argv[1:]) if Path(sys.argv[0]).name == "tsrec"
+                   else shlex.join(sys.argv),
+    }
+    metrics_file = Path(args.results) / ds / variant / f"metrics{suffix}.json"
+    write_json(metrics_file, json.loads(json.dumps(result, default=str)))
+    eval_dir = Path(args.artifacts) / ds / "eval" / variant
+    eval_dir.parent.mkdir(parents=True, exist_ok=True)
+    keep = [p for p in eval_dir.glob("ranks*.parquet") if p.name != f"ranks{suffix}.parquet"] if eval_dir.is_dir() else []
+    with atomic_dir(eval_dir) as tmp:
+        for p in keep:  # the other split's ranks survive
+            (tmp / p.name).write_bytes(p.read_bytes())
+        ranks_df.to_parquet(tmp / f"ranks{suffix}.parquet", index=False)
+    m = summary["metrics"]
+    print(f"{ds}/{variant} {cfg.split} n={len(rows)}" + (" (SUBSAMPLE)" if result["subsample"] else "") + ": "
+          + " ".join(f"{k}={m[k]:.4f}" for k in m) + f" | {summary['rows_per_s']} rows/s -> {metrics_file}")
