@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tsrec.backbone import add_sid_tokens
 from tsrec.decoding import SidTrie, beam_search, left_pad, reference_beam_search, search_batches
 from tsrec.errors import TsrecError
 
@@ -17,12 +18,12 @@ def random_index(n_sids: int, codes: int, seed: int, levels: int = 3) -> dict[in
 
 
 def sid_model(backbone, codes: int, levels: int = 3, seed: int = 0):
-    """The tiny backbone with SID tokens added; new rows random (not mean-initialised) to avoid score ties."""
+    """The tiny backbone + SID tokens (tsrec.backbone.add_sid_tokens); new rows re-drawn at full scale, since
+    mean-resizing makes them near-identical and near-tied scores would make rankings fragile."""
     tok = AutoTokenizer.from_pretrained(backbone)
     model = AutoModelForCausalLM.from_pretrained(backbone)
     old = len(tok)
-    tok.add_tokens([f"<{chr(97 + lv)}_{c}>" for lv in range(levels) for c in range(codes)])
-    model.resize_token_embeddings(len(tok))
+    add_sid_tokens(model, tok, [f"<{chr(97 + lv)}_{c}>" for lv in range(levels) for c in range(codes)])
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         emb = model.get_input_embeddings().weight

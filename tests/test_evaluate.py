@@ -1,4 +1,6 @@
 import json
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,8 +17,10 @@ from tsrec.errors import ParamError
 from test_decoding import sid_model
 
 
-def simple_prompt(history_sids: list[str]) -> str:
-    return "User history: " + " ".join(history_sids) + " next item:"
+from tsrec.tasks import encode_prompt, seqrec_prompt
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_train import make_params  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +37,8 @@ def test_evaluate_rows_ranks_and_counts(tiny_dataset, tiny_eval_model):
     index = load_index(tiny_dataset / "sid_index.json")
     trie = SidTrie.from_index(index, tok)
     rows = load_split(tiny_dataset, "test")
-    out, summary = evaluate_rows(model, tok, trie, index, rows, simple_prompt, beams=20, batch_size=7)
+    out, summary = evaluate_rows(model, tok, trie, index, rows, seqrec_prompt, encode_prompt,
+                                 beams=20, batch_size=7)
     assert len(out) == len(rows) == summary["n_rows"]
     assert summary["invalid_outputs"] == 0 and summary["duplicate_outputs"] == 0
     assert summary["rows_with_fewer_than_B_sids"] == 0
@@ -54,7 +59,8 @@ def test_shared_sid_counts_as_hit(tiny_dataset, tiny_eval_model):
     trie = SidTrie.from_index(index, tok)
     assert len(trie) == 2 and sorted(len(v) for v in trie.items) == [30, 30]
     rows = load_split(tiny_dataset, "test")
-    out, summary = evaluate_rows(model, tok, trie, index, rows, simple_prompt, beams=4, batch_size=16)
+    out, summary = evaluate_rows(model, tok, trie, index, rows, seqrec_prompt, encode_prompt,
+                                 beams=4, batch_size=16)
     assert summary["metrics"]["HR@3"] == 1.0 and summary["rows_with_fewer_than_B_sids"] == len(rows)
     assert set(out["rank"]) <= {0, 1}
 
@@ -73,11 +79,8 @@ def test_config_validation():
         section({"evaluate": {"beam": 20}}, "evaluate", EvaluateConfig)
 
 
-def test_cli_writes_metrics_and_ranks(tiny_dataset, tiny_eval_model, tmp_path, monkeypatch):
+def test_cli_writes_metrics_and_ranks(tiny_dataset, tiny_eval_model, tmp_path):
     _, _, model_dir = tiny_eval_model
-    import tsrec.evaluate as ev
-
-    monkeypatch.setattr(ev, "seqrec_prompt_fn", lambda: simple_prompt)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"seed": 42, "evaluate": {"beams": 20, "batch_size": 8}}))
     rc = main(["--params", str(params), "evaluate", "--dataset", "Industrial_and_Scientific", "--variant", "tiny",
@@ -111,3 +114,21 @@ def test_cli_errors_are_one_line(tiny_dataset, tmp_path, capsys):
                "--data-dir", str(tiny_dataset), "--artifacts", str(tmp_path / "artifacts")])
     assert rc == 2
     assert "trained run folder not found" in capsys.readouterr().err
+
+
+def test_cli_evaluates_a_trained_run(tmp_path, tiny_dataset, tiny_backbone):
+    """Production path: tsrec.train run -> load_trained (index checked) -> tasks prompt -> metrics."""
+    from tsrec.train import train_run
+
+    params = make_params(tmp_path, tiny_dataset, tiny_backbone, max_steps=2)
+    run = tmp_path / "artifacts" / "tiny" / "runs" / "sft"
+    train_run(params, "tiny", "sft", out=run)
+    rc = main(["--params", params["_path"], "evaluate", "--dataset", "tiny", "--variant", "sft",
+               "--run-dir", str(run), "--results", str(tmp_path / "results"),
+               "--artifacts", str(tmp_path / "artifacts")])
+    assert rc == 0
+    m = json.loads((tmp_path / "results/tiny/sft/metrics.json").read_text())
+    assert m["model"]["source"]["kind"] == "trained_run" and m["model"]["meta"]["variant"] == "sft"
+    assert m["n_rows"] == 40 and m["subsample"] is None and m["invalid_outputs"] == 0
+    assert m["index"]["sha256"] == m["model"]["meta"]["index_sha256"]
+    assert (tmp_path / "artifacts/tiny/eval/sft/ranks.parquet").is_file()

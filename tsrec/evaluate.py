@@ -16,7 +16,6 @@ import json
 import logging
 import platform
 import shlex
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,7 +28,7 @@ from tqdm import tqdm
 
 from tsrec import metrics
 from tsrec.config import section
-from tsrec.data import DATASETS, load_index, load_split
+from tsrec.data import load_index, load_split
 from tsrec.decoding import SidTrie, search_batches
 from tsrec.errors import TsrecError
 from tsrec.io import atomic_dir, sha256_file, write_json
@@ -140,8 +139,19 @@ def prompt_functions():
 
 
 # ---------------------------------------------------------------- CLI
+def command_line(args, params) -> str:
+    """The equivalent ``tsrec evaluate`` command line (explicit options only)."""
+    parts = ["tsrec", "--params", params.get("_path", "params.yaml"), "evaluate"]
+    for key in ("dataset", "variant", "run_dir", "model_dir", "index", "split", "subsample", "beams",
+                "batch_size", "data_dir", "results", "artifacts"):
+        value = getattr(args, key, None)
+        if value is not None:
+            parts += ["--" + key.replace("_", "-"), str(value)]
+    return shlex.join(parts)
+
+
 def add_arguments(p) -> None:
-    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--dataset", required=True, help="dataset folder name under data.out")
     p.add_argument("--variant", required=True, help="trained variant (artifacts/<DS>/runs/<variant>) = results label")
     p.add_argument("--run-dir", help="trained run folder (default: <train.out>/<DS>/runs/<variant>)")
     p.add_argument("--model-dir", help="evaluate a plain HF model folder instead of a trained run "
@@ -212,8 +222,7 @@ def run(args, params) -> None:
         "index": {"path": str(index_file), "sha256": sha256_file(index_file), "items": len(index), "sids": len(trie),
                   "items_sharing_a_sid": sum(len(v) for v in trie.items if len(v) > 1)},
         "torch_threads": torch.get_num_threads(), "host": platform.machine(),
-        "command": "tsrec " + shlex.join(sys.argv[1:]) if Path(sys.argv[0]).name == "tsrec"
-                   else shlex.join(sys.argv),
+        "command": command_line(args, params),
     }
     metrics_file = Path(args.results) / ds / variant / f"metrics{suffix}.json"
     write_json(metrics_file, json.loads(json.dumps(result, default=str)))
