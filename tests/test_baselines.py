@@ -190,7 +190,12 @@ def test_table_sanity_flags_a_model_below_pop(tmp_path):
         write_json(tmp_path / "d" / "baselines" / f"{model}.json", {"metrics": metrics})
     from tsrec.baselines.table import our_rows
 
-    assert sanity(our_rows(tmp_path, "d")) == ["Caser"]
+    write_json(tmp_path / "d" / "sft" / "metrics.json", {f"{n}@{k}": 0.1 for k in (1, 3, 5, 10, 20) for n in ("HR", "NDCG")})
+    df = our_rows(tmp_path, "d")
+    assert sanity(df) == ["Caser"]
+    status = dict(zip(df["model"], df["status"]))
+    assert status["LC-Rec (= our sft variant)"] == status["MiniOneRec-SFT (= our sft variant)"] == "ok"
+    assert status["TIGER"] == status["BIGRec"] == status["HSTU"] == "not run"
     assert "FAILS for Caser" in render(tmp_path, ["d"])
 
 

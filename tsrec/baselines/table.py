@@ -10,6 +10,7 @@ import pandas as pd
 
 from tsrec.io import atomic_file
 from tsrec.metrics import KS
+from tsrec.report import read_metrics
 
 # (display name, source): "baseline:<model>" reads results/<DS>/baselines/<model>.json, "variant:<v>" reads
 # results/<DS>/<v>/metrics.json, None = not run by us (never filled from a paper).
@@ -60,29 +61,21 @@ PUBLISHED = {
 METRICS = [f"{n}@{k}" for k in KS for n in ("HR", "NDCG")]
 
 
-def _read(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
 def our_rows(results: Path, ds: str) -> pd.DataFrame:
     rows = []
     for name, src in ROWS:
-        row: dict = {"model": name}
-        rec = None
-        if src and src.startswith("baseline:"):
-            rec = _read(results / ds / "baselines" / f"{src.split(':')[1]}.json")
-        elif src:
-            rec = _read(results / ds / src.split(":")[1] / "metrics.json")
-        metrics = (rec or {}).get("metrics", rec) if rec else None
-        if not metrics or not all(m in metrics for m in METRICS):
-            row["status"] = "not run"
-        else:
-            row["status"] = "ok"
-            row.update({m: metrics[m] for m in METRICS})
-            if src.startswith("baseline:"):
-                row["valid NDCG@10"] = rec.get("best_valid_NDCG@10")
-                row["epochs"] = rec.get("epochs")
-                row["train s"] = rec.get("train_time_s")
+        row: dict = {"model": name, "status": "not run"}
+        kind, _, what = (src or "").partition(":")
+        path = results / ds / ("baselines" if kind == "baseline" else what) / (
+            f"{what}.json" if kind == "baseline" else "metrics.json")
+        if src and path.is_file():
+            metrics = read_metrics(path)
+            if all(m in metrics for m in METRICS):
+                row.update(status="ok", **{m: metrics[m] for m in METRICS})
+                if kind == "baseline":
+                    rec = json.loads(path.read_text(encoding="utf-8"))
+                    row.update({"valid NDCG@10": rec.get("best_valid_NDCG@10"), "epochs": rec.get("epochs"),
+                                "train s": rec.get("train_time_s")})
         rows.append(row)
     return pd.DataFrame(rows, columns=["model", "status", *METRICS, "valid NDCG@10", "epochs", "train s"])
 
