@@ -190,7 +190,8 @@ def test_table_sanity_flags_a_model_below_pop(tmp_path):
         write_json(tmp_path / "d" / "baselines" / f"{model}.json", {"metrics": metrics})
     from tsrec.baselines.table import our_rows
 
-    write_json(tmp_path / "d" / "sft" / "metrics.json", {f"{n}@{k}": 0.1 for k in (1, 3, 5, 10, 20) for n in ("HR", "NDCG")})
+    sft = {f"{n}@{k}": 0.1 for k in (1, 3, 5, 10, 20) for n in ("HR", "NDCG")}
+    write_json(tmp_path / "d" / "sft" / "metrics.json", sft)
     df = our_rows(tmp_path, "d")
     assert sanity(df) == ["Caser"]
     status = dict(zip(df["model"], df["status"]))
