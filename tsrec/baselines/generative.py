@@ -118,7 +118,8 @@ class TIGER(Recommender):
         rng.shuffle(pairs)
         bs = self.train_cfg.batch_size
         # length bucketing: sort inside windows of 16 batches so little padding is fed to the encoder
-        pairs = [p for w in range(0, len(pairs), 16 * bs) for p in sorted(pairs[w:w + 16 * bs], key=lambda p: len(p[0]))]
+        window = 16 * bs
+        pairs = [p for w in range(0, len(pairs), window) for p in sorted(pairs[w:w + window], key=lambda p: len(p[0]))]
         chunks = [pairs[start:start + bs] for start in range(0, len(pairs), bs)]
         rng.shuffle(chunks)
         for chunk in chunks:
