@@ -27,7 +27,7 @@ def tiny_params(data_root, **extra) -> dict:
         "baselines": {
             "data": str(data_root), "max_len": 10, "topk": 20, "threads": 1, "train": FAST,
             "sasrec": {"hidden": 16, "layers": 1, "heads": 2}, "gru4rec": {"hidden": 16},
-            "caser": {"hidden": 16, "n_v": 2, "n_h": 4},
+            "caser": {"hidden": 16, "n_v": 2, "n_h": 4}, "hstu": {"hidden": 16, "layers": 1, "heads": 2},
             "tiger": {"d_model": 16, "d_ff": 32, "layers": 1, "heads": 2, "beams": 20, "valid_beams": 20,
                       "eval_batch": 16, "valid_rows": 8, "train": {"max_epochs": 1}},
             "tuning": {m: [{}] for m in LEARNED},
@@ -79,7 +79,7 @@ def test_pop_ranking_by_hand(tmp_path):
     assert pop.recommend([[0]], 2) == [[4, 1]]
 
 
-@pytest.mark.parametrize("model", ["sasrec", "gru4rec", "caser"])
+@pytest.mark.parametrize("model", ["sasrec", "hstu", "gru4rec", "caser"])
 def test_id_models_train_and_rank_all_items(tiny_dataset, model):
     params = tiny_params(tiny_dataset.parent)
     data = SeqData(tiny_dataset)
@@ -96,7 +96,7 @@ def test_id_models_train_and_rank_all_items(tiny_dataset, model):
     assert all(len(r) == 20 == len(set(r)) and set(r) <= set(data.item_ids) for r in top)
 
 
-@pytest.mark.parametrize("model", ["sasrec", "gru4rec"])
+@pytest.mark.parametrize("model", ["sasrec", "hstu", "gru4rec"])
 def test_causal_models_ignore_positions_after_the_history(tiny_dataset, model):
     data = SeqData(tiny_dataset)
     rec = build(model, data, cfg_of(tiny_params(tiny_dataset.parent)), {}, 0)
@@ -152,8 +152,9 @@ def test_sid_trie_allows_only_real_prefixes():
 
 @pytest.mark.parametrize("bad, match", [
     ({"models": ["pop", "bpr"]}, "unknown model"),
-    ({"tuning": {"sasrec": [{}, {"lr": 0.01}], "gru4rec": [{}], "caser": [{}], "tiger": [{}]}}, "identical"),
-    ({"tuning": {"sasrec": [{"hiddden": 8}], "gru4rec": [{}], "caser": [{}], "tiger": [{}]}}, "hiddden"),
+    ({"tuning": {"sasrec": [{}, {"lr": 0.01}], "gru4rec": [{}], "caser": [{}], "tiger": [{}], "hstu": [{}]}},
+     "identical"),
+    ({"tuning": {"sasrec": [{"hiddden": 8}], "gru4rec": [{}], "caser": [{}], "tiger": [{}], "hstu": [{}]}}, "hiddden"),
     ({"sasrec": {"hidden": 10, "heads": 4}}, "divisible"),
     ({"tiger": {"beams": 10}}, "beams"),
     ({"train": {"lr": -1.0}}, "lr"),
@@ -196,7 +197,7 @@ def test_table_sanity_flags_a_model_below_pop(tmp_path):
     assert sanity(df) == ["Caser"]
     status = dict(zip(df["model"], df["status"]))
     assert status["LC-Rec (= our sft variant)"] == status["MiniOneRec-SFT (= our sft variant)"] == "ok"
-    assert status["TIGER"] == status["BIGRec"] == status["HSTU"] == "not run"
+    assert status["TIGER"] == status["BIGRec"] == status["HSTU"] == status["D3"] == "not run"
     assert "FAILS for Caser" in render(tmp_path, ["d"])
 
 

@@ -1,6 +1,6 @@
-"""baseline: Pop, SASRec, GRU4Rec, Caser and TIGER on the same splits, full ranking and metrics as TS-Rec.
+"""baseline: Pop, SASRec, GRU4Rec, Caser, HSTU and TIGER on the same splits, full ranking and metrics as TS-Rec.
 
-RecBole's shape: one module per model family (``general``: Pop; ``sequential``: SASRec, GRU4Rec, Caser;
+RecBole's shape: one module per model family (``general``: Pop; ``sequential``: SASRec, HSTU, GRU4Rec, Caser;
 ``generative``: TIGER), one class per model, one shared trainer/evaluator (``trainer``). Each model gets the
 same tuning budget (``baselines.tuning``: a list of override dicts per model, tried on VALID; the best by
 valid NDCG@10 is evaluated once on TEST). Output: ``results/<DS>/baselines/<model>.json``;
@@ -21,7 +21,7 @@ import torch
 
 from tsrec.baselines.generative import TIGER, TigerConfig
 from tsrec.baselines.general import Pop
-from tsrec.baselines.sequential import CONFIGS, NETS, CaserConfig, GRU4RecConfig, IDRecommender, SASRecConfig
+from tsrec.baselines.sequential import NETS, CaserConfig, GRU4RecConfig, HSTUConfig, IDRecommender, SASRecConfig
 from tsrec.baselines.trainer import VALID_METRIC, Recommender, SeqData, TrainConfig, evaluate
 from tsrec.config import from_dict, section
 from tsrec.data import load_index
@@ -30,7 +30,7 @@ from tsrec.io import write_json
 
 log = logging.getLogger(__name__)
 
-MODELS = ("pop", "sasrec", "gru4rec", "caser", "tiger")
+MODELS = ("pop", "sasrec", "gru4rec", "caser", "tiger", "hstu")
 LEARNED = MODELS[1:]
 
 
@@ -46,6 +46,7 @@ class BaselinesConfig:
     sasrec: SASRecConfig = dataclasses.field(default_factory=SASRecConfig)
     gru4rec: GRU4RecConfig = dataclasses.field(default_factory=GRU4RecConfig)
     caser: CaserConfig = dataclasses.field(default_factory=CaserConfig)
+    hstu: HSTUConfig = dataclasses.field(default_factory=HSTUConfig)
     tiger: TigerConfig = dataclasses.field(default_factory=TigerConfig)
     # model -> list of override dicts (keys of the model's section or of train); same length for every model
     tuning: dict[str, list] = dataclasses.field(default_factory=dict)

@@ -1,4 +1,4 @@
-"""ID-based sequential recommenders: SASRec, GRU4Rec, Caser.
+"""ID-based sequential recommenders: SASRec, HSTU, GRU4Rec, Caser.
 
 Each net encodes a right-padded history [B, L] (item indices, 0 = pad) into one user vector [B, d];
 scores are its dot products with ALL item embeddings (full softmax over every item: training loss is
@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tsrec.baselines.trainer import PAD, FitResult, Recommender, SeqData, TrainConfig, fit, set_seed
@@ -35,6 +36,11 @@ class SeqModelConfig:
 class SASRecConfig(SeqModelConfig):
     layers: int = 2
     heads: int = 2
+
+
+@dataclasses.dataclass
+class HSTUConfig(SASRecConfig):
+    pass
 
 
 @dataclasses.dataclass
@@ -92,6 +98,47 @@ class SASRec(SequentialRecommender):
         return self.norm(self.last(h, lengths))
 
 
+class HSTUBlock(nn.Module):
+    """One HSTU layer (Zhai et al. 2024): pointwise SiLU attention (no softmax, scaled by 1/L), a learned
+    relative-position bias per head, and the gating U: x + f2(Norm(A V) * U). No timestamps in our data."""
+
+    def __init__(self, d: int, heads: int, dropout: float, max_len: int):
+        super().__init__()
+        self.heads = heads
+        self.norm_in, self.norm_out = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.f1, self.f2 = nn.Linear(d, 4 * d), nn.Linear(d, d)
+        self.rab = nn.Parameter(torch.zeros(heads, 2 * max_len - 1))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:  # allowed [B, L, L] bool
+        B, L, d = x.shape
+        u, v, q, k = F.silu(self.f1(self.norm_in(x))).split(d, dim=-1)
+        q, k, v = (t.view(B, L, self.heads, -1).transpose(1, 2) for t in (q, k, v))  # [B, h, L, dh]
+        rel = torch.arange(L).unsqueeze(1) - torch.arange(L).unsqueeze(0) + L - 1
+        a = F.silu(q @ k.transpose(-1, -2) + self.rab[:, rel]) * allowed.unsqueeze(1) / L
+        av = (self.drop(a) @ v).transpose(1, 2).reshape(B, L, d)
+        return x + self.drop(self.f2(self.norm_out(av) * u))
+
+
+class HSTU(SequentialRecommender):
+    """Hierarchical sequential transduction units, ID-only (positions, no time features)."""
+
+    def __init__(self, n_items: int, max_len: int, cfg: SeqModelConfig):
+        super().__init__(n_items, max_len, cfg)
+        self.pos_emb = nn.Embedding(max_len, cfg.hidden)
+        self.blocks = nn.ModuleList(HSTUBlock(cfg.hidden, cfg.heads, cfg.dropout, max_len) for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(cfg.hidden)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def encode(self, seq, lengths):
+        L = seq.size(1)
+        x = self.drop(self.item_emb(seq) * self.cfg.hidden ** 0.5 + self.pos_emb(torch.arange(L)))
+        allowed = torch.tril(torch.ones(L, L, dtype=torch.bool)).unsqueeze(0) & (seq != PAD).unsqueeze(1)
+        for block in self.blocks:
+            x = block(x, allowed)
+        return self.norm(self.last(x, lengths))
+
+
 class GRU4Rec(SequentialRecommender):
     """Session-based GRU (Hidasi et al. 2016) with cross-entropy over all items."""
 
@@ -135,8 +182,7 @@ class Caser(SequentialRecommender):
         return torch.relu(self.fc(self.drop(torch.cat([out_v, *out_h], dim=1))))
 
 
-NETS = {"sasrec": SASRec, "gru4rec": GRU4Rec, "caser": Caser}
-CONFIGS = {"sasrec": SASRecConfig, "gru4rec": GRU4RecConfig, "caser": CaserConfig}
+NETS = {"sasrec": SASRec, "hstu": HSTU, "gru4rec": GRU4Rec, "caser": Caser}
 
 
 class IDRecommender(Recommender):

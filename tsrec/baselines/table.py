@@ -19,7 +19,7 @@ ROWS = [
     ("GRU4Rec", "baseline:gru4rec"),
     ("Caser", "baseline:caser"),
     ("SASRec", "baseline:sasrec"),
-    ("HSTU", None),
+    ("HSTU", "baseline:hstu"),
     ("TIGER", "baseline:tiger"),
     ("LC-Rec (= our sft variant)", "variant:sft"),
     ("MiniOneRec-SFT (= our sft variant)", "variant:sft"),
