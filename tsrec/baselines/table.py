@@ -89,8 +89,17 @@ def sanity(df: pd.DataFrame) -> list[str]:
     return [m for m in ok.index if m != "Pop" and not ok.loc[m, "NDCG@10"] > pop]
 
 
+def _fmt(v, spec: str) -> str:
+    return "" if v is None or pd.isna(v) else format(v, spec)
+
+
 def _md(df: pd.DataFrame) -> str:
-    return df.to_markdown(index=False, floatfmt=".4f", missingval="")
+    shown = df.astype(object).copy()
+    for col in shown.columns:
+        spec = {"epochs": ".0f", "train s": ".0f", "model": "", "status": ""}.get(col, ".4f")
+        shown[col] = [_fmt(v, spec) for v in shown[col]]
+    align = ["left" if c in ("model", "status") else "right" for c in shown.columns]
+    return shown.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
 def render(results: Path, datasets: list[str]) -> str:
