@@ -8,7 +8,6 @@ import torch
 import yaml
 
 from tsrec.baselines import LEARNED, BaselinesConfig, build, run_model
-from tsrec.baselines.generative import SidTrie
 from tsrec.baselines.sequential import Caser, CaserConfig
 from tsrec.baselines.table import render, sanity
 from tsrec.baselines.trainer import SeqData, train_pairs
@@ -138,16 +137,11 @@ def test_tiger_decode_returns_distinct_valid_sids(tiny_dataset):
         assert 0 < len(ranked) <= 20 and len(set(ranked)) == len(ranked)
         assert set(ranked) <= valid_sids
     assert rec.keys(targets[:2]) == [tuple(index[t]) for t in targets[:2]]
+    first = rec.vocab.item_sid[targets[0]]
+    assert first[2] in rec.trie.allowed(first[:2]) and rec.trie.allowed(first[:1] + (10**6,)) == []
+    assert rec.trie.allowed(first) == [1]  # EOS after a full SID
     with pytest.raises(ValueError, match="beams"):
         rec.recommend(hist[:1], 21)
-
-
-def test_sid_trie_allows_only_real_prefixes():
-    trie = SidTrie([(2, 5, 9), (2, 6, 9), (3, 5, 10)])
-    assert trie.allowed(()) == [2, 3]
-    assert trie.allowed((2,)) == [5, 6]
-    assert trie.allowed((2, 6)) == [9]
-    assert trie.allowed((2, 6, 9)) == [1]  # EOS after a full SID
 
 
 @pytest.mark.parametrize("bad, match", [

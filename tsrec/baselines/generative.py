@@ -7,7 +7,7 @@ that share a SID are indistinguishable (official index: 3,686 items on 3,670 SID
 3,444 for Office).
 Unlike the paper, no 4th de-duplication code and no user-id token are added.
 
-``SidTrie`` is a minimal trie kept local to this module; unify it with ``tsrec.decoding`` once that lands.
+The trie is ``tsrec.decoding.SidTrie`` (shared with the LLM evaluation), over this model's own token ids.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 from tsrec.baselines.trainer import FitResult, Recommender, SeqData, TrainConfig, fit, set_seed
 from tsrec.data import SID_PATTERN
+from tsrec.decoding import SidTrie
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +53,6 @@ class TigerConfig:
             raise ValueError("valid_rows must be >= 0")
 
 
-class SidTrie:
-    """Prefix -> allowed next token ids over a set of equal-length token-id SIDs; EOS after a full SID."""
-
-    def __init__(self, sids: list[tuple[int, ...]]):
-        self.sids = set(sids)
-        children: dict[tuple[int, ...], set[int]] = {}
-        for sid in self.sids:
-            for j in range(len(sid)):
-                children.setdefault(sid[:j], set()).add(sid[j])
-            children[sid] = {EOS}
-        self.children = {k: sorted(v) for k, v in children.items()}
-
-    def allowed(self, prefix: tuple[int, ...]) -> list[int]:
-        return self.children.get(prefix, [EOS])
-
-
 class SidVocab:
     """SID token strings <-> ids: 0 PAD, 1 EOS, then every token of the index sorted by (level, code)."""
 
@@ -96,7 +81,10 @@ class TIGER(Recommender):
             raise ValueError(f"items without a SID in the index: {missing}")
         self.cfg, self.train_cfg = cfg, train
         self.vocab = SidVocab({i: index[i] for i in data.item_ids})
-        self.trie = SidTrie(list(self.vocab.item_sid.values()))
+        groups: dict[tuple[int, ...], list[int]] = {}  # colliding items share one leaf
+        for item, sid in sorted(self.vocab.item_sid.items()):
+            groups.setdefault(sid, []).append(item)
+        self.trie = SidTrie(list(groups), EOS, items=list(groups.values()))
         set_seed(seed)
         self.model = T5ForConditionalGeneration(T5Config(
             vocab_size=len(self.vocab), d_model=cfg.d_model, d_kv=cfg.d_model // cfg.heads, d_ff=cfg.d_ff,
@@ -152,11 +140,12 @@ class TIGER(Recommender):
         levels = self.vocab.levels
 
         def allowed(_batch_id: int, prefix: torch.Tensor) -> list[int]:
-            return self.trie.allowed(tuple(prefix.tolist()[1:]))  # drop the decoder start token
+            # drop the decoder start token; a finished / dead beam may only emit EOS
+            return self.trie.allowed(prefix.tolist()[1:]) or [EOS]
 
         out = self.model.generate(input_ids=ids, attention_mask=mask, num_beams=beams, num_return_sequences=beams,
                                   max_new_tokens=levels + 1, prefix_allowed_tokens_fn=allowed, do_sample=False,
-                                  early_stopping=True, pad_token_id=PAD, eos_token_id=EOS,
+                                  early_stopping=True, length_penalty=0.0, pad_token_id=PAD, eos_token_id=EOS,
                                   decoder_start_token_id=PAD)
         out = out.view(len(histories), beams, -1).tolist()
         lists = []
@@ -165,7 +154,7 @@ class TIGER(Recommender):
             for seq in row:
                 sid = tuple(seq[1:1 + levels])
                 # a beam forced through a dead end (only possible when fewer valid SIDs than beams) is dropped
-                if sid in self.trie.sids and sid not in seen:
+                if self.trie.sid_id(sid) is not None and sid not in seen:
                     seen.add(sid)
                     ranked.append(self.vocab.text(sid))
             lists.append(ranked)
