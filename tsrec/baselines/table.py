@@ -80,6 +80,21 @@ def our_rows(results: Path, ds: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "status", *METRICS, "valid NDCG@10", "epochs", "train s"])
 
 
+def tuning_rows(results: Path, ds: str) -> pd.DataFrame:
+    """Every tuning config tried (valid only), from the baseline JSONs."""
+    rows = []
+    for name, src in ROWS:
+        path = results / ds / "baselines" / f"{(src or ':').split(':')[1]}.json"
+        if not (src or "").startswith("baseline:") or not path.is_file():
+            continue
+        rec = json.loads(path.read_text(encoding="utf-8"))
+        for t in rec.get("tuning", []):
+            rows.append({"model": name, "config": json.dumps(t["override"]) if t["override"] else "(defaults)",
+                         "valid NDCG@10": t["valid_NDCG@10"], "valid rows": t.get("valid_rows_scored"),
+                         "epochs": t.get("epochs"), "stopped": t.get("stopped", ""), "wall s": t.get("wall_s")})
+    return pd.DataFrame(rows, columns=["model", "config", "valid NDCG@10", "valid rows", "epochs", "stopped", "wall s"])
+
+
 def sanity(df: pd.DataFrame) -> list[str]:
     """Learned baselines whose test NDCG@10 does not beat Pop's."""
     ok = df[df["status"] == "ok"].set_index("model")
@@ -96,9 +111,10 @@ def _fmt(v, spec: str) -> str:
 def _md(df: pd.DataFrame) -> str:
     shown = df.astype(object).copy()
     for col in shown.columns:
-        spec = {"epochs": ".0f", "train s": ".0f", "model": "", "status": ""}.get(col, ".4f")
+        spec = {"epochs": ".0f", "train s": ".0f", "wall s": ".0f", "valid rows": ".0f"}.get(
+            col, "" if col in ("model", "status", "config", "stopped") else ".4f")
         shown[col] = [_fmt(v, spec) for v in shown[col]]
-    align = ["left" if c in ("model", "status") else "right" for c in shown.columns]
+    align = ["left" if c in ("model", "status", "config", "stopped") else "right" for c in shown.columns]
     return shown.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
@@ -114,6 +130,10 @@ def render(results: Path, datasets: list[str]) -> str:
         parts += [f"## {ds}", "", _md(df), "",
                   "Sanity (every learned model beats Pop on test NDCG@10): "
                   + ("holds." if not bad else f"FAILS for {', '.join(bad)}."), ""]
+        tuning = tuning_rows(results, ds)
+        if len(tuning):
+            parts += [f"Tuning tried on {ds} (valid split only; the best config per model is the row above):", "",
+                      _md(tuning), ""]
     parts += ["## Published, 8 GPUs, official split (MiniOneRec Table 1; context only, NOT our runs)", "",
               "Qwen2.5 backbones, full official train split, 8 GPUs. Not comparable row-for-row with the "
               "tables above (different train split, model scale and hardware).", ""]
