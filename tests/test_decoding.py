@@ -146,3 +146,22 @@ def test_left_padding_is_required(tiny_sid):
     ids, mask = left_pad(encode(tok, ["drill", "drill bit steel saw"]), tok.pad_token_id)
     with pytest.raises(ValueError, match="LEFT"):
         beam_search(model, ids.flip(1), mask.flip(1), trie, num_beams=2)
+
+
+def test_grouped_query_attention_model_matches_hf(tiny_backbone):
+    """Shared-prefix attention with GQA (4 query heads over 2 KV heads, as SmolLM2's 9 over 3)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_backbone)
+    tok.add_tokens([f"<{chr(97 + lv)}_{c}>" for lv in range(3) for c in range(8)])
+    cfg = LlamaConfig.from_pretrained(tiny_backbone)
+    cfg.num_key_value_heads, cfg.vocab_size = 2, len(tok)
+    torch.manual_seed(1)
+    model = LlamaForCausalLM(cfg).eval()
+    assert model.model.layers[0].self_attn.num_key_value_groups == 2
+    trie = SidTrie.from_index(random_index(100, codes=8, seed=6), tok)
+    ids, mask = left_pad(encode(tok, random_prompts(tok, 4, seed=6)), tok.pad_token_id)
+    ours = beam_search(model, ids, mask, trie, num_beams=12)
+    ref = reference_beam_search(model, ids, mask, trie, num_beams=12)
+    assert torch.equal(ours.sid_ids, ref.sid_ids)
+    torch.testing.assert_close(ours.scores, ref.scores, rtol=0, atol=1e-4)
