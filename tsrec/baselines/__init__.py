@@ -123,6 +123,7 @@ def run_model(cfg: BaselinesConfig, params: dict, ds: str, model: str, *, comman
               max_rows: int | None = None) -> dict:
     """Tune on valid (identical budget per model), evaluate the best config once on test; return the record."""
     seed = int(params.get("seed", 42))
+    commit = _git_commit()  # the code that runs (taken before training, not after)
     data_dir = Path(cfg.data) / ds
     if not (data_dir / "train.parquet").is_file():
         raise TsrecError(f"no canonical data for {ds} (run `tsrec data --dataset {ds}`)", file=data_dir)
@@ -181,7 +182,7 @@ def run_model(cfg: BaselinesConfig, params: dict, ds: str, model: str, *, comman
         "sid_index": str(index_file) if index_file else None,
         "max_rows": max_rows,
         "torch_threads": torch.get_num_threads(),
-        "git_commit": _git_commit(),
+        "git_commit": commit,
     }
 
 

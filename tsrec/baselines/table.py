@@ -123,7 +123,13 @@ def render(results: Path, datasets: list[str]) -> str:
              "Produced by `tsrec baseline` (commands, params and tuning trials in "
              "`results/<DS>/baselines/<model>.json`); table by `tsrec baseline --table`. ID-based models rank "
              "all items (full softmax); TIGER and the LLM variants rank SIDs from constrained beam search "
-             "(20 beams). \"not run\" rows were not run by us and are never filled from a paper.", ""]
+             "(20 beams). \"not run\" rows were not run by us and are never filled from a paper.", "",
+             "Notes: train = the RECONSTRUCTED split (~10k (prefix -> next) pairs per dataset, rebuilt from each "
+             "user's first valid/test history; the official train CSV is not in the mirror); every learned model got the same tuning budget (`baselines.tuning`, "
+             "chosen on valid NDCG@10, see the tuning tables) and a per-config wall-clock cap "
+             "(`max_minutes`; `stopped = max_minutes` marks a capped run, e.g. TIGER). TIGER ranks SIDs: items "
+             "sharing a SID in the official index (3,686 items on 3,670 SIDs for Industrial, 3,459 on 3,444 for "
+             "Office) count as one, the same convention as the LLM evaluation.", ""]
     for ds in datasets:
         df = our_rows(results, ds)
         bad = sanity(df)
