@@ -66,11 +66,14 @@ def test_lora_train_step(benchmark, keep_layers, head):
         opt.step()
         return loss.item()
 
-    loss = benchmark.pedantic(step, rounds=3, warmup_rounds=1, iterations=1)
+    loss = benchmark.pedantic(step, rounds=5, warmup_rounds=1, iterations=1)
     assert torch.isfinite(torch.tensor(loss))
     if benchmark.stats is not None:  # None with --benchmark-disable (the default in `make test`)
-        mean = benchmark.stats.stats.mean
+        # the 2 cores are shared: the fastest round is the least disturbed one, the median the typical
+        best, median = benchmark.stats.stats.min, benchmark.stats.stats.median
         benchmark.extra_info.update(keep_layers=keep_layers, head=head, batch=BATCH, seq=SEQ,
                                     label_tokens_per_row=LABELS, threads=torch.get_num_threads(),
-                                    tokens_per_s=round(BATCH * SEQ / mean, 1))
-        print(f"\nkeep_layers={keep_layers} head={head}: {mean:.2f} s/step, {BATCH * SEQ / mean:.0f} tokens/s")
+                                    tokens_per_s_best=round(BATCH * SEQ / best, 1),
+                                    tokens_per_s_median=round(BATCH * SEQ / median, 1))
+        print(f"\nkeep_layers={keep_layers} head={head}: {best:.2f} s/step best, {median:.2f} median; "
+              f"{BATCH * SEQ / best:.0f} tokens/s best, {BATCH * SEQ / median:.0f} median")

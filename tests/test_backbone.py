@@ -168,5 +168,8 @@ def test_stage_converts_local_folder(tiny_backbone, tmp_path, capsys):
     capsys.readouterr()
     assert main(["--params", str(params), "backbone"]) == 0
     assert "up to date" in capsys.readouterr().out
+    # --model overrides the spec; the folder name is then derived from it
+    assert main(["--params", str(params), "backbone", "--model", str(tiny_backbone), "--out", str(tmp_path / "b2")]) == 0
+    assert (tmp_path / "b2" / default_name(str(tiny_backbone)) / "model.safetensors").is_file()
     params.write_text("backbone:\n  keep_layers: -1\n")
     assert main(["--params", str(params), "backbone"]) == 2

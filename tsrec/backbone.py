@@ -374,7 +374,7 @@ def add_arguments(p) -> None:
 def run(args, params) -> None:
     cfg = config(params)
     if args.model:
-        cfg = dataclasses.replace(cfg, model=args.model, name=args.name or (cfg.name if not args.model else None))
+        cfg = dataclasses.replace(cfg, model=args.model, name=None)  # name derived unless --name
     if args.name:
         cfg = dataclasses.replace(cfg, name=args.name)
     if args.out:
