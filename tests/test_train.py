@@ -163,3 +163,5 @@ def test_torchrun_two_cpu_processes(params, tmp_path):
     meta = json.loads((run / "final" / "tsrec_meta.json").read_text())
     assert meta["train"]["world_size"] == 2 and meta["train"]["steps"] == 4
     assert (tmp_path / "results" / "tiny" / "sft" / "valid.csv").is_file()
+    summary = json.loads((tmp_path / "results" / "tiny" / "sft" / "train_summary.json").read_text())
+    assert "train --dataset tiny --variant sft" in summary["command"] and summary["train"]["world_size"] == 2

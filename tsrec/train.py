@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -423,6 +424,8 @@ def run(args, params: dict) -> None:
         dest.mkdir(parents=True, exist_ok=True)
         for name in PLOTS:
             shutil.copyfile(out / "plots" / name, dest / name)
-        write_json(dest / "train_summary.json", {k: meta[k] for k in ("dataset", "variant", "seed", "backbone_id",
-                                                                       "index_sha256", "train")})
+        summary = {"command": "tsrec " + " ".join(sys.argv[1:]), "params_file": params.get("_path"),
+                   **{k: meta[k] for k in ("dataset", "variant", "seed", "backbone_id", "index_sha256", "train",
+                                           "params")}}
+        write_json(dest / "train_summary.json", summary)
         log.info("%s/%s: %s", args.dataset, args.variant, json.dumps(meta["train"]))
