@@ -3,7 +3,8 @@ import json
 import pytest
 
 from tsrec.errors import TsrecError
-from tsrec.report import dataset_table, gain_line, read_metrics, render
+from tsrec.metrics import read_metrics
+from tsrec.report import dataset_table, gain_line, render
 
 
 def _write(path, obj):

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import math
+import json
 from collections.abc import Hashable, Iterable, Sequence
+from pathlib import Path
+
+from tsrec.errors import TsrecError
 
 KS = (1, 3, 5, 10, 20)
 MISSING = -1  # rank of a target absent from the ranked list
@@ -32,3 +36,18 @@ def from_ranks(row_ranks: Sequence[int], ks: Sequence[int] = KS) -> dict[str, fl
         out[f"HR@{k}"] = len(hits) / n
         out[f"NDCG@{k}"] = sum(1.0 / math.log2(r + 2) for r in hits) / n
     return out
+
+
+def read_metrics(path: Path) -> dict[str, float]:
+    """HR@K / NDCG@K from a metrics JSON (flat, or under a "metrics" key)."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise TsrecError(f"invalid JSON: {exc.msg}", file=path, line=exc.lineno) from exc
+    block = raw.get("metrics", raw) if isinstance(raw, dict) else None
+    if not isinstance(block, dict):
+        raise TsrecError("expected a JSON object of metrics", file=path)
+    found = {k: float(v) for k, v in block.items() if k.split("@")[0] in ("HR", "NDCG", "Recall")}
+    if not found:
+        raise TsrecError("no HR@K / NDCG@K entries", file=path)
+    return found

@@ -7,36 +7,23 @@ Rows are TS-Rec, its ablations and the baselines; a method without a metrics fil
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
 import pandas as pd
 
 from tsrec.config import section
-from tsrec.errors import TsrecError
 from tsrec.io import atomic_file
-from tsrec.metrics import KS
+from tsrec.baselines.table import ROWS, source_path, write_table
+from tsrec.metrics import KS, read_metrics
 
 log = logging.getLogger(__name__)
 
-# (row label, metrics file relative to results/<DS>/); order = table order
-METHODS = [
-    ("Pop", "baselines/pop.json"),
-    ("GRU4Rec", "baselines/gru4rec.json"),
-    ("Caser", "baselines/caser.json"),
-    ("SASRec", "baselines/sasrec.json"),
-    ("HSTU", "baselines/hstu.json"),
-    ("TIGER", "baselines/tiger.json"),
-    ("BIGRec", "baselines/bigrec.json"),
-    ("D3", "baselines/d3.json"),
-    ("S-DPO", "baselines/s-dpo.json"),
-    ("LC-Rec / MiniOneRec-SFT (sft)", "sft/metrics.json"),
-    ("MiniOneRec (SFT + GRPO)", "baselines/minionerec-grpo.json"),
-    ("TS-Rec w/o SA-Init (no_sainit)", "no_sainit/metrics.json"),
-    ("TS-Rec w/o TS-Align (no_tsalign)", "no_tsalign/metrics.json"),
-    ("TS-Rec (tsrec)", "tsrec/metrics.json"),
-]
+# (row label, source): the baselines table's rows, then TS-Rec and its ablations; order = table order
+METHODS = [*ROWS,
+           ("TS-Rec w/o SA-Init (no_sainit)", "variant:no_sainit"),
+           ("TS-Rec w/o TS-Align (no_tsalign)", "variant:no_tsalign"),
+           ("TS-Rec (tsrec)", "variant:tsrec")]
 
 
 @dataclasses.dataclass
@@ -50,27 +37,12 @@ class ReportConfig:
             raise ValueError(f"ks must be a non-empty subset of {list(KS)}")
 
 
-def read_metrics(path: Path) -> dict[str, float]:
-    """HR@K / NDCG@K from a metrics JSON (flat, or under a "metrics" key)."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise TsrecError(f"invalid JSON: {exc.msg}", file=path, line=exc.lineno) from exc
-    block = raw.get("metrics", raw) if isinstance(raw, dict) else None
-    if not isinstance(block, dict):
-        raise TsrecError("expected a JSON object of metrics", file=path)
-    found = {k: float(v) for k, v in block.items() if k.split("@")[0] in ("HR", "NDCG", "Recall")}
-    if not found:
-        raise TsrecError("no HR@K / NDCG@K entries", file=path)
-    return found
-
-
 def dataset_table(results: Path, ds: str, ks: list[int]) -> pd.DataFrame:
     cols = [f"{m}@{k}" for k in ks for m in ("HR", "NDCG")]
     rows = []
-    for label, rel in METHODS:
-        path = results / ds / rel
-        if path.is_file():
+    for label, src in METHODS:
+        path = source_path(results, ds, src) if src else None
+        if path is not None and path.is_file():
             m = read_metrics(path)
             rows.append({"method": label, **{c: m.get(c) for c in cols}, "source": str(path)})
         else:
@@ -90,7 +62,7 @@ def gain_line(df: pd.DataFrame, col: str = "NDCG@10") -> str | None:
     if col not in df:
         return None
     ours = df.loc[df.method == "TS-Rec (tsrec)", col].dropna()
-    others = df.loc[~df.method.str.startswith("TS-Rec"), col].dropna()
+    others = df.loc[~df.method.str.startswith("TS-Rec"), col].dropna()  # ablations are not baselines
     if ours.empty or others.empty:
         return None
     best = df.loc[others.idxmax(), "method"]
@@ -115,5 +87,5 @@ def run(args, params) -> None:
             parts += [line, ""]
     with atomic_file(cfg.out) as fh:
         fh.write("\n".join(parts))
-    log.info("wrote %s", cfg.out)
+    log.info("wrote %s and %s", cfg.out, write_table(Path(cfg.results), datasets))
     print("\n".join(parts))

@@ -9,8 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from tsrec.io import atomic_file
-from tsrec.metrics import KS
-from tsrec.report import read_metrics
+from tsrec.metrics import KS, read_metrics
 
 # (display name, source): "baseline:<model>" reads results/<DS>/baselines/<model>.json, "variant:<v>" reads
 # results/<DS>/<v>/metrics.json, None = not run by us (never filled from a paper).
@@ -61,18 +60,24 @@ PUBLISHED = {
 METRICS = [f"{n}@{k}" for k in KS for n in ("HR", "NDCG")]
 
 
+def source_path(results: Path, ds: str, src: str) -> Path:
+    """Metrics file of a row source: ``baseline:<m>`` or ``variant:<v>``."""
+    kind, _, what = src.partition(":")
+    if kind == "baseline":
+        return results / ds / "baselines" / f"{what}.json"
+    return results / ds / what / "metrics.json"
+
+
 def our_rows(results: Path, ds: str) -> pd.DataFrame:
     rows = []
     for name, src in ROWS:
         row: dict = {"model": name, "status": "not run"}
-        kind, _, what = (src or "").partition(":")
-        path = results / ds / ("baselines" if kind == "baseline" else what) / (
-            f"{what}.json" if kind == "baseline" else "metrics.json")
-        if src and path.is_file():
+        path = source_path(results, ds, src) if src else None
+        if path is not None and path.is_file():
             metrics = read_metrics(path)
             if all(m in metrics for m in METRICS):
                 row.update(status="ok", **{m: metrics[m] for m in METRICS})
-                if kind == "baseline":
+                if src.startswith("baseline:"):
                     rec = json.loads(path.read_text(encoding="utf-8"))
                     row.update({"valid NDCG@10": rec.get("best_valid_NDCG@10"), "epochs": rec.get("epochs"),
                                 "train s": rec.get("train_time_s")})
@@ -121,7 +126,7 @@ def _md(df: pd.DataFrame) -> str:
 def render(results: Path, datasets: list[str]) -> str:
     parts = ["# Baselines (our runs, reconstructed-train protocol, test split)", "",
              "Produced by `tsrec baseline` (commands, params and tuning trials in "
-             "`results/<DS>/baselines/<model>.json`); table by `tsrec baseline --table`. ID-based models rank "
+             "`results/<DS>/baselines/<model>.json`); table by `tsrec report` (or `tsrec baseline --table`). ID-based models rank "
              "all items (full softmax); TIGER and the LLM variants rank SIDs from constrained beam search "
              "(20 beams). \"not run\" rows were not run by us and are never filled from a paper.", "",
              "Notes: train = the RECONSTRUCTED split (~10k (prefix -> next) pairs per dataset, rebuilt from each "
