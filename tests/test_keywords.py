@@ -171,9 +171,10 @@ def test_hf_teacher_batch_generation_tiny_backbone(setup, tiny_backbone):
                    desc_words=10, sample_size=2, desc_chars=0, repetition_penalty=1.2)
     from tsrec.backbone import load_backbone
 
-    t = HFTeacher(cfg, *load_backbone(tiny_backbone), seed=1)
-    assert t.tok.padding_side == "left"
+    t = HFTeacher(cfg, lambda: load_backbone(tiny_backbone), seed=1)
+    assert t.model is None  # lazy: a fully cached run never loads the model
     a = t.ask(clusters, 0)
+    assert t.tok.padding_side == "left"
     assert len(a) == 3 and all(x.startswith(PREFILL) for x in a)
     assert t.ask(clusters, 0) == a  # greedy is reproducible
     assert len(t.ask(clusters, 1)) == 3  # sampling path
@@ -376,3 +377,16 @@ def test_real_params_parse():
     cfg = config(load_params(Path(__file__).resolve().parents[1] / "params.yaml"))
     for ds in ("Industrial_and_Scientific", "Office_Products"):
         assert cfg.choice(ds).use in cfg.choice(ds).teachers
+
+
+def test_stage_hf_tiny_random_backbone_junk_is_failure_not_filled(tiny_dataset, tiny_backbone, tmp_path, monkeypatch):
+    monkeypatch.delenv("TSREC_MIRROR", raising=False)
+    params = _params(tmp_path, tiny_dataset, tmp_path, max_attempts=2,
+                     datasets={"tiny": {"use": "hf", "teachers": ["hf"]}},
+                     hf={"model": str(tiny_backbone), "batch_size": 16, "max_new_tokens": 4, "sample_size": 2})
+    with pytest.raises(TsrecError, match="incomplete keyword caches, no output written for them: hf: 24 tokens"):
+        run_dataset(params, "tiny", ["hf"], encode=fake_encode)
+    lines = [json.loads(x) for x in (tmp_path / "cache" / "tiny" / "hf.jsonl").read_text().splitlines()]
+    n_tokens = len({t for sid in load_index(tiny_dataset / "sid_index.json").values() for t in sid})
+    assert len(lines) == n_tokens and all(x["status"] == "failed" and x["attempts"] == 2 for x in lines)
+    assert not (tmp_path / "art" / "tiny" / "keywords" / "hf.json").exists()

@@ -300,8 +300,8 @@ def make_teacher(name: str, params: dict) -> Teacher:
         from tsrec.backbone import backbone_path, load_backbone
 
         spec = backbone_path(params) if cfg.hf.model == "backbone" else cfg.hf.model
-        model, tokenizer = load_backbone(spec)  # a converted folder, or a .gguf file / package spec (slow)
-        return HFTeacher(cfg.hf, model, tokenizer, seed)
+        # a converted folder, or a .gguf file / package spec (slow); loaded only if something is left to do
+        return HFTeacher(cfg.hf, lambda: load_backbone(spec), seed)
     if name == "openai":
         return OpenAITeacher(cfg.openai, seed)
     if name == "ctfidf":

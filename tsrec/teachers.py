@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from tsrec.errors import TsrecError
 
@@ -155,18 +155,20 @@ class HFTeacher(Teacher):
 
     name = "hf"
 
-    def __init__(self, cfg: HFConfig, model, tokenizer, seed: int):
-        import torch
-
+    def __init__(self, cfg: HFConfig, loader: Callable[[], tuple[Any, Any]], seed: int):
         self.cfg, self.batch_size, self.seed = cfg, cfg.batch_size, seed
-        self.tok = tokenizer
-        self.tok.padding_side = "left"
-        if self.tok.pad_token is None:
-            self.tok.pad_token = self.tok.eos_token
-        if not self.tok.chat_template:
-            self.tok.chat_template = CHATML
-        self.model = model.eval()
-        self._torch = torch
+        self._loader, self.model, self.tok = loader, None, None
+
+    def prepare(self, clusters: Sequence[Cluster], texts: dict[int, str]) -> None:
+        """Load the model only when something is left to generate (a fully cached re-run skips it)."""
+        if self.model is None:
+            model, self.tok = self._loader()
+            self.model = model.eval()
+            self.tok.padding_side = "left"
+            if self.tok.pad_token is None:
+                self.tok.pad_token = self.tok.eos_token
+            if not self.tok.chat_template:
+                self.tok.chat_template = CHATML
 
     def settings(self) -> dict[str, Any]:
         s = dataclasses.asdict(self.cfg)
@@ -174,7 +176,10 @@ class HFTeacher(Teacher):
         return {**s, "prefill": PREFILL, "seed": self.seed}
 
     def ask(self, clusters: Sequence[Cluster], attempt: int) -> list[str | dict | None]:
-        torch, c = self._torch, self.cfg
+        import torch
+
+        self.prepare(clusters, {})
+        c = self.cfg
         prompts = [self.tok.apply_chat_template(
             build_messages(cl, c.n_keywords, c.desc_words, c.sample_size, c.desc_chars),
             add_generation_prompt=True, tokenize=False) + PREFILL for cl in clusters]
