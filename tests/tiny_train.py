@@ -19,9 +19,14 @@ def make_params(root: Path, dataset: Path, backbone: Path, **train) -> dict:
     cache = [{"token": t, "keywords": ["drill", "steel"], "description": f"This family comprises drill {t[1]} items."}
              for t in tokens]
     (sem / f"{dataset.name}.description_keywords.json").write_text(json.dumps(cache))
+    kw = root / "artifacts" / dataset.name / "keywords" / "authors.json"  # where tsrec.keywords.cache_path points
+    kw.parent.mkdir(parents=True, exist_ok=True)
+    kw.write_text(json.dumps(cache))
     params = {
         "seed": 0,
         "data": {"out": str(dataset.parent), "mirror": str(root / "mirror")},
+        "keywords": {"out": str(root / "artifacts"),
+                     "datasets": {dataset.name: {"use": "authors", "teachers": ["authors"]}}},
         "tasks": {"max_len": 64, "item2sid": {"share": 0.2}, "sid2item": {"share": 0.2},
                   "sid_hist2title": {"share": 0.1}, "title_hist2sid": {"share": 0.1}},
         "train": {"out": str(root / "artifacts"), "max_steps": 4, "batch_size": 8,
