@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from tsrec.codebook import index_path  # the SID index in use
 from tsrec.config import from_dict, section
 from tsrec.data import DataConfig, _mirror_sums, load_index, load_items, verify
 from tsrec.embed import EmbedConfig, clean_text, embeddings_path, encode_texts, item_text, load_embeddings
@@ -88,17 +89,6 @@ def config(params: dict) -> KeywordsConfig:
 
 
 # ---------------------------------------------------------------- paths
-def index_path(params: dict, ds: str) -> Path:
-    """The SID index in use (tsrec.codebook decides once it exists; else the official index)."""
-    try:
-        from tsrec.codebook import index_path as codebook_index_path
-    except ModuleNotFoundError as exc:
-        if exc.name != "tsrec.codebook":
-            raise
-        return Path(section(params, "data", DataConfig).out) / ds / "sid_index.json"
-    return codebook_index_path(params, ds)
-
-
 def out_dir(params: dict, ds: str) -> Path:
     return Path(config(params).out) / ds / "keywords"
 
