@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import platform
 import shlex
 import time
@@ -222,6 +223,8 @@ def run(args, params) -> None:
         "index": {"path": str(index_file), "sha256": sha256_file(index_file), "items": len(index), "sids": len(trie),
                   "items_sharing_a_sid": sum(len(v) for v in trie.items if len(v) > 1)},
         "torch_threads": torch.get_num_threads(), "host": platform.machine(),
+        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
+                if k in os.environ},
         "command": command_line(args, params),
     }
     metrics_file = Path(args.results) / ds / variant / f"metrics{suffix}.json"
