@@ -3,7 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export TSREC_MIRROR ?= ../shared/datasets
 
-.PHONY: setup repro test bench tables clean-venv
+.PHONY: setup repro test bench tables ablations sweep clean-venv
+DVC := PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc
+ABLATIONS ?= [tsrec,no_sainit,no_tsalign,sft]
 
 setup: $(VENV)/.installed
 
@@ -16,7 +18,20 @@ $(VENV)/.installed: requirements.txt requirements-models.txt pyproject.toml
 	touch $@
 
 repro: setup
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc repro
+	$(DVC) repro
+	$(DVC) repro report  # report reads every metrics file: run it once more, last
+
+# results/tables.md + results/baselines.md from whatever metrics the stages wrote
+tables: setup
+	$(DVC) repro report
+
+# TS-Rec and its ablations (train + evaluate each variant), as a DVC experiment, then the tables
+ablations: setup
+	$(DVC) exp run -S 'train.variants=$(ABLATIONS)' evaluate report
+
+# Optuna sweep over SA-Init pooling and the TS-Align weight (study in sweep.storage; resumable)
+sweep: setup
+	$(DVC) repro sweep
 
 test: setup
 	$(PY) -m pytest -q tests
