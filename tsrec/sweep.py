@@ -4,7 +4,7 @@ Each trial trains the `tsrec` variant with the trial's overrides (and the sweep'
 overrides) and scores it on the valid split. The study lives in an Optuna RDB storage
 (`sweep.storage`: sqlite by default; a PostgreSQL/MySQL URL lets many workers, on many machines,
 run `tsrec sweep` against one study). A killed worker's trial is retried through Optuna's heartbeat
-(`RetryFailedTrialCallback`); the trial's run folder is keyed by its parameters, so the retry
+(`RetryHeartbeatStaleTrialCallback` as the stale-trial callback); the trial's run folder is keyed by its parameters, so the retry
 resumes from the last checkpoint. The sweep stops once `n_trials` trials are complete, counted
 over all workers.
 """
@@ -84,13 +84,13 @@ def masked(url: str) -> str:
 
 def make_storage(cfg: SweepConfig):
     import optuna
-    from optuna.storages import RetryFailedTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     if cfg.storage.startswith("sqlite:///"):
         Path(cfg.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.RDBStorage(
         cfg.storage, heartbeat_interval=cfg.heartbeat_s, grace_period=2 * cfg.heartbeat_s,
-        failed_trial_callback=RetryFailedTrialCallback(max_retry=2),
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
     )
 
 
