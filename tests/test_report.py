@@ -21,7 +21,8 @@ def test_table_marks_missing_rows_not_run(tmp_path):
     assert df[df.method == "SASRec"].iloc[0].source == "not run"
     text = render(df)
     assert "not run" in text and "0.0050" in text
-    assert gain_line(df) == "TS-Rec vs best other method on NDCG@10: 0.0100 vs 0.0050 (Pop), +100.0%"
+    assert gain_line(df) == "TS-Rec vs best other method (Pop) on NDCG@10: 0.0100 vs 0.0050, +100.0%"
+    assert gain_line(df, versus="SASRec") is None
 
 
 def test_bad_metrics_files(tmp_path):
