@@ -1,4 +1,5 @@
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -132,3 +133,36 @@ def test_cli_evaluates_a_trained_run(tmp_path, tiny_dataset, tiny_backbone):
     assert m["n_rows"] == 40 and m["subsample"] is None and m["invalid_outputs"] == 0
     assert m["index"]["sha256"] == m["model"]["meta"]["index_sha256"]
     assert (tmp_path / "artifacts/tiny/eval/sft/ranks.parquet").is_file()
+
+
+def test_paired_comparison():
+    from tsrec.evaluate import paired
+
+    rows = list(range(200))
+    a = pd.DataFrame({"row": rows, "rank": [0] * 60 + [-1] * 140})
+    b = pd.DataFrame({"row": rows, "rank": [0] * 20 + [5] * 10 + [-1] * 170})
+    out = paired(a, b, k=10, n_boot=200)
+    assert out["NDCG@10_a"] == pytest.approx(0.3)
+    assert out["NDCG@10_diff"] == pytest.approx(0.3 - (20 + 10 / math.log2(7)) / 200)
+    lo, hi = out["NDCG@10_diff_ci95"]
+    assert 0 < lo < out["NDCG@10_diff"] < hi
+    assert (out["HR@10_only_a"], out["HR@10_only_b"]) == (30, 0) and out["HR@10_sign_test_p"] < 1e-8
+    same = paired(a, a, n_boot=50)
+    assert same["NDCG@10_diff"] == 0 and same["HR@10_sign_test_p"] == 1.0
+    with pytest.raises(Exception, match="different rows"):
+        paired(a, b.iloc[:100])
+
+
+def test_cli_paired(tmp_path, capsys):
+    for v, ranks in (("x", [0, 1, -1, 3]), ("y", [-1, 1, -1, 12])):
+        d = tmp_path / "artifacts/DS/eval" / v
+        d.mkdir(parents=True)
+        pd.DataFrame({"row": [0, 1, 2, 3], "rank": ranks}).to_parquet(d / "ranks.parquet")
+    params = tmp_path / "params.yaml"
+    params.write_text("seed: 1\n")
+    rc = main(["--params", str(params), "evaluate", "--dataset", "DS", "--variant", "x", "--paired", "y",
+               "--results", str(tmp_path / "results"), "--artifacts", str(tmp_path / "artifacts")])
+    assert rc == 0
+    out = json.loads((tmp_path / "results/DS/paired/x_vs_y.json").read_text())
+    assert out["a"] == "x" and out["b"] == "y" and out["rows"] == 4 and out["HR@10_only_a"] == 2
+    assert "--paired y" in out["command"]

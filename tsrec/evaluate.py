@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import platform
 import shlex
@@ -108,6 +109,37 @@ def evaluate_rows(model, tokenizer, trie: SidTrie, index: dict[int, list[str]], 
     return out, summary
 
 
+def paired(ranks_a: pd.DataFrame, ranks_b: pd.DataFrame, *, k: int = 10, n_boot: int = 2000,
+           seed: int = 42) -> dict:
+    """Paired comparison of two evaluations of the same rows: NDCG@k difference with a bootstrap 95% CI,
+    HR@k discordant rows with an exact two-sided sign (McNemar) test."""
+    a, b = ranks_a.set_index("row")["rank"], ranks_b.set_index("row")["rank"]
+    if len(a) != len(b) or not a.index.equals(b.index):
+        raise TsrecError("the two rank files cover different rows (same split and subsample needed)")
+    ra, rb = a.to_numpy(), b.to_numpy()
+
+    def ndcg(r: np.ndarray) -> np.ndarray:
+        hit = (r >= 0) & (r < k)
+        return np.where(hit, 1.0 / np.log2(np.where(hit, r, 0) + 2.0), 0.0)
+
+    d = ndcg(ra) - ndcg(rb)
+    rng = np.random.default_rng(seed)
+    boot = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(n_boot)])
+    ha, hb = (ra >= 0) & (ra < k), (rb >= 0) & (rb < k)
+    only_a, only_b = int((ha & ~hb).sum()), int((~ha & hb).sum())
+    n = only_a + only_b
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2 ** n if n else 1.0
+    return {
+        "rows": len(d), "k": k,
+        f"NDCG@{k}_a": float(ndcg(ra).mean()), f"NDCG@{k}_b": float(ndcg(rb).mean()),
+        f"NDCG@{k}_diff": float(d.mean()),
+        f"NDCG@{k}_diff_ci95": [float(x) for x in np.percentile(boot, [2.5, 97.5])],
+        "bootstrap": {"resamples": n_boot, "seed": seed},
+        f"HR@{k}_only_a": only_a, f"HR@{k}_only_b": only_b,
+        f"HR@{k}_sign_test_p": min(1.0, 2 * tail),
+    }
+
+
 # ---------------------------------------------------------------- model / index / prompt plumbing
 def load_plain(model_dir: Path):
     """(model, tokenizer, meta) of a plain HF folder, e.g. an UNTRAINED backbone with SID tokens added."""
@@ -144,7 +176,7 @@ def command_line(args, params) -> str:
     """The equivalent ``tsrec evaluate`` command line (explicit options only)."""
     parts = ["tsrec", "--params", params.get("_path", "params.yaml"), "evaluate"]
     for key in ("dataset", "variant", "run_dir", "model_dir", "index", "split", "subsample", "beams",
-                "batch_size", "data_dir", "results", "artifacts"):
+                "batch_size", "data_dir", "results", "artifacts", "paired"):
         value = getattr(args, key, None)
         if value is not None:
             parts += ["--" + key.replace("_", "-"), str(value)]
@@ -165,6 +197,8 @@ def add_arguments(p) -> None:
     p.add_argument("--data-dir", help="default: <data.out>/<DS>")
     p.add_argument("--results", default="results", help="results root (metrics JSON)")
     p.add_argument("--artifacts", default="artifacts", help="artifacts root (per-row ranks)")
+    p.add_argument("--paired", metavar="OTHER", help="no decoding: compare the saved ranks of --variant with "
+                   "those of variant OTHER (same split) -> <results>/<DS>/paired/<variant>_vs_<OTHER>.json")
 
 
 def run(args, params) -> None:
@@ -176,6 +210,19 @@ def run(args, params) -> None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ds, variant = args.dataset, args.variant
+    suffix = "" if cfg.split == "test" else f"_{cfg.split}"
+    if args.paired:
+        files = [Path(args.artifacts) / ds / "eval" / v / f"ranks{suffix}.parquet" for v in (variant, args.paired)]
+        for f in files:
+            if not f.is_file():
+                raise TsrecError("no saved ranks (run tsrec evaluate for this variant first)", file=f)
+        out = {"dataset": ds, "split": cfg.split, "a": variant, "b": args.paired,
+               **paired(*(pd.read_parquet(f) for f in files), seed=seed),
+               "inputs": [str(f) for f in files], "command": command_line(args, params)}
+        dest = Path(args.results) / ds / "paired" / f"{variant}_vs_{args.paired}{suffix}.json"
+        write_json(dest, out)
+        print(json.dumps({k: v for k, v in out.items() if k not in ("inputs", "command")}))
+        return
     data_dir = Path(args.data_dir or Path((params.get("data") or {}).get("out", "data")) / ds)
     if args.model_dir:
         model, tokenizer, meta = load_plain(Path(args.model_dir))
@@ -209,7 +256,6 @@ def run(args, params) -> None:
                                       batch_size=cfg.batch_size, desc=f"evaluate {ds}/{variant}")
     if summary["invalid_outputs"] or summary["duplicate_outputs"]:
         log.error("invalid or duplicate outputs: %d / %d", summary["invalid_outputs"], summary["duplicate_outputs"])
-    suffix = "" if cfg.split == "test" else f"_{cfg.split}"
     result = {
         **summary["metrics"],
         "dataset": ds, "variant": variant, "split": cfg.split,
