@@ -154,7 +154,8 @@ def load_plain(model_dir: Path):
 
 def run_index(params: dict, ds: str, run_dir: Path) -> Path:
     """The index a run was trained with (its meta), else the index in use for the dataset."""
-    from tsrec.train import META, index_path
+    from tsrec.codebook import index_path
+    from tsrec.train import META
 
     meta_file = run_dir / "final" / META
     if meta_file.is_file():
@@ -162,13 +163,6 @@ def run_index(params: dict, ds: str, run_dir: Path) -> Path:
         if recorded and Path(recorded).is_file():
             return Path(recorded)
     return index_path(params, ds)
-
-
-def prompt_functions():
-    """The evaluation prompt and its tokenization, exactly as training builds them."""
-    from tsrec.tasks import encode_prompt, seqrec_prompt
-
-    return seqrec_prompt, encode_prompt
 
 
 # ---------------------------------------------------------------- CLI
@@ -251,7 +245,8 @@ def run(args, params) -> None:
                     len(rows), len(split_df), cfg.split, seed)
     log.info("%s/%s: %s split, %d rows, B=%d, %d SIDs, torch threads %d", ds, variant, cfg.split, len(rows),
              cfg.beams, len(trie), torch.get_num_threads())
-    prompt_fn, encode = prompt_functions()
+    from tsrec.tasks import encode_prompt as encode, seqrec_prompt as prompt_fn
+
     ranks_df, summary = evaluate_rows(model, tokenizer, trie, index, rows, prompt_fn, encode, beams=cfg.beams,
                                       batch_size=cfg.batch_size, desc=f"evaluate {ds}/{variant}")
     if summary["invalid_outputs"] or summary["duplicate_outputs"]:

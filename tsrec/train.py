@@ -18,16 +18,17 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from tsrec.backbone import backbone_path, index_tokens
+from tsrec.codebook import index_path
 from tsrec.config import section
 from tsrec.data import DataConfig, load_index
 from tsrec.errors import ParamError, TsrecError
 from tsrec.io import atomic_dir, atomic_file, sha256_file, sha256_json, write_json
+from tsrec.keywords import cache_path
 from tsrec.tasks import IGNORE, build_examples, load_corpus, seqrec_examples, tasks_config
 
 log = logging.getLogger(__name__)
@@ -94,23 +95,6 @@ def variant_params(params: dict, variant: str) -> dict:
 
 
 # ---------------------------------------------------------------- inputs
-def index_path(params: dict, ds: str) -> Path:
-    try:
-        from tsrec.codebook import index_path as ip
-    except ModuleNotFoundError:
-        return Path(section(params, "data", DataConfig).out) / ds / "sid_index.json"
-    return Path(ip(params, ds))
-
-
-def keywords_path(params: dict, ds: str) -> Path:
-    try:
-        from tsrec.keywords import cache_path
-    except ModuleNotFoundError:  # the authors' cache in the mirror
-        root = section(params, "data", DataConfig).mirror_root
-        return root / "tsrec-authors" / "semantics" / f"{ds}.description_keywords.json"
-    return Path(cache_path(params, ds))
-
-
 def backbone_id(path: str | Path) -> str:
     """Name + sha256 of the backbone's weights (a checkpoint from another backbone is refused)."""
     path = Path(path)
@@ -280,7 +264,7 @@ def train_run(params: dict, ds: str, variant: str, *, out: str | Path | None = N
     bpath = backbone_path(vp)
     index = load_index(ipath)
     tokens = index_tokens(index)
-    keywords = keywords_path(vp, ds)
+    keywords = cache_path(vp, ds)
     corpus = load_corpus(data_dir, ipath, keywords, tcfg)
 
     set_seed(seed)

@@ -24,6 +24,7 @@ from tsrec.baselines.general import Pop
 from tsrec.baselines.sequential import NETS, CaserConfig, GRU4RecConfig, HSTUConfig, IDRecommender, SASRecConfig
 from tsrec.baselines.trainer import VALID_METRIC, Recommender, SeqData, TrainConfig, evaluate
 from tsrec.config import from_dict, section
+from tsrec.codebook import index_path
 from tsrec.data import load_index
 from tsrec.errors import ParamError, TsrecError
 from tsrec.io import write_json
@@ -89,17 +90,6 @@ def model_config(cfg: BaselinesConfig, model: str, override: dict, where: str) -
     return model_cfg, from_dict(TrainConfig, train_raw, f"{where}.train")
 
 
-def index_for(params: dict, ds: str, data_dir: Path) -> Path:
-    """SID index in use: ``tsrec.codebook.index_path`` once the codebook stage exists, else the official one."""
-    try:
-        from tsrec.codebook import index_path
-    except ModuleNotFoundError as exc:
-        if exc.name != "tsrec.codebook":
-            raise
-        return data_dir / "sid_index.json"
-    return Path(index_path(params, ds))
-
-
 def build(model: str, data: SeqData, cfg: BaselinesConfig, override: dict, seed: int,
           index: dict[int, list[str]] | None = None) -> Recommender:
     model_cfg, train_cfg = model_config(cfg, model, override, f"baselines.tuning.{model}")
@@ -128,7 +118,7 @@ def run_model(cfg: BaselinesConfig, params: dict, ds: str, model: str, *, comman
     if not (data_dir / "train.parquet").is_file():
         raise TsrecError(f"no canonical data for {ds} (run `tsrec data --dataset {ds}`)", file=data_dir)
     data = SeqData(data_dir, cfg.max_len, max_rows)
-    index_file = index_for(params, ds, data_dir) if model == "tiger" else None
+    index_file = Path(index_path(params, ds)) if model == "tiger" else None
     index = load_index(index_file) if index_file else None
     overrides = [{}] if model == "pop" else (cfg.tuning.get(model) or [{}])
     tried, best = [], None
