@@ -99,8 +99,9 @@ def cache_path(params: dict, ds: str) -> Path:
     return out_dir(params, ds) / f"{cfg.choice(ds, params.get('_path', 'params.yaml')).use}.json"
 
 
-def load_cache(path: str | os.PathLike) -> dict[str, dict]:
-    """token -> {"keywords", "description"} from a file in the authors' format (validated)."""
+def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a keyword cache (authors' format), checked for shape only: a JSON list of
+    objects with a string ``token``, a list ``keywords`` and a string ``description`` where present."""
     path = Path(path)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -110,11 +111,19 @@ def load_cache(path: str | os.PathLike) -> dict[str, dict]:
         raise TsrecError(f"invalid JSON: {exc.msg}", file=path, line=exc.lineno) from exc
     if not isinstance(raw, list):
         raise TsrecError("expected a list of {token, keywords, description}", file=path)
-    out: dict[str, dict] = {}
     for n, rec in enumerate(raw):
-        where = f"[{n}]"
         if not isinstance(rec, dict) or not isinstance(rec.get("token"), str):
-            raise TsrecError("entry without a string 'token'", file=path, line=where)
+            raise TsrecError("entry without a string 'token'", file=path, line=f"[{n}]")
+        if not isinstance(rec.get("keywords", []), list) or not isinstance(rec.get("description", ""), str):
+            raise TsrecError("'keywords' must be a list and 'description' a string", file=path, line=rec["token"])
+    return raw
+
+
+def load_cache(path: str | os.PathLike) -> dict[str, dict]:
+    """token -> {"keywords", "description"} from a file in the authors' format (validated)."""
+    path = Path(path)
+    out: dict[str, dict] = {}
+    for rec in read_records(path):
         kw, desc = rec.get("keywords"), rec.get("description")
         if not isinstance(kw, list) or not kw or not all(isinstance(k, str) and k.strip() for k in kw):
             raise TsrecError("keywords must be a non-empty list of strings", file=path, line=rec["token"],

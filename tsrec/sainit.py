@@ -14,16 +14,15 @@ init (HF mean-resizing) for the ablation.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
 from collections import Counter
-from pathlib import Path
 from typing import Any, Literal
 
 from tsrec.config import from_dict, section
 from tsrec.errors import TsrecError
+from tsrec.keywords import read_records
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +53,8 @@ def config(params: dict[str, Any]) -> SAInitConfig:
 
 
 def load_cache(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read a keyword cache (authors' format: a JSON list of {token, keywords, description})."""
-    path = Path(path)
-    if not path.is_file():
-        raise TsrecError("keyword cache not found (run `tsrec keywords`)", file=path)
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise TsrecError(f"invalid JSON: {exc.msg}", file=path, line=exc.lineno) from exc
-    if not isinstance(records, list):
-        raise TsrecError("keyword cache must be a JSON list of {token, keywords, description}", file=path)
-    for i, r in enumerate(records):
-        if not isinstance(r, dict) or not isinstance(r.get("token"), str):
-            raise TsrecError(f"entry {i} has no string 'token'", file=path)
-        if not isinstance(r.get("keywords", []), list) or not isinstance(r.get("description", ""), str):
-            raise TsrecError("'keywords' must be a list and 'description' a string", file=path, field=r["token"])
-    return records
+    """Read a keyword cache (authors' format); content is checked against the index by ``check_cache``."""
+    return read_records(path)
 
 
 def token_text(record: dict[str, Any], source: str) -> str:
