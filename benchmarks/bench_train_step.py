@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 BACKBONE = Path(os.environ.get("TSREC_BACKBONE", REPO / "artifacts" / "backbone" / "smollm2-135m-instruct"))
@@ -47,11 +46,12 @@ def _setup(keep_layers: int):
 def _loss(model, ids, labels, head: str):
     if head == "full":
         return model(input_ids=ids, labels=labels, use_cache=False).loss
-    out = model(input_ids=ids, output_hidden_states=True, logits_to_keep=1, use_cache=False)
-    target = labels[:, 1:]
-    keep = target != IGNORE
-    hidden = out.hidden_states[-1][:, :-1][keep]
-    return F.cross_entropy(model.get_output_embeddings()(hidden), target[keep])
+    from tsrec.train import label_position_loss  # the training stage's own loss
+
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+             "weight": torch.ones(ids.shape[0])}
+    total, count = label_position_loss(model, model.get_output_embeddings(), batch)
+    return total / count
 
 
 @pytest.mark.parametrize("head", ["label", "full"])
