@@ -268,14 +268,12 @@ def convert(cfg: BackboneConfig, out: Path) -> dict[str, Any]:
         "dtype": "float32",
         "eos_token": tokenizer.eos_token,
         "pad_token": tokenizer.pad_token,
-        "load_seconds": round(t_load, 1),
     }
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        meta["total_seconds"] = round(time.perf_counter() - t0, 1)
-        write_json(tmp / META_FILE, meta)
-    return meta
+        write_json(tmp / META_FILE, meta)  # no timings in the file: same input, same DVC output hash
+    return {**meta, "load_seconds": round(t_load, 1), "total_seconds": round(time.perf_counter() - t0, 1)}
 
 
 # ---------------------------------------------------------------- SID tokens
