@@ -1,4 +1,5 @@
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,8 +12,8 @@ from tsrec.data import load_index, load_items
 from tsrec.errors import TsrecError
 from tsrec.keywords import (Journal, build_clusters, cache_path, coherence, generate,
                             import_authors, load_cache, make_teacher, run_dataset)
-from tsrec.teachers import (PREFILL, CtfidfConfig, CtfidfTeacher, HFConfig, HFTeacher, OpenAIConfig, OpenAITeacher,
-                            Teacher, parse_answer)
+from tsrec.teachers import (EXAMPLE_ANSWER, PREFILL, ContentRepetitionPenalty, CtfidfConfig, CtfidfTeacher, HFConfig,
+                            HFTeacher, OpenAIConfig, OpenAITeacher, Teacher, build_messages, parse_answer)
 
 
 def fake_encode(texts):
@@ -92,6 +93,8 @@ def test_parse_answer_robust_and_strict():
     assert parse_answer('{"keywords": ["x"], "description": "%s"}' % loop)[1] == "description is a repetition loop"
     echo = '{"keywords": ["This product family comprises", "keywords"], "description": "one two three four five"}'
     assert parse_answer(echo)[1] == "empty keyword list"
+    digits = '{"keywords": ["pen"], "description": "Pen 1.0mm, 8, 1, 1, 1, 1, 1, 1, 1"}'
+    assert parse_answer(digits)[1] == "description is mostly numbers"
 
 
 def test_generate_retries_junk_then_records_failure(setup, tmp_path):
@@ -165,21 +168,55 @@ def test_coherence_own_beats_random_for_member_words(setup):
     assert coh["keywords"]["gap"] == pytest.approx(coh["keywords"]["own"] - coh["keywords"]["random"], abs=2e-4)
 
 
-def test_hf_teacher_batch_generation_tiny_backbone(setup, tiny_backbone):
-    clusters = setup[3][:3]
-    cfg = HFConfig(model="tiny", batch_size=3, max_new_tokens=8, retry_temperature=0.9, n_keywords=3,
-                   desc_words=10, sample_size=2, desc_chars=0, repetition_penalty=1.2)
+def test_prompt_has_demonstration_and_no_token(setup):
+    c = setup[3][0]
+    msgs = build_messages(c, 6, 25, sample_size=2, desc_chars=0)
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
+    assert json.loads(msgs[2]["content"]) == EXAMPLE_ANSWER
+    assert all(f"- {t}" in msgs[3]["content"] for t, _ in c.sample[:2]) and c.token not in msgs[3]["content"]
+
+
+def test_content_repetition_penalty_exempts_syntax_tokens():
+    import torch
+
+    exempt = torch.tensor([True, False, False, False])
+    proc = ContentRepetitionPenalty(2.0, exempt, prompt_len=1)
+    ids = torch.tensor([[2, 0, 1]])  # prompt token 2 is never penalised; 0 is syntax; 1 is answer text
+    scores = torch.tensor([[4.0, 4.0, 4.0, -4.0]])
+    assert proc(ids, scores.clone()).tolist() == [[4.0, 2.0, 4.0, -4.0]]
+    assert ContentRepetitionPenalty(1.0, exempt, 1)(ids, scores.clone()).equal(scores)
+
+
+def _tiny_hf(tiny_backbone, **kw):
     from tsrec.backbone import load_backbone
 
-    t = HFTeacher(cfg, lambda: load_backbone(tiny_backbone), seed=1)
+    cfg = HFConfig(model="tiny", batch_size=3, retry_temperature=0.9, n_keywords=3, desc_words=10, sample_size=2,
+                   desc_chars=0, **kw)
+    return HFTeacher(cfg, lambda: load_backbone(tiny_backbone), seed=1)
+
+
+def test_hf_teacher_constrained_answers_follow_the_schema(setup, tiny_backbone):
+    clusters = setup[3][:3]
+    t = _tiny_hf(tiny_backbone, max_new_tokens=120, max_keyword_chars=6, max_desc_chars=24)
     assert t.model is None  # lazy: a fully cached run never loads the model
     a = t.ask(clusters, 0)
     assert t.tok.padding_side == "left"
-    assert len(a) == 3 and all(x.startswith(PREFILL) for x in a)
+    for text in a:  # a random model, yet every answer is a complete object within the schema's limits
+        obj = json.loads(text, strict=False)  # the schema allows raw control characters inside strings
+        assert list(obj) == ["keywords", "description"]
+        assert 3 <= len(obj["keywords"]) <= 3 and all(2 <= len(k) <= 6 for k in obj["keywords"])
+        assert 20 <= len(obj["description"]) <= 24
     assert t.ask(clusters, 0) == a  # greedy is reproducible
-    assert len(t.ask(clusters, 1)) == 3  # sampling path
-    # single-row generation equals the batched (left-padded) row
-    assert t.ask(clusters[1:2], 0)[0] == a[1]
+    assert t.ask(clusters[1:2], 0)[0] == a[1]  # single row equals the batched (left-padded) row
+    # sampling path: still constrained (it may run out of tokens on a random model, so check the opening)
+    assert all(re.match(r'\s?\{\s?"keywords"\s?:\s?\[\s?"', x) for x in t.ask(clusters, 1))
+
+
+def test_hf_teacher_unconstrained_uses_prefill(setup, tiny_backbone):
+    t = _tiny_hf(tiny_backbone, max_new_tokens=8, constrained=False, repetition_penalty=1.2)
+    a = t.ask(setup[3][:3], 0)
+    assert len(a) == 3 and all(x.startswith(PREFILL) for x in a)
+    assert t.settings()["prefill"] == PREFILL and _tiny_hf(tiny_backbone).settings()["prefill"] == ""
 
 
 # ---------------------------------------------------------------- real HTTP server for the openai backend
@@ -254,7 +291,7 @@ def test_openai_backend_real_server_ok_slow_500_malformed(setup, tmp_path, monke
     first = srv.requests[0]
     assert first["path"] == "/v1/chat/completions" and first["auth"] == "Bearer sk-secret-123"
     assert first["body"]["model"] == "m" and first["body"]["messages"][0]["role"] == "system"
-    assert clusters[0].token in first["body"]["messages"][1]["content"]
+    assert clusters[0].sample[0][0] in first["body"]["messages"][-1]["content"]
     assert len(srv.requests) == 8
     assert srv.requests[-1]["body"]["temperature"] == 0.7  # runner-level retry samples
     assert "sk-secret-123" not in caplog.text and "sk-secret-123" not in (tmp_path / "o.jsonl").read_text()
