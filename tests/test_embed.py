@@ -56,6 +56,9 @@ def test_cli_embed_tiny_dataset(tmp_path, tiny_dataset):
     assert emb.shape == (60, 384) and meta["n_items"] == 60 and meta["dim"] == 384
     assert meta["embeddings_sha256"] == embed.sha256_file(out / "embeddings.npy")
     assert not list(out.parent.glob(".*tmp*"))
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert cli.main(["--params", str(params), "embed"]) == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first  # same DVC output hash on a rerun
 
 
 def test_load_embeddings_rejects_bad_input(tmp_path):

@@ -2,7 +2,8 @@
 
 Output per dataset (``artifacts/<DS>/embed/``):
   embeddings.npy  float32 [n_items, d], rows in items.parquet order (sorted by item_id)
-  meta.json       model spec + resolved folder, dim, counts, sha256 of inputs and output, seconds
+  meta.json       model spec + resolved folder, dim, counts, sha256 of inputs and output (no timings:
+                  the DVC output hash must not change between identical runs; the time is logged)
 
 ``encode_texts(texts, model_spec, batch_size)`` is the reusable entry point: other stages (keyword
 coherence, ...) embed text with the same frozen model through it.
@@ -189,13 +190,13 @@ def embed_dataset(cfg: EmbedConfig, data_dir: Path, out: Path) -> dict:
                  "empty_description": int(sum(not clean_text(d) for d in items["description"]))},
         "batch_size": cfg.batch_size,
         "items_sha256": sha256_file(data_dir / "items.parquet"),
-        "seconds": round(seconds, 2),
     }
     with atomic_dir(out) as tmp:
         np.save(tmp / "embeddings.npy", emb)
         meta["embeddings_sha256"] = sha256_file(tmp / "embeddings.npy")
         write_json(tmp / "meta.json", meta)
-    return meta
+    log.info("embed %s: %d items in %.1f s", data_dir.name, len(ids), seconds)
+    return {**meta, "seconds": round(seconds, 2)}
 
 
 def add_arguments(p) -> None:
