@@ -328,14 +328,14 @@ def build_dataset(cfg: DataConfig, ds: str, out_root: Path) -> dict:
         log.warning("%s: train CSV absent, train split RECONSTRUCTED from valid/test histories (%d rows)",
                     ds, len(splits["train"]))
     sids = {tuple(v) for v in index.values()}
-    log.info("%s: inputs from %s (sha256 in card.json)", ds,
-             cfg.mirror_root if cfg.source == "mirror" else URL_PATTERN.split("{commit}")[0])
+    url = URL_PATTERN.split("{commit}")[0]
+    log.info("%s: inputs from %s (sha256 in card.json)", ds, cfg.mirror_root if cfg.source == "mirror" else url)
     card = {
         "dataset": ds,
         "protocol": protocol,
         "source": {  # no mirror path: it is machine-specific and would change the DVC output hash
             "kind": cfg.source,
-            **({} if cfg.source == "mirror" else {"location": URL_PATTERN.split("{commit}")[0]}),
+            **({} if cfg.source == "mirror" else {"location": url}),
             "repository": "github.com/AkaliKong/MiniOneRec",
             "commit": cfg.commit,
         },

@@ -180,7 +180,12 @@ def answer_schema(c: HFConfig) -> dict[str, Any]:
                 "description": {"type": "string", "minLength": 20, "maxLength": c.max_desc_chars}}}
 
 
-def enforcer_tokenizer_data(tok) -> Any:
+def vocab_pieces(tok) -> list[str]:
+    """Every vocabulary id decoded on its own, in one pass (shared by the two helpers below)."""
+    return tok.batch_decode([[i] for i in range(len(tok))])
+
+
+def enforcer_tokenizer_data(tok, pieces: Sequence[str]) -> Any:
     """lm-format-enforcer's per-tokenizer data (what its transformers adapter builds; that adapter
     imports a module transformers 5 removed, so the core API is used)."""
     from lmformatenforcer import TokenEnforcerTokenizerData
@@ -188,24 +193,21 @@ def enforcer_tokenizer_data(tok) -> Any:
     zero = tok.encode("0", add_special_tokens=False)[-1]
     special = set(tok.all_special_ids)
     regular = []
-    for i in range(len(tok)):
+    for i, piece in enumerate(pieces):
         if i in special:
             continue
         after_zero = tok.decode([zero, i])[1:]  # keeps a word-start token's leading space
-        regular.append((i, after_zero, len(after_zero) > len(tok.decode([i]))))
+        regular.append((i, after_zero, len(after_zero) > len(piece)))
     return TokenEnforcerTokenizerData(regular, lambda ids: tok.decode(ids).rstrip("\ufffd"), tok.eos_token_id,
-                                      False, len(tok))
+                                      False, len(pieces))
 
 
-def syntax_token_mask(tok, chars: str = '{}[]":, \n') -> Any:
+def syntax_token_mask(pieces: Sequence[str], chars: str = '{}[]":, \n') -> Any:
     """Bool mask over the vocabulary: tokens made only of JSON syntax and whitespace."""
     import torch
 
-    mask = torch.zeros(len(tok), dtype=torch.bool)
-    for i in range(len(tok)):
-        text = tok.decode([i])
-        mask[i] = bool(text) and set(text) <= set(chars)
-    return mask
+    allowed = set(chars)
+    return torch.tensor([bool(p) and set(p) <= allowed for p in pieces], dtype=torch.bool)
 
 
 class ContentRepetitionPenalty:
@@ -246,8 +248,9 @@ class HFTeacher(Teacher):
                 self.tok.pad_token = self.tok.eos_token
             if not self.tok.chat_template:
                 self.tok.chat_template = CHATML
-            self.exempt = syntax_token_mask(self.tok)
-            self.tok_data = enforcer_tokenizer_data(self.tok) if self.cfg.constrained else None
+            pieces = vocab_pieces(self.tok)
+            self.exempt = syntax_token_mask(pieces)
+            self.tok_data = enforcer_tokenizer_data(self.tok, pieces) if self.cfg.constrained else None
 
     def settings(self) -> dict[str, Any]:
         s = dataclasses.asdict(self.cfg)
