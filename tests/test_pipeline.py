@@ -37,3 +37,17 @@ def test_every_registered_subcommand_exists_and_default_params_load():
 def test_every_subcommand_is_a_dvc_stage():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert set(STAGES) <= set(stages), sorted(set(STAGES) - set(stages))
+
+
+def test_cli_imports_only_the_stage_it_runs():
+    """`tsrec --help` imports no stage module (nor torch); `tsrec <stage>` registers only that stage's options."""
+    code = ("import sys; from tsrec.cli import STAGES, build_parser; build_parser(['--help']); "
+            "print(sorted(m for m in sys.modules if m in {p for p, _ in STAGES.values()} or m == 'torch'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    args = build_parser(["evaluate", "--dataset", "D", "--variant", "V"]).parse_args(
+        ["evaluate", "--dataset", "D", "--variant", "V"])
+    assert args._module.__name__ == "tsrec.evaluate" and args.dataset == "D"
+    # a params file named like a stage is not taken for the stage
+    args = build_parser(["--params", "data", "report"]).parse_args(["--params", "data", "report"])
+    assert args._module.__name__ == "tsrec.report"

@@ -9,48 +9,44 @@ import sys
 
 from tsrec.errors import TsrecError
 
-# stage name -> module; each module defines add_arguments(parser) and run(args, params)
+# stage name -> (module, help); each module defines add_arguments(parser) and run(args, params).
+# Only the stage being run is imported (``tsrec --help`` imports none of them).
 STAGES = {
-    "data": "tsrec.data",
-    "embed": "tsrec.embed",
-    "codebook": "tsrec.codebook",
-    "keywords": "tsrec.keywords",
-    "backbone": "tsrec.backbone",
-    "train": "tsrec.train",
-    "evaluate": "tsrec.evaluate",
-    "baseline": "tsrec.baselines",
-    "sweep": "tsrec.sweep",
-    "report": "tsrec.report",
+    "data": ("tsrec.data", "mirror or download -> sha256 check -> canonical parquet splits"),
+    "embed": ("tsrec.embed", "frozen text-encoder embeddings of every item"),
+    "codebook": ("tsrec.codebook", "SID indexes (official / RQ-VAE / RQ-KMeans) and their report"),
+    "keywords": ("tsrec.keywords", "per-SID-token keywords + description caches (teachers in use)"),
+    "teachers": ("tsrec.teacher_caches", "optional keyword caches (e.g. the slow hf teacher)"),
+    "backbone": ("tsrec.backbone", "convert the pretrained backbone once to a safetensors folder"),
+    "train": ("tsrec.train", "multi-task SFT with SID tokens, SA-Init and TS-Align (one variant)"),
+    "evaluate": ("tsrec.evaluate", "constrained beam search on valid/test -> HR@K / NDCG@K"),
+    "baseline": ("tsrec.baselines", "train and score one baseline model"),
+    "sweep": ("tsrec.sweep", "Optuna sweep over SA-Init pooling and the TS-Align weight"),
+    "report": ("tsrec.report", "Recall/NDCG tables from the metrics files"),
 }
 
 log = logging.getLogger("tsrec")
 
 
-def _available() -> dict[str, object]:
-    mods = {}
-    for name, path in STAGES.items():
-        try:
-            mods[name] = importlib.import_module(path)
-        except ModuleNotFoundError as exc:
-            if exc.name != path:  # a real missing dependency inside an existing module
-                raise
-    return mods
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The CLI; only the stage named in ``argv`` (if any) is imported to register its options."""
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for i, a in enumerate(argv) if a in STAGES and (i == 0 or argv[i - 1] != "--params")), None)
     parser = argparse.ArgumentParser(prog="tsrec", description=__doc__)
     parser.add_argument("--params", default=None, help="params file (default: params.yaml or $TSREC_PARAMS)")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    for name, mod in _available().items():
-        p = sub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0] if mod.__doc__ else None)
-        mod.add_arguments(p)
-        p.set_defaults(_module=mod)
+    for name, (path, help_text) in STAGES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            mod = importlib.import_module(path)
+            mod.add_arguments(p)
+            p.set_defaults(_module=mod)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

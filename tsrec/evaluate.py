@@ -34,6 +34,7 @@ from tsrec.data import load_index, load_split
 from tsrec.decoding import SidTrie, search_batches
 from tsrec.errors import TsrecError
 from tsrec.io import atomic_dir, sha256_file, write_json
+from tsrec.precision import Precision, autocast, resolve as resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class EvaluateConfig:
     batch_size: int = 8             # prompts per beam-search batch (each holds `beams` rows while decoding)
     subsample: int | None = None    # evaluate a fixed seeded random subsample of this many rows (None: all)
     threads: int | None = None      # torch intra-op threads (None: torch default)
+    precision: Precision = "auto"   # auto: bf16 autocast where the hardware has native bf16, else fp32
 
     def validate(self) -> None:
         if self.beams < 1 or self.batch_size < 1:
@@ -53,6 +55,8 @@ class EvaluateConfig:
             raise ValueError(f"beams must be >= {max(metrics.KS)} to report HR@{max(metrics.KS)}")
         if self.subsample is not None and self.subsample < 1:
             raise ValueError("subsample must be >= 1 or null")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
 
 
 def select_rows(n: int, subsample: int | None, seed: int) -> np.ndarray:
@@ -68,7 +72,8 @@ def sid_string(tokens: Sequence[str]) -> str:
 
 def evaluate_rows(model, tokenizer, trie: SidTrie, index: dict[int, list[str]], rows: pd.DataFrame,
                   prompt_fn: Callable[[list[str]], str], encode: Callable[[object, str], list[int]], *,
-                  beams: int = 20, batch_size: int = 8, desc: str = "evaluate") -> tuple[pd.DataFrame, dict]:
+                  beams: int = 20, batch_size: int = 8, desc: str = "evaluate",
+                  precision: str = "fp32") -> tuple[pd.DataFrame, dict]:
     """Rank the target SID of every row; return per-row ranks and a summary (metrics, counts, timing).
 
     ``prompt_fn(history SID strings) -> text`` and ``encode(tokenizer, text) -> ids`` must be the ones
@@ -79,7 +84,9 @@ def evaluate_rows(model, tokenizer, trie: SidTrie, index: dict[int, list[str]], 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model.eval()
     start = time.perf_counter()
-    with tqdm(total=len(prompts), desc=desc, unit="row", disable=None, dynamic_ncols=True) as bar:
+    device = next(model.parameters()).device.type
+    with tqdm(total=len(prompts), desc=desc, unit="row", disable=None, dynamic_ncols=True) as bar, \
+            autocast(precision, device):
         res = search_batches(model, prompts, trie, pad_id=pad_id, num_beams=beams, batch_size=batch_size,
                              progress=bar.update)
     wall = time.perf_counter() - start
@@ -103,6 +110,7 @@ def evaluate_rows(model, tokenizer, trie: SidTrie, index: dict[int, list[str]], 
         "rows_with_fewer_than_B_sids": short,
         "target_not_in_top_B": sum(r == metrics.MISSING for r in row_ranks),
         "prompt_tokens_mean": round(float(np.mean([len(p) for p in prompts])), 1),
+        "precision": precision,
         "wall_time_s": round(wall, 2),
         "rows_per_s": round(len(rows) / wall, 3) if wall > 0 else None,
     }
@@ -247,8 +255,10 @@ def run(args, params) -> None:
              cfg.beams, len(trie), torch.get_num_threads())
     from tsrec.tasks import encode_prompt as encode, seqrec_prompt as prompt_fn
 
+    precision = resolve_precision(cfg.precision, next(model.parameters()).device.type)
     ranks_df, summary = evaluate_rows(model, tokenizer, trie, index, rows, prompt_fn, encode, beams=cfg.beams,
-                                      batch_size=cfg.batch_size, desc=f"evaluate {ds}/{variant}")
+                                      batch_size=cfg.batch_size, desc=f"evaluate {ds}/{variant}",
+                                      precision=precision)
     if summary["invalid_outputs"] or summary["duplicate_outputs"]:
         log.error("invalid or duplicate outputs: %d / %d", summary["invalid_outputs"], summary["duplicate_outputs"])
     result = {
@@ -256,7 +266,7 @@ def run(args, params) -> None:
         "dataset": ds, "variant": variant, "split": cfg.split,
         "n_rows": len(rows), "n_rows_split": len(split_df),
         "subsample": None if len(rows) == len(split_df) else {"n": len(rows), "seed": seed},
-        "beams": cfg.beams, "batch_size": cfg.batch_size,
+        "beams": cfg.beams, "batch_size": cfg.batch_size, "precision_requested": cfg.precision,
         **{k: v for k, v in summary.items() if k not in ("metrics", "n_rows")},
         "decoding": "constrained beam search, exact HF semantics (length_penalty=0, full-vocab log-softmax, "
                     "SID then EOS); rank of the target's SID",

@@ -46,13 +46,16 @@ TEACHERS = ("authors", "hf", "openai", "ctfidf")
 class DatasetChoice:
     use: str = "ctfidf"  # the cache that cache_path() returns (and later stages read)
     teachers: list[str] = dataclasses.field(default_factory=lambda: ["ctfidf"])  # caches the stage builds
+    optional: list[str] = dataclasses.field(default_factory=list)  # caches only the `teachers` stage builds
 
     def validate(self) -> None:
-        bad = [t for t in [self.use, *self.teachers] if t not in TEACHERS]
+        bad = [t for t in [self.use, *self.teachers, *self.optional] if t not in TEACHERS]
         if bad:
             raise ValueError(f"unknown teacher(s) {bad}; known: {list(TEACHERS)}")
         if self.use not in self.teachers:
             raise ValueError(f"use={self.use!r} must be one of teachers {self.teachers}")
+        if set(self.optional) & set(self.teachers) or "authors" in self.optional:
+            raise ValueError(f"optional {self.optional} must be generating teachers not in teachers {self.teachers}")
 
 
 @dataclasses.dataclass
@@ -89,8 +92,13 @@ def config(params: dict) -> KeywordsConfig:
 
 
 # ---------------------------------------------------------------- paths
-def out_dir(params: dict, ds: str) -> Path:
-    return Path(config(params).out) / ds / "keywords"
+def out_dir(params: dict, ds: str, optional: bool = False) -> Path:
+    """Caches of ``teachers`` (stage keywords), or of ``optional`` teachers (stage teachers)."""
+    return Path(config(params).out) / ds / ("teachers" if optional else "keywords")
+
+
+def results_file(params: dict, ds: str, optional: bool = False) -> Path:
+    return Path(config(params).results) / (f"{ds}.teachers.json" if optional else f"{ds}.json")
 
 
 def cache_path(params: dict, ds: str) -> Path:
@@ -384,7 +392,7 @@ def add_arguments(p) -> None:
 
 
 def run_dataset(params: dict, ds: str, teachers: Sequence[str], limit: int | None = None,
-                encode: Callable | None = None, command: str | None = None) -> dict[str, Any]:
+                encode: Callable | None = None, command: str | None = None, optional: bool = False) -> dict[str, Any]:
     cfg = config(params)
     data_dir = Path(section(params, "data", DataConfig).out) / ds
     items = load_items(data_dir)
@@ -394,9 +402,11 @@ def run_dataset(params: dict, ds: str, teachers: Sequence[str], limit: int | Non
     clusters = build_clusters(index, items, emb, sample_size=cfg.sample_size, title_chars=cfg.title_chars,
                               desc_chars=cfg.desc_chars)
     texts = item_texts(items)
-    results_file = Path(cfg.results) / f"{ds}.json"
-    results = json.loads(results_file.read_text()) if results_file.is_file() else {"dataset": ds, "teachers": {}}
+    res_file = results_file(params, ds, optional)
+    results = json.loads(res_file.read_text()) if res_file.is_file() else {"dataset": ds, "teachers": {}}
     failures: dict[str, list[str]] = {}
+    if limit is None:  # entries of teachers no longer configured for this output are dropped
+        results["teachers"] = {t: r for t, r in results["teachers"].items() if t in teachers}
     for name in teachers:
         if name == "authors":
             records = import_authors(params, ds, [c.token for c in clusters])
@@ -414,7 +424,7 @@ def run_dataset(params: dict, ds: str, teachers: Sequence[str], limit: int | Non
             failures[name] = stats["missing"]
             continue
         payload = [{"token": c.token, **records[c.token]} for c in clusters]
-        write_json(out_dir(params, ds) / f"{name}.json", payload)
+        write_json(out_dir(params, ds, optional) / f"{name}.json", payload)
         coh = coherence(records, clusters, items, emb, encode, cfg.coherence_draws, int(params.get("seed", 42)))
         entry = {"tokens": len(payload), "failed_this_run": stats["failed"], "generated_this_run": stats["generated"],
                  "cached": stats["cached"], "coherence": coh, "command": command}
@@ -425,9 +435,9 @@ def run_dataset(params: dict, ds: str, teachers: Sequence[str], limit: int | Non
         results["teachers"][name] = entry
         log.info("%s %s coherence: keywords %s", ds, name, coh["keywords"])
     if limit is None:
-        write_json(results_file, results)
-        write_json(out_dir(params, ds) / "report.json", results)
-        write_table(results_file.parent)
+        write_json(res_file, results)
+        write_json(out_dir(params, ds, optional) / "report.json", results)
+        write_table(res_file.parent)
     if failures and limit is None:
         summary = "; ".join(f"{t}: {len(m)} tokens ({', '.join(m[:8])}{' ...' if len(m) > 8 else ''})"
                             for t, m in failures.items())

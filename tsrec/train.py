@@ -18,6 +18,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from tsrec.data import DataConfig, load_index
 from tsrec.errors import ParamError, TsrecError
 from tsrec.io import atomic_dir, atomic_file, sha256_file, sha256_json, write_json
 from tsrec.keywords import cache_path
+from tsrec.precision import Precision, resolve as resolve_precision
 from tsrec.tasks import IGNORE, build_examples, load_corpus, seqrec_examples, tasks_config
 
 log = logging.getLogger(__name__)
@@ -50,20 +52,23 @@ class TrainConfig:
     lr: float = 3e-4
     weight_decay: float = 0.0
     warmup_steps: int = 20
+    schedule: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"  # over max_steps (or the epochs)
     eval_steps: int = 100           # also the checkpoint interval
     patience: int = 3               # early stopping on valid loss
+    min_delta: float = 0.0          # a valid-loss gain below this does not count as improvement (plateau)
     valid_rows: int = 256           # fixed subsample of valid seqrec rows for the valid loss (0 = all)
     group_by_length: bool = True
     logging_steps: int = 10
     save_total_limit: int = 2
     keep_checkpoints: bool = False  # delete checkpoints/ once final/ is written
     threads: int = 0                # torch threads per process (0 = leave as is)
+    precision: Precision = "auto"   # auto: bf16 autocast where the hardware has native bf16, else fp32
 
     def validate(self) -> None:
         for name in ("batch_size", "grad_accum", "eval_steps", "logging_steps", "save_total_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.warmup_steps < 0 or self.patience < 1 or self.valid_rows < 0:
+        if self.warmup_steps < 0 or self.patience < 1 or self.valid_rows < 0 or self.min_delta < 0:
             raise ValueError("warmup_steps, valid_rows must be >= 0 and patience >= 1")
         if not 0 < self.lr < 1:
             raise ValueError(f"lr must be in (0, 1), got {self.lr}")
@@ -71,6 +76,8 @@ class TrainConfig:
             raise ValueError("epochs must be > 0 (or max_steps > 0)")
         if self.threads < 0:
             raise ValueError("threads must be >= 0")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
 
 
 # ---------------------------------------------------------------- variants
@@ -254,6 +261,7 @@ def train_run(params: dict, ds: str, variant: str, *, out: str | Path | None = N
 
     vp = variant_params(params, variant)
     cfg = section(vp, "train", TrainConfig)
+    precision = resolve_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
     tcfg = tasks_config(vp)
     seed = int(params.get("seed", 42))
     if cfg.threads:
@@ -309,7 +317,7 @@ def train_run(params: dict, ds: str, variant: str, *, out: str | Path | None = N
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size * 2,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
-        lr_scheduler_type="cosine", warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type=cfg.schedule, warmup_steps=cfg.warmup_steps,
         eval_strategy="steps", eval_steps=cfg.eval_steps, save_strategy="steps", save_steps=cfg.eval_steps,
         save_total_limit=cfg.save_total_limit, load_best_model_at_end=True,
         metric_for_best_model="eval_loss", greater_is_better=False,
@@ -318,27 +326,31 @@ def train_run(params: dict, ds: str, variant: str, *, out: str | Path | None = N
         remove_unused_columns=False, label_names=["labels"], prediction_loss_only=True,
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, dataloader_pin_memory=False,
         ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None, ddp_find_unused_parameters=False,
-        disable_tqdm=not rank0,
+        disable_tqdm=not rank0, bf16=precision == "bf16",
     )
     csv_log = _csv_logger(plots)
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=Examples(train_rows), eval_dataset=Examples(valid_rows),
         data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience), csv_log,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience,
+                                                         early_stopping_threshold=cfg.min_delta), csv_log,
                    *(callbacks or [])],
     )
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - t0
     stopped_early = trainer.state.global_step < trainer.state.max_steps
+    stop_reason = "plateau" if stopped_early else ("step_cap" if cfg.max_steps > 0 else "epochs")
     best = trainer.state.best_metric
     tokens_seen = int(trainer.state.num_input_tokens_seen or 0) - csv_log.tokens_at_start  # this session
     meta.update({
         "train": {"steps": trainer.state.global_step, "max_steps": trainer.state.max_steps,
-                  "stopped_early": stopped_early, "best_eval_loss": best,
+                  "stopped_early": stopped_early, "stop_reason": stop_reason, "best_eval_loss": best,
+                  "precision": {"requested": cfg.precision, "resolved": precision},
                   "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
                   "train_loss": result.training_loss, "wall_s": round(wall, 1),
                   "eval_s": round(csv_log.eval_s, 1), "tokens_seen": tokens_seen,
+                  "tokens_total": int(trainer.state.num_input_tokens_seen or 0),
                   "tokens_per_s": round(tokens_seen / wall, 1) if wall else None,  # end to end incl. evals
                   "train_tokens_per_s": round(tokens_seen / max(wall - csv_log.eval_s, 1e-9), 1),
                   "resumed_from": resume and Path(resume).name, "examples": len(train_rows),

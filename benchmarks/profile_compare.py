@@ -1,0 +1,124 @@
+"""Choose the CPU profile by measurement: the `sft` variant on Industrial under a few train configurations.
+
+Each profile = params.yaml + overrides (below). Per profile: `tsrec train` (to the valid-loss plateau or the
+profile's step cap), then `tsrec evaluate` on a fixed seeded valid subsample (NDCG@10 picks the profile).
+Full-test evaluate time is projected from the measured rows/s (valid and test prompts have the same shape).
+Resumable: a profile whose valid metrics exist is not rerun. Writes results/profiles/comparison.{md,csv}.
+
+Run: flock /tmp/tsrec-cpu.lock python benchmarks/profile_compare.py [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DS, VARIANT, VALID_ROWS, TEST_ROWS = "Industrial_and_Scientific", "sft", 500, 4533
+BUDGET_S = 20 * 60  # train + full-test evaluate per variant
+
+PROFILES = {  # name -> overrides of params.yaml
+    "L8-b16-lr3e-4-cos-1ep": {"backbone": {"keep_layers": 8}, "train": {"epochs": 1.0}},  # the old default
+    "L4-b16-lr1e-3-const": {"backbone": {"keep_layers": 4},
+                            "train": {"lr": 1.0e-3, "schedule": "constant_with_warmup", "max_steps": 2400,
+                                      "min_delta": 0.005}},
+    "L4-b32-lr1e-3-const": {"backbone": {"keep_layers": 4},
+                            "train": {"batch_size": 32, "lr": 1.0e-3, "schedule": "constant_with_warmup",
+                                      "max_steps": 1200, "eval_steps": 50, "min_delta": 0.005}},
+    "L8-b16-lr1e-3-const": {"backbone": {"keep_layers": 8},
+                            "train": {"lr": 1.0e-3, "schedule": "constant_with_warmup", "max_steps": 1300,
+                                      "min_delta": 0.005}},
+}
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def sh(cmd: list[str], log: Path) -> float:
+    t0 = time.perf_counter()
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.write("$ " + shlex.join(cmd) + "\n")
+        fh.flush()
+        subprocess.run(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, check=True)
+    return time.perf_counter() - t0
+
+
+def run_profile(name: str, over: dict) -> dict:
+    root = REPO / "artifacts" / "profiles" / name
+    res = REPO / "results" / "profiles" / name
+    root.mkdir(parents=True, exist_ok=True)
+    res.mkdir(parents=True, exist_ok=True)
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), over)
+    pfile = res / "params.yaml"
+    pfile.write_text(yaml.safe_dump(params, sort_keys=False))
+    tsrec = [sys.executable, "-m", "tsrec", "--params", str(pfile.relative_to(REPO))]
+    train = [*tsrec, "train", "--dataset", DS, "--variant", VARIANT, "--out", str((root / "run").relative_to(REPO)),
+             "--results", str(res.relative_to(REPO))]
+    evaluate = [*tsrec, "evaluate", "--dataset", DS, "--variant", VARIANT, "--run-dir",
+                str((root / "run").relative_to(REPO)), "--split", "valid", "--subsample", str(VALID_ROWS),
+                "--results", str(res.relative_to(REPO)), "--artifacts", str((root / "eval").relative_to(REPO))]
+    timing_file = res / "timing.json"
+    timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+    log = res / "log.txt"
+    if not (root / "run" / "final").is_dir():
+        timing["train_s"] = round(sh(train, log), 1)
+        timing_file.write_text(json.dumps(timing, indent=1))
+    metrics_file = res / DS / VARIANT / "metrics_valid.json"
+    if not metrics_file.is_file():
+        timing["evaluate_valid_s"] = round(sh(evaluate, log), 1)
+        timing_file.write_text(json.dumps(timing, indent=1))
+    summary = json.loads((res / DS / VARIANT / "train_summary.json").read_text())["train"]
+    m = json.loads(metrics_file.read_text())
+    tcfg, bcfg = params["train"], params["backbone"]
+    test_eval_s = TEST_ROWS / m["rows_per_s"]
+    return {"profile": name, "keep_layers": bcfg["keep_layers"], "precision": summary["precision"]["resolved"],
+            "batch": tcfg["batch_size"], "lr": tcfg["lr"], "schedule": tcfg.get("schedule", "cosine"),
+            "step_cap": tcfg.get("max_steps", -1), "steps": summary["steps"], "stop": summary["stop_reason"],
+            "epochs": round(summary["steps"] * tcfg["batch_size"] / summary["examples"], 2),
+            "tokens": summary["tokens_total"], "best_valid_loss": round(summary["best_eval_loss"], 4),
+            "train_s": timing.get("train_s", summary["wall_s"]), "tokens_per_s": summary["train_tokens_per_s"],
+            f"valid{VALID_ROWS}_HR@10": m["HR@10"], f"valid{VALID_ROWS}_NDCG@10": m["NDCG@10"],
+            "eval_rows_per_s": m["rows_per_s"], "test_eval_s_projected": round(test_eval_s),
+            "total_s_projected": round(timing.get("train_s", summary["wall_s"]) + test_eval_s),
+            "command_train": shlex.join(["tsrec", *train[3:]]), "command_evaluate": shlex.join(["tsrec", *evaluate[3:]])}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", nargs="*", default=list(PROFILES))
+    args = ap.parse_args()
+    rows = []
+    for name in PROFILES:
+        if name in args.only:
+            rows.append(run_profile(name, PROFILES[name]))
+        elif (REPO / "results" / "profiles" / name / DS / VARIANT / "metrics_valid.json").is_file():
+            rows.append(run_profile(name, PROFILES[name]))
+    df = pd.DataFrame(rows)
+    out = REPO / "results" / "profiles"
+    df.to_csv(out / "comparison.csv", index=False)
+    shown = df.drop(columns=["command_train", "command_evaluate"])
+    shown["within_budget"] = shown["total_s_projected"] <= BUDGET_S
+    (out / "comparison.md").write_text(
+        f"# CPU profile comparison: `{VARIANT}` on {DS}\n\n"
+        f"Written by `python benchmarks/profile_compare.py` (2 cores, fp32 where no native bf16). Valid NDCG@10 on a "
+        f"fixed seeded subsample of {VALID_ROWS} valid rows picks the profile; budget {BUDGET_S // 60} min of train + "
+        f"full-test evaluate (projected from the measured rows/s). Per-profile params, logs and commands: "
+        f"`results/profiles/<profile>/` and `comparison.csv`.\n\n" + shown.to_markdown(index=False) + "\n")
+    print(shown.to_markdown(index=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Compute precision of the LLM stages: ``auto | fp32 | bf16`` (params ``train.precision``, ``evaluate.precision``).
+
+bf16 means autocast on the CPU (or GPU): weights, master copy and optimizer state stay fp32; matmuls run in
+bf16. ``auto`` picks bf16 only where the hardware has native bf16 arithmetic (x86 ``avx512_bf16`` /
+``amx_bf16``, or a CUDA device that supports it); elsewhere bf16 is emulated and slower, so fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["auto", "fp32", "bf16"]
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where there is no such file)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def native_bf16(device: str = "cpu") -> bool:
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return any(f in cpu_flags() for f in NATIVE_BF16_FLAGS)
+
+
+def resolve(precision: Precision, device: str = "cpu") -> Literal["fp32", "bf16"]:
+    """``auto`` -> ``bf16`` where native, else ``fp32``; explicit choices are kept (bf16 may be emulated)."""
+    if precision == "auto":
+        resolved = "bf16" if native_bf16(device) else "fp32"
+        log.info("precision auto -> %s (%s native bf16 on %s)", resolved,
+                 "has" if resolved == "bf16" else "no", device)
+        return resolved
+    if precision == "bf16" and not native_bf16(device):
+        log.warning("precision bf16 requested without native bf16 on %s: emulated, expect it to be slower", device)
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    return precision
+
+
+def autocast(resolved: str, device: str = "cpu"):
+    """bf16 autocast context for ``resolved == "bf16"``, else a no-op."""
+    if resolved == "bf16":
+        return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+    return contextlib.nullcontext()
