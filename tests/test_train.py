@@ -165,3 +165,16 @@ def test_torchrun_two_cpu_processes(params, tmp_path):
     assert (tmp_path / "results" / "tiny" / "sft" / "valid.csv").is_file()
     summary = json.loads((tmp_path / "results" / "tiny" / "sft" / "train_summary.json").read_text())
     assert "train --dataset tiny --variant sft" in summary["command"] and summary["train"]["world_size"] == 2
+
+
+def test_summary_records_precision_and_stop_reason(params, tmp_path, monkeypatch):
+    """auto follows the hardware; a run that ends on its step cap says so, one that plateaus says plateau."""
+    from tsrec import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
+    meta = train_run(params, "tiny", "sft", out=tmp_path / "cap")
+    assert meta["train"]["precision"] == {"requested": "auto", "resolved": "fp32"}
+    assert meta["train"]["stop_reason"] == "step_cap" and meta["train"]["steps"] == 4
+    params["train"].update(max_steps=40, patience=1, min_delta=100.0)  # no gain can count: stops at 2nd eval
+    meta = train_run(params, "tiny", "sft", out=tmp_path / "plateau")
+    assert meta["train"]["stop_reason"] == "plateau" and meta["train"]["steps"] < 40
