@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from tsrec.errors import TsrecError
@@ -46,6 +47,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Idle OpenMP threads sleep instead of spinning: on a shared 2-core box, spinning made a 2-thread training
+    # step ~5x slower (14 s vs 2.6 s per step measured here). Must be set before torch loads; env overrides.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
