@@ -203,21 +203,32 @@ class Journal:
         self.ok: dict[str, dict] = {}
         self.attempts: dict[str, int] = {}
         if path.is_file():
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            # bytes, line by line: a kill can tear the last line anywhere, even inside a UTF-8 character
+            for n, line in enumerate(path.read_bytes().split(b"\n"), 1):
+                if not line.strip():
+                    continue
                 try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
+                    rec = json.loads(line.decode("utf-8"))
+                    key, attempts = rec["key"], int(rec.get("attempts", 0))
+                except (UnicodeDecodeError, ValueError, TypeError, KeyError):
                     log.warning("%s line %d: unreadable (killed mid-write?); ignored", path, n)
                     continue
-                self.attempts[rec["key"]] = self.attempts.get(rec["key"], 0) + rec.get("attempts", 0)
+                self.attempts[key] = self.attempts.get(key, 0) + attempts
                 if rec.get("status") == "ok":
-                    self.ok[rec["key"]] = rec
+                    self.ok[key] = rec
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) == b"\n"
 
     def append(self, recs: list[dict]) -> None:
         if not recs:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as fh:
+            if fh.tell() and not self._ends_with_newline():
+                fh.write("\n")  # close a torn last line: the first new record must not run onto it
             for rec in recs:
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
             fh.flush()
