@@ -81,7 +81,14 @@ class KeywordsConfig:
             raise ValueError("sample_size, max_attempts and coherence_draws must be >= 1")
 
     def choice(self, ds: str, file: str = "params.yaml") -> DatasetChoice:
-        return from_dict(DatasetChoice, self.datasets.get(ds), f"keywords.datasets.{ds}", file)
+        if ds not in self.datasets:  # no silent default: a misspelt name would switch the cache in use
+            import difflib
+
+            close = difflib.get_close_matches(ds, [str(k) for k in self.datasets], n=1)
+            hint = f" (did you mean {close[0]!r}? check the spelling of both)" if close else ""
+            raise ParamError(f"no entry for dataset {ds!r}{hint}; listed: {sorted(map(str, self.datasets))}",
+                             file=file, field="keywords.datasets")
+        return from_dict(DatasetChoice, self.datasets[ds], f"keywords.datasets.{ds}", file)
 
 
 def config(params: dict) -> KeywordsConfig:
