@@ -121,9 +121,20 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     for n, rec in enumerate(raw):
         if not isinstance(rec, dict) or not isinstance(rec.get("token"), str):
             raise TsrecError("entry without a string 'token'", file=path, line=f"[{n}]")
-        if not isinstance(rec.get("keywords", []), list) or not isinstance(rec.get("description", ""), str):
-            raise TsrecError("'keywords' must be a list and 'description' a string", file=path, line=rec["token"])
-    return raw
+        kw = rec.get("keywords", [])
+        if not isinstance(kw, list) or not all(isinstance(k, str) for k in kw):
+            raise TsrecError("'keywords' must be a list of strings", file=path, line=rec["token"], field="keywords")
+        if not isinstance(rec.get("description", ""), str):
+            raise TsrecError("'description' must be a string", file=path, line=rec["token"], field="description")
+    return CacheRecords(raw, path)
+
+
+class CacheRecords(list):
+    """The records of a keyword cache, remembering the file (later checks name it in their errors)."""
+
+    def __init__(self, records, path: Path):
+        super().__init__(records)
+        self.path = path
 
 
 def load_cache(path: str | os.PathLike) -> dict[str, dict]:
