@@ -48,6 +48,12 @@ def test_bad_sweep_params(params):
     params["sweep"]["pooling"] = ["median"]
     with pytest.raises(ParamError, match="pooling"):
         run_sweep(params)
+    params["sweep"]["pooling"] = ["mean"]
+    params["sweep"]["train"] = {"max_stpes": 2}
+    with pytest.raises(ParamError, match="max_stpes") as exc:
+        run_sweep(params)
+    assert exc.value.field == "sweep.train"
+    assert not (Path(params["sweep"]["storage"].removeprefix("sqlite:///"))).exists()  # no study, no failed trial
 
 
 def test_storage_password_is_masked():

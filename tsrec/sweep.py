@@ -150,6 +150,11 @@ def run_sweep(params: dict) -> pd.DataFrame:
     if cfg.dataset not in ((params.get("data") or {}).get("datasets") or [cfg.dataset]):
         raise ParamError(f"dataset {cfg.dataset!r} is not in data.datasets", file=params.get("_path"),
                          field="sweep.dataset")
+    from tsrec.config import from_dict
+    from tsrec.train import TrainConfig
+
+    # the trials' train overrides, checked now rather than inside the first trial
+    from_dict(TrainConfig, {**(params.get("train") or {}), **cfg.train}, "sweep.train", params.get("_path"))
     url = storage_url(cfg, params.get("_path"))
     study = optuna.create_study(
         study_name=cfg.study, storage=make_storage(cfg, url), direction="minimize", load_if_exists=True,
