@@ -157,3 +157,39 @@ def test_output_does_not_depend_on_the_mirror_path(tmp_path, mirror, monkeypatch
         data.build_dataset(cfg, "Office_Products", tmp_path / str(n))
         outs.append({p.name: p.read_bytes() for p in sorted((tmp_path / str(n) / "Office_Products").iterdir())})
     assert outs[0] == outs[1]
+
+
+# ---------------------------------------------------------------- a user's own files (no sha pins to lean on)
+def test_split_invalid_utf8_is_one_error(tmp_path):
+    p = _csv(tmp_path, [GOOD, GOOD])
+    p.write_bytes(p.read_bytes().replace(b"t2", b"t\xe9", 2))  # latin-1 byte on data line 3
+    with pytest.raises(TsrecError, match="not valid UTF-8") as exc:
+        data.parse_split(p, {1, 2}, INDEX)
+    assert exc.value.line == 2 and exc.value.file == p
+
+
+def test_split_field_over_csv_limit_is_one_error(tmp_path):
+    huge = GOOD.replace("\"['t1']\"", "\"['" + "x" * 200_000 + "']\"")
+    with pytest.raises(TsrecError, match="malformed CSV: field larger than field limit") as exc:
+        data.parse_split(_csv(tmp_path, [GOOD, huge]), {1, 2}, INDEX)
+    assert exc.value.line == 3
+
+
+def test_header_only_split_refused(tmp_path):
+    p = tmp_path / "split.csv"
+    p.write_text(",".join(data.CSV_COLUMNS) + "\n")
+    with pytest.raises(TsrecError, match="no data rows"):  # was: accepted, 0 rows
+        data.parse_split(p, {1, 2}, INDEX)
+
+
+def test_duplicate_item_key_refused(tmp_path):
+    p = tmp_path / "sid_index.json"
+    p.write_text('{"0": ["<a_1>", "<b_2>", "<c_3>"], "1": ["<a_1>", "<b_2>", "<c_4>"], '
+                 '"0": ["<a_2>", "<b_2>", "<c_3>"]}')
+    with pytest.raises(TsrecError, match="key given twice") as exc:
+        data.load_index(p)  # json alone would keep the last "0"
+    assert exc.value.line == "0"
+    items = tmp_path / "items.json"
+    items.write_text('{"0": {"title": "a"}, "0": {"title": "b"}}')
+    with pytest.raises(TsrecError, match="key given twice"):
+        data.parse_items(items)

@@ -166,3 +166,39 @@ def test_cli_paired(tmp_path, capsys):
     out = json.loads((tmp_path / "results/DS/paired/x_vs_y.json").read_text())
     assert out["a"] == "x" and out["b"] == "y" and out["rows"] == 4 and out["HR@10_only_a"] == 2
     assert "--paired y" in out["command"]
+
+
+def test_metrics_and_ranks_commit_together(tiny_dataset, tiny_eval_model, tmp_path, monkeypatch):
+    _, _, model_dir = tiny_eval_model
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"seed": 42, "evaluate": {"beams": 20, "batch_size": 8}}))
+    res, art = tmp_path / "results", tmp_path / "artifacts"
+    mfile, rfile = res / "DS/tiny/metrics.json", art / "DS/eval/tiny/ranks.parquet"
+
+    def evaluate(n):
+        return main(["--params", str(params), "evaluate", "--dataset", "DS", "--variant", "tiny", "--model-dir",
+                     str(model_dir), "--data-dir", str(tiny_dataset), "--subsample", str(n), "--results", str(res),
+                     "--artifacts", str(art)])
+
+    assert evaluate(10) == 0
+    from tsrec.io import sha256_file
+
+    assert json.loads(mfile.read_text())["ranks"]["sha256"] == sha256_file(rfile)
+    old_ranks = rfile.read_bytes()
+
+    def killed(*a, **kw):  # stands in for a kill while the ranks are written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", killed)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(20)
+    monkeypatch.undo()
+    assert not mfile.exists() and rfile.read_bytes() == old_ranks  # no metrics of 20 rows beside ranks of 10
+    # ranks changed behind the metrics' back are refused by the paired comparison
+    assert evaluate(10) == 0
+    other = art / "DS/eval/other/ranks.parquet"
+    other.parent.mkdir(parents=True)
+    other.write_bytes(rfile.read_bytes())
+    pd.read_parquet(rfile).head(3).to_parquet(rfile)
+    assert main(["--params", str(params), "evaluate", "--dataset", "DS", "--variant", "tiny", "--paired", "other",
+                 "--results", str(res), "--artifacts", str(art)]) == 2

@@ -427,3 +427,64 @@ def test_stage_hf_tiny_random_backbone_junk_is_failure_not_filled(tiny_dataset, 
     n_tokens = len({t for sid in load_index(tiny_dataset / "sid_index.json").values() for t in sid})
     assert len(lines) == n_tokens and all(x["status"] == "failed" and x["attempts"] == 2 for x in lines)
     assert not (tmp_path / "art" / "tiny" / "keywords" / "hf.json").exists()
+
+
+# ---------------------------------------------------------------- interruptions and credentials
+def test_journal_survives_torn_tails(tmp_path):
+    path = tmp_path / "j.jsonl"
+    good = [{"key": f"k{i}", "token": f"<a_{i}>", "status": "ok", "keywords": ["café"], "description": "d",
+             "attempts": 1} for i in range(3)]
+    line = (json.dumps(good[0], ensure_ascii=False) + "\n").encode()
+    torn_utf8 = json.dumps(good[1], ensure_ascii=False).encode()
+    torn_utf8 = torn_utf8[:torn_utf8.index("é".encode()) + 1]  # cut inside the 2-byte character
+    path.write_bytes(line + torn_utf8)
+    j = Journal(path)
+    assert list(j.ok) == ["k0"]
+    j.append([good[1]])
+    assert list(Journal(path).ok) == ["k0", "k1"]
+    with open(path, "ab") as fh:  # a torn ASCII tail: the next record must not run onto it
+        fh.write(b'{"key": "k9", "sta')
+    Journal(path).append([good[2]])
+    assert list(Journal(path).ok) == ["k0", "k1", "k2"]
+    assert path.read_bytes().endswith(b"\n") and b'"sta\n' in path.read_bytes()
+
+
+class RedirectServer(ChatServer):
+    """Answers every POST with a redirect to ``target`` (307 keeps the method and body, 302 does not)."""
+
+    def __init__(self, target: str, code: int):
+        super().__init__([])
+        outer = self
+
+        def do_POST(handler):
+            outer.requests.append({"auth": handler.headers.get("Authorization")})
+            handler.send_response(code)
+            handler.send_header("Location", target)
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+
+        self.httpd.RequestHandlerClass.do_POST = do_POST
+
+
+@pytest.mark.parametrize("code", [302, 307])
+def test_openai_key_never_sent_across_redirects(setup, monkeypatch, code):
+    monkeypatch.setenv("TSREC_TEST_KEY", "sk-secret-123")
+    with ChatServer([]) as target, RedirectServer(target.url + "/chat/completions", code) as redirector:
+        # urllib turns a 302 POST into a GET (with every header but the body's); record those too
+        target.httpd.RequestHandlerClass.do_GET = lambda h: (
+            target.requests.append({"auth": h.headers.get("Authorization")}), h.send_response(500), h.end_headers())
+        t = _openai(redirector.url)
+        with pytest.raises(TsrecError, match="redirected"):
+            t.ask(setup[3][:1], 0)
+    assert redirector.requests[0]["auth"] == "Bearer sk-secret-123"  # the configured server gets the key
+    assert target.requests == []  # the redirect target gets nothing, key or not
+
+
+def test_openai_plain_http_remote_warns(monkeypatch, caplog):
+    monkeypatch.setenv("TSREC_TEST_KEY", "sk-secret-123")
+    with caplog.at_level("WARNING"):
+        for url in ("http://127.0.0.1:8000/v1", "http://localhost/v1", "http://[::1]:8/v1", "https://api.example.com/v1"):
+            _openai(url)
+        assert "unencrypted" not in caplog.text
+        _openai("http://api.example.com/v1")
+    assert "unencrypted" in caplog.text and "sk-secret-123" not in caplog.text

@@ -181,3 +181,30 @@ def test_load_cache(tmp_path):
         load_cache(p)
     with pytest.raises(TsrecError, match="not found"):
         load_cache(tmp_path / "none.json")
+
+
+def test_cache_errors_name_the_file_extra_and_non_string_refused(setup, tmp_path):
+    model, tok, ids, *_ = setup
+    p = tmp_path / "authors.json"
+
+    def refused(cache, match, cfg=None):
+        p.write_text(json.dumps(cache))
+        with pytest.raises(TsrecError, match=match) as exc:
+            sa_init(model, tok, ids, load_cache(p), cfg or SAInitConfig())
+        assert exc.value.file == p, exc.value
+
+    refused([r for r in _cache() if r["token"] != "<b_1>"], r"missing 1 token\(s\)")
+    refused(_cache() + _cache()[:1], "lists a token twice")
+    cache = _cache()
+    cache[3]["keywords"] = [" "]
+    refused(cache, "empty keyword list")
+    refused(_cache() + [{"token": "<d_9>", "keywords": ["x"], "description": "y"}], r"not in the index.*<d_9>")
+    # only levels a are initialised: the other levels' tokens are the index's, not extra
+    p.write_text(json.dumps(_cache()))
+    sa_init(model, tok, ids, load_cache(p), SAInitConfig(levels=["a"]))
+    cache = _cache()
+    cache[0]["keywords"] = ["drill", 7, None]
+    p.write_text(json.dumps(cache))
+    with pytest.raises(TsrecError, match="list of strings") as exc:
+        load_cache(p)
+    assert exc.value.file == p and exc.value.line == cache[0]["token"]

@@ -48,7 +48,37 @@ def test_bad_sweep_params(params):
     params["sweep"]["pooling"] = ["median"]
     with pytest.raises(ParamError, match="pooling"):
         run_sweep(params)
+    params["sweep"]["pooling"] = ["mean"]
+    params["sweep"]["train"] = {"max_stpes": 2}
+    with pytest.raises(ParamError, match="max_stpes") as exc:
+        run_sweep(params)
+    assert exc.value.field == "sweep.train"
+    assert not (Path(params["sweep"]["storage"].removeprefix("sqlite:///"))).exists()  # no study, no failed trial
 
 
 def test_storage_password_is_masked():
     assert "secret" not in masked("postgresql://user:secret@db.example:5432/optuna")
+
+
+def test_storage_url_from_environment(params, tmp_path, monkeypatch):
+    from sqlalchemy.engine import make_url
+
+    from tsrec.config import section
+    from tsrec.sweep import SweepConfig, storage_url
+
+    params["sweep"].update(storage_env="TSREC_TEST_STORAGE", n_trials=1)
+    with pytest.raises(ParamError, match="TSREC_TEST_STORAGE") as exc:
+        run_sweep(params)
+    assert exc.value.field == "sweep.storage_env"
+    env_db = tmp_path / "from_env.db"
+    monkeypatch.setenv("TSREC_TEST_STORAGE", f"sqlite:///{env_db}")
+    run_sweep(params)
+    assert len(optuna.load_study(study_name="tsrec-sainit-tsalign", storage=f"sqlite:///{env_db}").trials) == 1
+    assert not (tmp_path / "optuna.db").exists()  # params' storage not used
+    # a password from the environment goes into the URL, never into params or the results
+    monkeypatch.setenv("TSREC_TEST_PW", "s3cret")
+    cfg = section({"sweep": {"storage": "postgresql://tsrec@db.example:5432/optuna", "password_env": "TSREC_TEST_PW"}},
+                  "sweep", SweepConfig)
+    url = storage_url(cfg)
+    assert make_url(url).password == "s3cret" and make_url(url).username == "tsrec"
+    assert "s3cret" not in masked(url)

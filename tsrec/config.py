@@ -29,8 +29,40 @@ def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
         raise ParamError(f"invalid YAML: {exc}", file=path, line=mark.line + 1 if mark else None) from exc
     if not isinstance(params, dict):
         raise ParamError("top level must be a mapping", file=path)
+    check_top_level(params, path)
     params["_path"] = str(path)
     return params
+
+
+# every top-level key some stage reads (a typo such as ``sede:`` or ``trian:`` would be silently ignored)
+SECTIONS = ("seed", "data", "raw", "report", "embed", "backbone", "sainit", "tasks", "train", "variants",
+            "baselines", "sweep", "evaluate", "codebook", "keywords")
+
+
+def _key_lines(path: Path) -> dict[str, int]:
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        return {}
+    pairs = node.value if isinstance(node, yaml.MappingNode) else []
+    return {k.value: k.start_mark.line + 1 for k, _ in pairs if isinstance(k, yaml.ScalarNode)}
+
+
+def check_top_level(params: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse unknown top-level keys (naming file, line and the closest known key) and a non-integer seed."""
+    import difflib
+
+    unknown = [k for k in params if k not in SECTIONS]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), SECTIONS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ParamError(f"unknown top-level key {key!r}; {hint}known: {list(SECTIONS)}", file=path,
+                         line=_key_lines(Path(path)).get(str(key)), field=str(key))
+    seed = params.get("seed", 42)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ParamError(f"must be an integer, got {seed!r}", file=path, line=_key_lines(Path(path)).get("seed"),
+                         field="seed")
 
 
 def _check(value: Any, tp: Any, where: str, file: str) -> Any:

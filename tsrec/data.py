@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import csv
+import io
 import dataclasses
 import json
 import logging
@@ -151,9 +152,31 @@ def fetch(cfg: DataConfig, subpath: str, *, optional: bool = False) -> Path | No
 
 
 # ---------------------------------------------------------------- parse
+def read_utf8(path: Path) -> str:
+    """The file's text; invalid UTF-8 is one error naming the line (not a UnicodeDecodeError traceback)."""
+    blob = Path(path).read_bytes()
+    try:
+        return blob.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TsrecError(f"not valid UTF-8 (byte {blob[exc.start]:#04x} at offset {exc.start})", file=path,
+                         line=blob.count(b"\n", 0, exc.start) + 1) from None
+
+
+def _unique_keys(path: Path):
+    """json object_pairs_hook: a key given twice is refused (json would silently keep the last)."""
+    def hook(pairs):
+        seen = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise TsrecError("key given twice", file=path, line=k)
+            seen.add(k)
+        return dict(pairs)
+    return hook
+
+
 def parse_items(path: Path) -> pd.DataFrame:
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(read_utf8(path), object_pairs_hook=_unique_keys(path))
     except json.JSONDecodeError as exc:
         raise TsrecError(f"invalid JSON: {exc.msg}", file=path, line=exc.lineno) from exc
     if not isinstance(raw, dict):
@@ -190,7 +213,7 @@ def check_sid(tokens: object, path: Path, key: object, levels: int | None = 3) -
 def load_index(path: Path, levels: int | None = 3) -> dict[int, list[str]]:
     """Read a SID index in the published JSON format, validating every entry."""
     try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        raw = json.loads(read_utf8(Path(path)), object_pairs_hook=_unique_keys(Path(path)))
     except json.JSONDecodeError as exc:
         raise TsrecError(f"invalid JSON: {exc.msg}", file=path, line=exc.lineno) from exc
     if not isinstance(raw, dict):
@@ -216,8 +239,8 @@ def _literal_list(text: str, path: Path, line: int, field: str, kind: type) -> l
 def parse_split(path: Path, items: set[int], index: dict[int, list[str]]) -> pd.DataFrame:
     """Parse a MiniOneRec split CSV; every id must be known and every SID must match the index."""
     rows = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
+    reader = csv.reader(io.StringIO(read_utf8(path), newline=""))
+    try:
         header = next(reader, None)
         if header != CSV_COLUMNS:
             raise TsrecError(f"header must be {CSV_COLUMNS}, got {header}", file=path, line=1)
@@ -248,6 +271,10 @@ def parse_split(path: Path, items: set[int], index: dict[int, list[str]]) -> pd.
             if not r["user_id"]:
                 raise TsrecError("empty user id", file=path, line=line, field="user_id")
             rows.append({"user_id": r["user_id"], "history": hist, "target": target})
+    except csv.Error as exc:  # e.g. a field over csv's 128 KB limit, a NUL byte
+        raise TsrecError(f"malformed CSV: {exc}", file=path, line=max(reader.line_num, 1)) from None
+    if not rows:
+        raise TsrecError("no data rows (header only)", file=path, line=2)
     return rows_frame(rows)
 
 
@@ -259,7 +286,7 @@ def rows_frame(rows: list[dict]) -> pd.DataFrame:
 def check_info(path: Path, index: dict[int, list[str]]) -> int:
     """The info file lists ``sid<TAB>title<TAB>item_id``; each SID must equal the index's."""
     n = 0
-    with open(path, encoding="utf-8") as fh:
+    with io.StringIO(read_utf8(path)) as fh:
         for line_no, line in enumerate(fh, 1):
             parts = line.rstrip("\n").split("\t")
             if len(parts) != 3:

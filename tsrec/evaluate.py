@@ -185,6 +185,30 @@ def command_line(args, params) -> str:
     return shlex.join(parts)
 
 
+def commit_outputs(metrics_file: Path, result: dict, eval_dir: Path, ranks_name: str, ranks_df) -> None:
+    """metrics.json is the commit record of both outputs: it goes first, the ranks are written, then it comes
+    back holding the ranks' sha256. A kill in between leaves no metrics (DVC reruns), never a mismatched pair."""
+    metrics_file.unlink(missing_ok=True)
+    eval_dir.parent.mkdir(parents=True, exist_ok=True)
+    keep = [p for p in eval_dir.glob("ranks*.parquet") if p.name != ranks_name] if eval_dir.is_dir() else []
+    with atomic_dir(eval_dir) as tmp:
+        for p in keep:  # the other split's ranks survive
+            (tmp / p.name).write_bytes(p.read_bytes())
+        ranks_df.to_parquet(tmp / ranks_name, index=False)
+    result = {**result, "ranks": {"path": str(eval_dir / ranks_name), "sha256": sha256_file(eval_dir / ranks_name)}}
+    write_json(metrics_file, json.loads(json.dumps(result, default=str)))
+
+
+def check_ranks(ranks_file: Path, metrics_file: Path) -> None:
+    """Refuse ranks that are not the ones their metrics file was committed with."""
+    if not metrics_file.is_file():
+        return
+    want = (json.loads(metrics_file.read_text(encoding="utf-8")).get("ranks") or {}).get("sha256")
+    if want and sha256_file(ranks_file) != want:
+        raise TsrecError(f"ranks differ from the ones {metrics_file} was written with (rerun tsrec evaluate)",
+                         file=ranks_file, field="sha256")
+
+
 def add_arguments(p) -> None:
     p.add_argument("--dataset", required=True, help="dataset folder name under data.out")
     p.add_argument("--variant", required=True, help="trained variant (artifacts/<DS>/runs/<variant>) = results label")
@@ -218,6 +242,7 @@ def run(args, params) -> None:
         for f in files:
             if not f.is_file():
                 raise TsrecError("no saved ranks (run tsrec evaluate for this variant first)", file=f)
+            check_ranks(f, Path(args.results) / ds / f.parent.name / f"metrics{suffix}.json")
         out = {"dataset": ds, "split": cfg.split, "a": variant, "b": args.paired,
                **paired(*(pd.read_parquet(f) for f in files), seed=seed),
                "inputs": [str(f) for f in files], "command": command_line(args, params)}
@@ -279,14 +304,8 @@ def run(args, params) -> None:
         "command": command_line(args, params),
     }
     metrics_file = Path(args.results) / ds / variant / f"metrics{suffix}.json"
-    write_json(metrics_file, json.loads(json.dumps(result, default=str)))
-    eval_dir = Path(args.artifacts) / ds / "eval" / variant
-    eval_dir.parent.mkdir(parents=True, exist_ok=True)
-    keep = [p for p in eval_dir.glob("ranks*.parquet") if p.name != f"ranks{suffix}.parquet"] if eval_dir.is_dir() else []
-    with atomic_dir(eval_dir) as tmp:
-        for p in keep:  # the other split's ranks survive
-            (tmp / p.name).write_bytes(p.read_bytes())
-        ranks_df.to_parquet(tmp / f"ranks{suffix}.parquet", index=False)
+    commit_outputs(metrics_file, result, Path(args.artifacts) / ds / "eval" / variant, f"ranks{suffix}.parquet",
+                   ranks_df)
     m = summary["metrics"]
     print(f"{ds}/{variant} {cfg.split} n={len(rows)}" + (" (SUBSAMPLE)" if result["subsample"] else "") + ": "
           + " ".join(f"{k}={m[k]:.4f}" for k in m) + f" | {summary['rows_per_s']} rows/s -> {metrics_file}")

@@ -7,9 +7,57 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _normal_mode(path: Path, is_dir: bool) -> None:
+    """mkstemp/mkdtemp make 0600/0700; outputs get what open()/mkdir() would give (0666/0777 less umask)."""
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner() -> str:
+    """``<pid>.<host>``: names the writer of a temp file, so that only a dead writer's leftovers are removed."""
+    return f"{os.getpid()}.{''.join(c for c in socket.gethostname() if c.isalnum())[:32] or 'host'}"
+
+
+def clean_stale(final: Path) -> list[Path]:
+    """Remove ``.<name>.tmp-<pid>.<host>-*`` / ``.<name>.old-<pid>.<host>`` beside ``final`` whose writer
+    (on this host) is dead: what a killed stage left behind. Names without an owner predate owners."""
+    removed = []
+    host = _owner().split(".", 1)[1]
+    for p in final.parent.glob(f".{final.name}.*"):
+        kind, _, rest = p.name[len(final.name) + 2:].partition("-")
+        pid, _, owner_host = rest.split("-", 1)[0].partition(".")
+        if kind not in ("tmp", "old"):
+            continue
+        if owner_host and (owner_host != host or not pid.isdigit() or _alive(int(pid))):
+            continue  # another host's (a shared disk), or its writer still runs
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        removed.append(p)
+    return removed
 
 
 @contextlib.contextmanager
@@ -17,13 +65,15 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp folder beside ``final``; on success replace ``final`` with it, on error delete it."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    clean_stale(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{_owner()}-", dir=final.parent))
+    _normal_mode(tmp, is_dir=True)
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    old = final.with_name(f".{final.name}.old-{_owner()}")
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
@@ -35,8 +85,10 @@ def atomic_file(final: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     """Open a temp file beside ``final`` for writing; rename it over ``final`` on success."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
+    clean_stale(final)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-{_owner()}-", dir=final.parent)
     try:
+        _normal_mode(Path(tmp), is_dir=False)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
             yield fh
             fh.flush()

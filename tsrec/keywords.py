@@ -84,7 +84,14 @@ class KeywordsConfig:
             raise ValueError("sample_size, max_attempts and coherence_draws must be >= 1")
 
     def choice(self, ds: str, file: str = "params.yaml") -> DatasetChoice:
-        return from_dict(DatasetChoice, self.datasets.get(ds), f"keywords.datasets.{ds}", file)
+        if ds not in self.datasets:  # no silent default: a misspelt name would switch the cache in use
+            import difflib
+
+            close = difflib.get_close_matches(ds, [str(k) for k in self.datasets], n=1)
+            hint = f" (did you mean {close[0]!r}? check the spelling of both)" if close else ""
+            raise ParamError(f"no entry for dataset {ds!r}{hint}; listed: {sorted(map(str, self.datasets))}",
+                             file=file, field="keywords.datasets")
+        return from_dict(DatasetChoice, self.datasets[ds], f"keywords.datasets.{ds}", file)
 
 
 def config(params: dict) -> KeywordsConfig:
@@ -122,9 +129,20 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     for n, rec in enumerate(raw):
         if not isinstance(rec, dict) or not isinstance(rec.get("token"), str):
             raise TsrecError("entry without a string 'token'", file=path, line=f"[{n}]")
-        if not isinstance(rec.get("keywords", []), list) or not isinstance(rec.get("description", ""), str):
-            raise TsrecError("'keywords' must be a list and 'description' a string", file=path, line=rec["token"])
-    return raw
+        kw = rec.get("keywords", [])
+        if not isinstance(kw, list) or not all(isinstance(k, str) for k in kw):
+            raise TsrecError("'keywords' must be a list of strings", file=path, line=rec["token"], field="keywords")
+        if not isinstance(rec.get("description", ""), str):
+            raise TsrecError("'description' must be a string", file=path, line=rec["token"], field="description")
+    return CacheRecords(raw, path)
+
+
+class CacheRecords(list):
+    """The records of a keyword cache, remembering the file (later checks name it in their errors)."""
+
+    def __init__(self, records, path: Path):
+        super().__init__(records)
+        self.path = path
 
 
 def load_cache(path: str | os.PathLike) -> dict[str, dict]:
@@ -211,21 +229,32 @@ class Journal:
         self.ok: dict[str, dict] = {}
         self.attempts: dict[str, int] = {}
         if path.is_file():
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            # bytes, line by line: a kill can tear the last line anywhere, even inside a UTF-8 character
+            for n, line in enumerate(path.read_bytes().split(b"\n"), 1):
+                if not line.strip():
+                    continue
                 try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
+                    rec = json.loads(line.decode("utf-8"))
+                    key, attempts = rec["key"], int(rec.get("attempts", 0))
+                except (UnicodeDecodeError, ValueError, TypeError, KeyError):
                     log.warning("%s line %d: unreadable (killed mid-write?); ignored", path, n)
                     continue
-                self.attempts[rec["key"]] = self.attempts.get(rec["key"], 0) + rec.get("attempts", 0)
+                self.attempts[key] = self.attempts.get(key, 0) + attempts
                 if rec.get("status") == "ok":
-                    self.ok[rec["key"]] = rec
+                    self.ok[key] = rec
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) == b"\n"
 
     def append(self, recs: list[dict]) -> None:
         if not recs:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as fh:
+            if fh.tell() and not self._ends_with_newline():
+                fh.write("\n")  # close a torn last line: the first new record must not run onto it
             for rec in recs:
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
             fh.flush()

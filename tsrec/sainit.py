@@ -74,23 +74,30 @@ def _select(token_ids_by_token: dict[str, int], levels: list[str]) -> dict[str, 
     return dict(sorted(chosen.items(), key=lambda kv: sid_sort_key(kv[0])))
 
 
-def check_cache(records: list[dict[str, Any]], tokens: list[str], source: str) -> dict[str, dict[str, Any]]:
-    """Records for ``tokens``; refuse missing tokens (listed) and empty keyword lists / descriptions."""
+def check_cache(records: list[dict[str, Any]], tokens: list[str], source: str,
+                known: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Records for ``tokens``; refuse missing tokens (listed), tokens outside ``known`` (default ``tokens``:
+    a cache for another index), and empty keyword lists / descriptions. Errors name the cache file."""
+    file = getattr(records, "path", None)  # set by read_records
     by_token: dict[str, dict[str, Any]] = {}
     for r in records:
         if r["token"] in by_token:
-            raise TsrecError("keyword cache lists a token twice", field=r["token"])
+            raise TsrecError("keyword cache lists a token twice", file=file, line=r["token"])
         by_token[r["token"]] = r
     missing = [t for t in tokens if t not in by_token]
     if missing:
         shown = ", ".join(missing[:30]) + (f", ... ({len(missing)} in all)" if len(missing) > 30 else "")
-        raise TsrecError(f"keyword cache is missing {len(missing)} token(s) of the index: {shown}")
+        raise TsrecError(f"keyword cache is missing {len(missing)} token(s) of the index: {shown}", file=file)
+    extra = sorted(set(by_token) - set(tokens if known is None else known))
+    if extra:
+        raise TsrecError(f"keyword cache holds {len(extra)} token(s) not in the index (a cache for another "
+                         f"index?): {', '.join(extra[:30])}", file=file)
     for t in tokens:
         r = by_token[t]
         if source in ("keywords", "both") and not [k for k in r.get("keywords") or [] if str(k).strip()]:
-            raise TsrecError("empty keyword list", field=t)
+            raise TsrecError("empty keyword list", file=file, line=t, field="keywords")
         if source in ("description", "both") and not str(r.get("description") or "").strip():
-            raise TsrecError("empty description", field=t)
+            raise TsrecError("empty description", file=file, line=t, field="description")
     return {t: by_token[t] for t in tokens}
 
 
@@ -170,7 +177,7 @@ def sa_init(model, tokenizer, token_ids_by_token: dict[str, int], cache_records:
     if not chosen:
         log.warning("SA-Init: no SID tokens at levels %s", cfg.levels)
         return report
-    records = check_cache(cache_records, list(chosen), cfg.source)
+    records = check_cache(cache_records, list(chosen), cfg.source, known=list(token_ids_by_token))
 
     emb = model.get_input_embeddings().weight
     tied = is_tied(model)

@@ -34,6 +34,8 @@ SOURCES = ("keywords", "description", "both")
 class SweepConfig:
     dataset: str = "Industrial_and_Scientific"
     storage: str = "sqlite:///artifacts/optuna/sweep.db"
+    storage_env: str | None = None   # NAME of an env var holding the storage URL (overrides storage)
+    password_env: str | None = None  # NAME of an env var holding the password to put into the storage URL
     study: str = "tsrec-sainit-tsalign"
     n_trials: int = 6
     objective: str = "valid_loss"  # valid_loss (minimise)
@@ -82,14 +84,38 @@ def masked(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def make_storage(cfg: SweepConfig):
+def storage_url(cfg: SweepConfig, file: str | None = None) -> str:
+    """The storage URL: ``storage``, or the value of ``$<storage_env>``; ``$<password_env>`` is put in as its
+    password. Secrets stay out of params.yaml and dvc.lock; only the variable names are there."""
+    import os
+
+    from sqlalchemy.engine import make_url
+
+    url = cfg.storage
+    for key, name in (("storage_env", cfg.storage_env), ("password_env", cfg.password_env)):
+        if name and not os.environ.get(name):
+            raise ParamError(f"environment variable {name!r} is not set", file=file, field=f"sweep.{key}")
+    if cfg.storage_env:
+        url = os.environ[cfg.storage_env]
+    if cfg.password_env:
+        try:
+            parsed = make_url(url)
+        except Exception as exc:  # sqlalchemy.exc.ArgumentError: the URL itself is never echoed
+            raise ParamError(f"storage URL does not parse ({type(exc).__name__})", file=file,
+                             field="sweep.storage") from None
+        url = parsed.set(password=os.environ[cfg.password_env]).render_as_string(hide_password=False)
+    return url
+
+
+def make_storage(cfg: SweepConfig, url: str | None = None):
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    if cfg.storage.startswith("sqlite:///"):
-        Path(cfg.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    url = url or storage_url(cfg)
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.RDBStorage(
-        cfg.storage, heartbeat_interval=cfg.heartbeat_s, grace_period=2 * cfg.heartbeat_s,
+        url, heartbeat_interval=cfg.heartbeat_s, grace_period=2 * cfg.heartbeat_s,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
     )
 
@@ -124,12 +150,18 @@ def run_sweep(params: dict) -> pd.DataFrame:
     if cfg.dataset not in ((params.get("data") or {}).get("datasets") or [cfg.dataset]):
         raise ParamError(f"dataset {cfg.dataset!r} is not in data.datasets", file=params.get("_path"),
                          field="sweep.dataset")
+    from tsrec.config import from_dict
+    from tsrec.train import TrainConfig
+
+    # the trials' train overrides, checked now rather than inside the first trial
+    from_dict(TrainConfig, {**(params.get("train") or {}), **cfg.train}, "sweep.train", params.get("_path"))
+    url = storage_url(cfg, params.get("_path"))
     study = optuna.create_study(
-        study_name=cfg.study, storage=make_storage(cfg), direction="minimize", load_if_exists=True,
+        study_name=cfg.study, storage=make_storage(cfg, url), direction="minimize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=cfg.sampler_seed),
     )
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    log.info("study %s at %s: %d/%d trials complete", cfg.study, masked(cfg.storage), done, cfg.n_trials)
+    log.info("study %s at %s: %d/%d trials complete", cfg.study, masked(url), done, cfg.n_trials)
     if done < cfg.n_trials:
         study.optimize(objective_fn(params, cfg), n_trials=cfg.n_trials - done,
                        callbacks=[MaxTrialsCallback(cfg.n_trials, states=(TrialState.COMPLETE,))])
@@ -144,7 +176,7 @@ def summarize(study, cfg: SweepConfig, params: dict) -> pd.DataFrame:
     write_json(dest / "sweep.json", {
         "command": "tsrec sweep", "params_file": params.get("_path"), "study": cfg.study,
         "objective": f"{cfg.objective} (minimise)",
-        "sweep": {**dataclasses.asdict(cfg), "storage": masked(cfg.storage)}, "best": {"number": best.number, "value": best.value, "params": best.params},
+        "sweep": {**dataclasses.asdict(cfg), "storage": masked(storage_url(cfg))}, "best": {"number": best.number, "value": best.value, "params": best.params},
         "trials": json.loads(df.to_json(orient="records")),
     })
     with atomic_file(dest / "sweep.md") as fh:

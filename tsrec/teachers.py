@@ -314,6 +314,29 @@ class OpenAIConfig:
     desc_chars: int = 160
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Turn every redirect into an HTTPError (urllib would resend the Authorization header to any host)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+def _plain_http_remote(url: str) -> bool:
+    import ipaddress
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(url)
+    if u.scheme != "http":
+        return False
+    host = (u.hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
 class OpenAITeacher(Teacher):
     """OpenAI-compatible ``POST {base_url}/chat/completions``; API key from an env var, never logged."""
 
@@ -322,6 +345,10 @@ class OpenAITeacher(Teacher):
     def __init__(self, cfg: OpenAIConfig, seed: int):
         self.cfg, self.seed, self.batch_size = cfg, seed, cfg.concurrency
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
+        self._opener = urllib.request.build_opener(_NoRedirect)
+        if _plain_http_remote(self.url) and self.cfg.api_key_env and os.environ.get(self.cfg.api_key_env):
+            log.warning("keywords.openai.base_url %s is plain http:// to a non-local host: the API key from $%s "
+                        "travels unencrypted (use https://)", cfg.base_url, cfg.api_key_env)
 
     def settings(self) -> dict[str, Any]:
         c = self.cfg
@@ -346,11 +373,16 @@ class OpenAITeacher(Teacher):
                 time.sleep(self.cfg.backoff_s * 2 ** (i - 1))
             req = urllib.request.Request(self.url, data=data, headers=self._headers(), method="POST")
             try:
-                with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp:
+                with self._opener.open(req, timeout=self.cfg.timeout_s) as resp:
                     body = resp.read().decode("utf-8", "replace")
             except urllib.error.HTTPError as exc:
                 if exc.code in (401, 403, 404):  # configuration problems: retrying cannot help
                     raise TsrecError(f"chat-completions server answered HTTP {exc.code}", file=self.url) from None
+                if 300 <= exc.code < 400:  # never follow: the request carries the API key
+                    raise TsrecError(f"chat-completions server redirected (HTTP {exc.code}) to "
+                                     f"{exc.headers.get('Location')!r}; not followed, the API key is never sent "
+                                     "across redirects (set keywords.openai.base_url to the final URL)",
+                                     file=self.url) from None
                 log.warning("HTTP %s from %s (try %d/%d)", exc.code, self.url, i + 1, tries)
                 continue
             except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError) as exc:

@@ -127,6 +127,46 @@ def load_model(params: dict, tokens: list[str], keywords: Path | None):
     return model, tokenizer, report
 
 
+def run_inputs(vp: dict, data_dir: Path, ipath: Path, keywords: Path) -> dict[str, str]:
+    """sha256 of every input file the run reads (the backbone: ``backbone_id``), for the resume fingerprint."""
+    from tsrec import sainit as sa
+
+    files = {name: data_dir / f"{name}.parquet" for name in ("items", "train", "valid")}
+    files["sid_index"] = ipath
+    if not sa.config(vp).random or tasks_config(vp).tsalign.enabled:  # SA-Init / TS-Align read the cache
+        files["keywords"] = keywords
+    return {name: sha256_file(path) for name, path in files.items()}
+
+
+def _check_dataset(data_dir: Path) -> None:
+    if not (data_dir / "items.parquet").is_file():
+        raise TsrecError("dataset not found (run `tsrec data`, or check --dataset and data.out)", file=data_dir)
+
+
+# ---------------------------------------------------------------- checkpoints
+def _checkpoint_complete(path: Path) -> bool:
+    """transformers writes trainer_state.json last: without it (or torn, or for another step) a save was cut."""
+    try:
+        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        step = int(path.name.rsplit("-", 1)[1])
+    except (OSError, ValueError, IndexError):
+        return False
+    return (isinstance(state, dict) and state.get("global_step") == step and any(path.glob("*.safetensors"))
+            and all((path / f).is_file() for f in ("optimizer.pt", "scheduler.pt"))
+            and any(path.glob("rng_state*.pth")))
+
+
+def drop_incomplete_checkpoints(ckpt_dir: Path) -> list[str]:
+    """Remove ``checkpoint-N/`` folders a kill left half-written, so a resume picks a complete one."""
+    dropped = []
+    for path in sorted(ckpt_dir.glob("checkpoint-*")):
+        if path.is_dir() and not _checkpoint_complete(path):
+            log.warning("%s is incomplete (killed while saving?): removing it", path)
+            shutil.rmtree(path)
+            dropped.append(path.name)
+    return dropped
+
+
 # ---------------------------------------------------------------- batches + loss
 class Examples(torch.utils.data.Dataset):
     def __init__(self, rows: list[dict]):
@@ -174,12 +214,44 @@ def label_position_loss(model, head, inputs: dict) -> tuple[torch.Tensor, torch.
     return (ce * w).sum(), keep.sum()
 
 
+class SeededLengthGroupedSampler(torch.utils.data.Sampler):
+    """transformers' length-grouped order, drawn from a generator seeded by (seed, epoch) only.
+
+    transformers' LengthGroupedSampler draws from the global RNG when the epoch starts, so a run resumed
+    in a later epoch gets another order than the uninterrupted run. The Trainer calls ``set_epoch`` before
+    each epoch (also on a resume), so here each epoch's order is a pure function of (seed, epoch).
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
+
+
 def _trainer_class():
     from transformers import Trainer
 
     class TsrecTrainer(Trainer):
         """Weighted (TS-Align lambda) CE on response tokens, logits only at label positions."""
         loss_is_scaled_for_ga = True
+
+        def _get_train_sampler(self, train_dataset=None):
+            train_dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if self.args.train_sampling_strategy != "group_by_length" or not isinstance(train_dataset, Examples):
+                return super()._get_train_sampler(train_dataset)
+            return SeededLengthGroupedSampler([len(r["input_ids"]) for r in train_dataset.rows],
+                                              self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                              self.args.data_seed if self.args.data_seed is not None else self.args.seed)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             head = self.accelerator.unwrap_model(model).get_output_embeddings()
@@ -268,6 +340,7 @@ def train_run(params: dict, ds: str, variant: str, *, out: str | Path | None = N
         torch.set_num_threads(cfg.threads)
     out = Path(out) if out else run_dir(params, ds, variant)
     data_dir = Path(section(params, "data", DataConfig).out) / ds
+    _check_dataset(data_dir)
     ipath = index_path(vp, ds)
     bpath = backbone_path(vp)
     index = load_index(ipath)
@@ -285,9 +358,11 @@ def train_run(params: dict, ds: str, variant: str, *, out: str | Path | None = N
         "index_path": str(ipath), "index_sha256": sha256_file(ipath),
         "backbone": str(bpath), "backbone_id": backbone_id(bpath), "sainit": sainit_report,
         "params": {k: vp.get(k) for k in (*VARIANT_SECTIONS, "seed") if k in vp},
+        "keywords": str(keywords), "inputs_sha256": run_inputs(vp, data_dir, ipath, keywords),
     }
     ckpt_dir = out / "checkpoints"
-    fingerprint = sha256_json({k: meta[k] for k in ("index_sha256", "backbone_id", "params", "dataset")})
+    fingerprint = sha256_json({k: meta[k] for k in ("index_sha256", "backbone_id", "params", "dataset",
+                                                    "inputs_sha256")})
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank0 = int(os.environ.get("RANK", "0")) == 0
     fp_file = ckpt_dir / FINGERPRINT
@@ -298,6 +373,7 @@ def train_run(params: dict, ds: str, variant: str, *, out: str | Path | None = N
     if rank0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         write_json(fp_file, fingerprint)
+        drop_incomplete_checkpoints(ckpt_dir)
     if distributed:
         import torch.distributed as dist
 
