@@ -328,8 +328,8 @@ def seq2seq_beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Te
     do_sample=False, max_new_tokens=depth + 1, prefix_allowed_tokens_fn=trie.allowed)``: full-vocabulary
     ``log_softmax`` at every step, masked to the trie's tokens, beam score = sum of token log-probs (EOS
     included), top B running beams. The encoder runs ONCE per row (padding side does not matter: the
-    attention mask covers it); the decoder re-reads the generated prefix at every step instead of keeping a
-    cache (a SID is 3-4 tokens, so that costs little and keeps the code model-agnostic).
+    attention mask covers it); the decoder keeps its cache (self-attention and the cross-attention keys and
+    values, computed once per row at the first step), reordered to the surviving beams at every step.
     """
     if num_beams < 1:
         raise ValueError("num_beams must be >= 1")
@@ -339,14 +339,18 @@ def seq2seq_beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Te
 
     n, B, dev = input_ids.shape[0], num_beams, input_ids.device
     enc = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [n, L, d]
-    dec = torch.full((n, 1, 1), int(decoder_start_token_id), dtype=torch.long, device=dev)  # [n, k, t]
+    last = torch.full((n, 1), int(decoder_start_token_id), dtype=torch.long, device=dev)  # newest token per beam
     node = torch.zeros((n, 1), dtype=torch.long, device=dev)
     score = torch.zeros((n, 1), dtype=torch.float32, device=dev)
+    rows = torch.arange(n, device=dev)[:, None]
+    cache, enc_k, mask_k = None, enc, attention_mask
     for d in range(trie.depth + 1):
-        k, t = node.shape[1], dec.shape[2]
-        out = model(encoder_outputs=BaseModelOutput(last_hidden_state=enc.repeat_interleave(k, 0)),
-                    attention_mask=attention_mask.repeat_interleave(k, 0), decoder_input_ids=dec.view(n * k, t),
-                    use_cache=False)
+        k = node.shape[1]
+        if enc_k.shape[0] != n * k:  # beams per row changed (1 -> B after the first step)
+            enc_k, mask_k = enc.repeat_interleave(k, 0), attention_mask.repeat_interleave(k, 0)
+        out = model(encoder_outputs=BaseModelOutput(last_hidden_state=enc_k), attention_mask=mask_k,
+                    decoder_input_ids=last.view(n * k, 1), past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
         logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).view(n, k, -1)
         if d == trie.depth:  # only EOS after a full SID
             final = score + logp[..., trie.eos_id]
@@ -361,7 +365,7 @@ def seq2seq_beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Te
         score, flat = cand.topk(min(B, cand.shape[1]), dim=1)
         width = tok.shape[-1]
         src, slot = flat // width, flat % width                        # parent beam, child slot
-        new_tok = tok.view(n, -1).gather(1, flat).clamp(min=0)         # dead beams (-inf) carry a dummy token
+        last = tok.view(n, -1).gather(1, flat).clamp(min=0)            # dead beams (-inf) carry a dummy token
         node = trie.child_node[d].to(dev)[node.gather(1, src), slot]
-        dec = torch.cat([dec.gather(1, src[..., None].expand(-1, -1, t)), new_tok[..., None]], dim=2)
+        cache.reorder_cache((rows * k + src).view(-1))                 # also expands 1 -> B rows after step 0
     raise AssertionError("unreachable")
