@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from tsrec.baselines import LEARNED, MODELS, BaselinesConfig, build, model_config, run_model, summarise
+from tsrec.baselines import LEARNED, MODELS, BaselinesConfig, build, model_config, summarise
 from tsrec.baselines.general import Transition
 from tsrec.baselines.sequential import NETS, Caser, CaserConfig, GRU4RecConfig, HSTUConfig, SASRecConfig
 from tsrec.baselines.table import below_floor, our_rows, render, sanity
@@ -221,6 +221,26 @@ def test_cli_learned_model_one_file_per_seed_with_t_interval(tiny_dataset, tmp_p
     assert math.isclose(summary["NDCG@10"], mean)
     assert math.isclose(summary["ci95"]["NDCG@10"], 4.302652729911275 * sd / math.sqrt(3))  # t(0.975, 2 dof)
     assert summary["seeds"] == [5, 6, 7] and summary["n_runs"] == 3
+
+
+def test_restricted_check_run_is_recorded_and_flagged(tiny_dataset, tmp_path):
+    from tsrec.cli import main
+
+    params = tiny_params(tiny_dataset.parent, seeds=[1, 2],
+                         tuning={"lr": [0.001, 0.01], "dropout": [0.1], "width": [16]})
+    params["data"] = {"datasets": ["tiny"], "out": str(tiny_dataset.parent)}
+    pfile = tmp_path / "params.yaml"
+    pfile.write_text(yaml.safe_dump(params))
+    out = tmp_path / "results"
+    args = ["--params", str(pfile), "baseline", "--dataset", "tiny", "--out", str(out), "--seed", "2", "--config", "1"]
+    assert main([*args, "--model", "caser", "--model", "pop"]) == 0  # pop ignores --config (one config)
+    rec = json.loads((out / "tiny" / "baselines" / "caser" / "seed2.json").read_text())
+    assert rec["command"].endswith("--seed 2 --config 1") and rec["config"] == {"lr": 0.01, "dropout": 0.1, "width": 16}
+    assert [c["index"] for c in rec["tuning"]["configs"]] == [1] and rec["tuning"]["restricted_to"] == [1]
+    assert not (out / "tiny" / "baselines" / "caser" / "seed1.json").exists()
+    assert main(["--params", str(pfile), "baseline", "--table", "--dataset", "tiny", "--out", str(out)]) == 0
+    assert "Partial runs (--max-rows / --config, checks only, not results): Caser." in (out / "baselines.md").read_text()
+    assert main([*args[:-1], "7", "--model", "caser"]) == 2  # outside the grid: one-line error
 
 
 def test_table_sanity_flags_a_model_below_pop(tmp_path):

@@ -1,4 +1,4 @@
-"""baseline: Pop, Transition, SASRec, GRU4Rec, Caser, HSTU and TIGER on the same splits, full ranking, metrics as TS-Rec.
+"""baseline: Pop, Transition, SASRec, GRU4Rec, Caser, HSTU, TIGER on the same splits; full ranking, TS-Rec's metrics.
 
 RecBole's shape: one module per model family (``general``: Pop, Transition; ``sequential``: SASRec, HSTU,
 GRU4Rec, Caser; ``generative``: TIGER), one class per model, one shared trainer/evaluator (``trainer``).
@@ -185,6 +185,8 @@ def run_model(cfg: BaselinesConfig, params: dict, ds: str, model: str, *, comman
     restrict a run for smoke tests and checks; both are recorded and flagged in the table.
     """
     seeds = list(seeds or cfg.seeds)
+    if model in DETERMINISTIC:
+        seeds, configs = seeds[:1], None  # no randomness, no knobs: one run stands for every seed
     commit = _git_commit()  # the code that runs (taken before training, not after)
     data_dir = Path(cfg.data) / ds
     if not (data_dir / "train.parquet").is_file():
@@ -195,8 +197,6 @@ def run_model(cfg: BaselinesConfig, params: dict, ds: str, model: str, *, comman
     bad = [i for i in chosen_idx if not 0 <= i < len(grid)]
     if bad:
         raise ParamError(f"config index(es) {bad} outside the grid of {len(grid)} configs", field="--config")
-    if model in DETERMINISTIC:
-        seeds = seeds[:1]  # no randomness: one run stands for every seed
     tried, best = [], None
     for i in chosen_idx:
         rec, entry = _train(model, data, cfg, grid[i], seeds[0], cfg.topk)
@@ -220,7 +220,8 @@ def run_model(cfg: BaselinesConfig, params: dict, ds: str, model: str, *, comman
         records.append({
             "model": model, "dataset": ds, "split": "test", "seed": seed, "protocol": card.get("protocol"),
             **test_metrics,
-            "granularity": {"HR@K, NDCG@K": "SID level: a ranked SID is a hit for every item sharing it (authors' protocol)",
+            "granularity": {"HR@K, NDCG@K": "SID level: a ranked SID is a hit for every item sharing it "
+                                            "(authors' protocol)",
                             f"{ITEM_PREFIX}HR@K, {ITEM_PREFIX}NDCG@K": "item level: SIDs expand to their items by "
                             "train popularity, then item id" if rec.unit == "sid" else
                             "item level: the model's own item ranking"},
@@ -237,10 +238,12 @@ def run_model(cfg: BaselinesConfig, params: dict, ds: str, model: str, *, comman
                        "train": dataclasses.asdict(train_cfg) if model in LEARNED else {},
                        "max_len": cfg.max_len, "topk": cfg.topk},
             "loss": None if model in DETERMINISTIC else
-            ("seq2seq cross-entropy over SID tokens" if model == "tiger" else "full softmax cross-entropy over all items"),
+            ("seq2seq cross-entropy over SID tokens" if model == "tiger"
+             else "full softmax cross-entropy over all items"),
             "ranking": (f"constrained beam search over the SID trie (tsrec.decoding), beams = {rec.cfg.beams}"
                         if model == "tiger" else "full ranking over all items"),
-            "rows": {"train_pairs": len(data.pairs), "valid": len(data.splits["valid"]), "test": len(test_ranks["sid"])},
+            "rows": {"train_pairs": len(data.pairs), "valid": len(data.splits["valid"]),
+                     "test": len(test_ranks["sid"])},
             "n_items": data.n_items, "n_sids": len(data.gran.sid_items),
             "sid_index": str(data.index_file), "max_rows": max_rows,
             "torch_threads": torch.get_num_threads(), "git_commit": commit,
