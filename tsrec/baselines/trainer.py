@@ -52,8 +52,8 @@ class TrainConfig:
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
-    max_epochs: int = 60
-    patience: int = 5  # evaluations without a better valid NDCG@10 before stopping
+    max_epochs: int = 200
+    patience: int = 10  # evaluations without a better valid NDCG@10 before stopping
     min_epochs: int = 10  # no early stop before this (the first epochs sit on a popularity plateau)
     eval_every: int = 1  # epochs between valid evaluations
     grad_clip: float = 5.0
