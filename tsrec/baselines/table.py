@@ -185,7 +185,7 @@ def _md(df: pd.DataFrame) -> str:
     shown = df.astype(object).copy()
     for col in shown.columns:
         spec = {"train s": ".0f", "wall s": ".0f", "valid rows": ".0f", "seed": ".0f", "runs": ".0f",
-                "best epoch": ".0f"}.get(col, "" if col in TEXT_COLS else ".4f")
+                "best epoch": ".0f", "epochs": ".0f"}.get(col, "" if col in TEXT_COLS else ".4f")
         shown[col] = [v if isinstance(v, str) else _fmt(v, spec) for v in shown[col]]
     align = ["left" if c in TEXT_COLS else "right" for c in shown.columns]
     return shown.to_markdown(index=False, disable_numparse=True, colalign=align)
