@@ -47,3 +47,9 @@ bench: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# every baseline (dataset x model stages of dvc.yaml; tuning + all baselines.seeds inside each), then the tables
+.PHONY: baselines
+baselines: setup
+	$(DVC) repro baseline
+	$(DVC) repro report

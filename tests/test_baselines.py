@@ -7,29 +7,33 @@ import pytest
 import torch
 import yaml
 
-from tsrec.baselines import LEARNED, BaselinesConfig, build, run_model
-from tsrec.baselines.sequential import Caser, CaserConfig
-from tsrec.baselines.table import render, sanity
-from tsrec.baselines.trainer import SeqData, train_pairs
+from tsrec.baselines import LEARNED, MODELS, BaselinesConfig, build, model_config, summarise
+from tsrec.baselines.general import Transition
+from tsrec.baselines.sequential import NETS, Caser, CaserConfig, GRU4RecConfig, HSTUConfig, SASRecConfig
+from tsrec.baselines.table import below_floor, our_rows, render, sanity
+from tsrec.baselines.trainer import Granularity, Recommender, SeqData, evaluate, train_pairs
 from tsrec.config import section
-from tsrec.data import load_index, rows_frame
+from tsrec.data import rows_frame
 from tsrec.errors import ParamError
 from tsrec.io import write_json
+from tsrec.metrics import mean_ci, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = {"batch_size": 32, "max_epochs": 2, "min_epochs": 1, "patience": 1, "max_minutes": 1.0}
+FAST = {"batch_size": 32, "max_epochs": 2, "min_epochs": 1, "patience": 1}
+ONE_CONFIG = {"lr": [0.001], "dropout": [0.1], "width": [16]}
 
 
 def tiny_params(data_root, **extra) -> dict:
     base = {
         "seed": 0,
+        "data": {"out": str(data_root)},
         "baselines": {
-            "data": str(data_root), "max_len": 10, "topk": 20, "threads": 1, "train": FAST,
+            "data": str(data_root), "max_len": 10, "topk": 20, "threads": 1, "train": FAST, "seeds": [0],
             "sasrec": {"hidden": 16, "layers": 1, "heads": 2}, "gru4rec": {"hidden": 16},
             "caser": {"hidden": 16, "n_v": 2, "n_h": 4}, "hstu": {"hidden": 16, "layers": 1, "heads": 2},
             "tiger": {"d_model": 16, "d_ff": 32, "layers": 1, "heads": 2, "beams": 20, "valid_beams": 20,
                       "eval_batch": 16, "valid_rows": 8, "train": {"max_epochs": 1}},
-            "tuning": {m: [{}] for m in LEARNED},
+            "tuning": ONE_CONFIG,
         },
     }
     base["baselines"].update(extra)
@@ -125,8 +129,8 @@ def test_caser_linear_filters_equal_conv2d():
 def test_tiger_decode_returns_distinct_valid_sids(tiny_dataset):
     params = tiny_params(tiny_dataset.parent)
     data = SeqData(tiny_dataset)
-    index = load_index(tiny_dataset / "sid_index.json")
-    rec = build("tiger", data, cfg_of(params), {}, 0, index)
+    index = data.index
+    rec = build("tiger", data, cfg_of(params), {}, 0)
     fitted = rec.fit()
     assert fitted.epochs == 1
     valid_sids = {tuple(s) for s in index.values()}
@@ -136,7 +140,6 @@ def test_tiger_decode_returns_distinct_valid_sids(tiny_dataset):
     for ranked in lists:
         assert 0 < len(ranked) <= 20 and len(set(ranked)) == len(ranked)
         assert set(ranked) <= valid_sids
-    assert rec.keys(targets[:2]) == [tuple(index[t]) for t in targets[:2]]
     first = rec.vocab.item_sid[targets[0]]
     assert first[2] in rec.trie.allowed(first[:2]) and rec.trie.allowed(first[:1] + (10**6,)) == []
     assert rec.trie.allowed(first) == [1]  # EOS after a full SID
@@ -146,13 +149,18 @@ def test_tiger_decode_returns_distinct_valid_sids(tiny_dataset):
 
 @pytest.mark.parametrize("bad, match", [
     ({"models": ["pop", "bpr"]}, "unknown model"),
-    ({"tuning": {"sasrec": [{}, {"lr": 0.01}], "gru4rec": [{}], "caser": [{}], "tiger": [{}], "hstu": [{}]}},
-     "identical"),
-    ({"tuning": {"sasrec": [{"hiddden": 8}], "gru4rec": [{}], "caser": [{}], "tiger": [{}], "hstu": [{}]}}, "hiddden"),
-    ({"sasrec": {"hidden": 10, "heads": 4}}, "divisible"),
+    ({"tuning": {**ONE_CONFIG, "per_model": {"sasrec": {"lr": [0.01, 0.02]}}}}, "same number"),
+    ({"tuning": {**ONE_CONFIG, "per_model": {"sasrec": {"hiddden": [8]}}}}, "hiddden"),
+    ({"tuning": {**ONE_CONFIG, "per_model": {"pop": {"lr": [0.01]}}}}, "learned"),
+    ({"tuning": {**ONE_CONFIG, "lr": []}}, "lr"),
+    ({"sasrec": {"hidden": 10, "heads": 4}, "tuning": {**ONE_CONFIG, "width": [10]}}, "divisible"),
     ({"tiger": {"beams": 10}}, "beams"),
     ({"train": {"lr": -1.0}}, "lr"),
     ({"gru4rec": {"heads": 2}}, "heads"),  # a key the model does not have
+    ({"train": {**FAST, "max_minutes": 2.5}}, "max_minutes"),  # wall-clock budgets are gone
+    ({"tiger": {"train": {"max_minutes": 2.5}}}, "max_minutes"),
+    ({"seeds": [1, 1]}, "seeds"),
+    ({"seeds": []}, "seeds"),
 ])
 def test_bad_params_refused(tmp_path, bad, match):
     with pytest.raises(ParamError, match=match):
@@ -162,53 +170,262 @@ def test_bad_params_refused(tmp_path, bad, match):
 def test_cli_pop_run_and_table(tiny_dataset, tmp_path, monkeypatch):
     from tsrec.cli import main
 
-    params = tiny_params(tiny_dataset.parent)
-    params["data"] = {"datasets": ["tiny"]}
+    params = tiny_params(tiny_dataset.parent, seeds=[3, 4])
+    params["data"] = {"datasets": ["tiny"], "out": str(tiny_dataset.parent)}
     pfile = tmp_path / "params.yaml"
     pfile.write_text(yaml.safe_dump(params))
     out = tmp_path / "results"
     assert main(["--params", str(pfile), "baseline", "--model", "pop", "--dataset", "tiny", "--out", str(out)]) == 0
-    rec = json.loads((out / "tiny" / "baselines" / "pop.json").read_text())
-    assert rec["command"] == "tsrec baseline --model pop --dataset tiny"
-    assert set(rec["metrics"]) == {f"{n}@{k}" for k in (1, 3, 5, 10, 20) for n in ("HR", "NDCG")}
+    summary = json.loads((out / "tiny" / "baselines" / "pop.json").read_text())
+    seed_files = sorted((out / "tiny" / "baselines" / "pop").glob("*.json"))
+    assert [f.name for f in seed_files] == ["seed3.json"]  # deterministic: one run stands for every seed
+    rec = json.loads(seed_files[0].read_text())
+    assert rec["command"] == summary["command"] == "tsrec baseline --model pop --dataset tiny"
+    keys = {f"{n}@{k}" for k in (1, 3, 5, 10, 20) for n in ("HR", "NDCG")}
+    assert keys | {f"item/{k}" for k in keys} <= set(rec) and keys <= set(summary)
+    assert read_metrics(out / "tiny" / "baselines" / "pop.json") == {k: summary[k] for k in keys}
+    assert summary["n_runs"] == 1 and summary["ci95"]["NDCG@10"] is None
     assert rec["rows"]["test"] == 40 and rec["ranking"] == "full ranking over all items"
     assert main(["--params", str(pfile), "baseline", "--table", "--dataset", "tiny", "--out", str(out)]) == 0
     md = (out / "baselines.md").read_text()
     assert "| Pop" in md and "not run" in md and "published" in md.lower()
+    assert "SID level" in md and "Item level" in md
     # a bad dataset name is a one-line error, exit 2
     assert main(["--params", str(pfile), "baseline", "--model", "pop", "--dataset", "nope", "--out", str(out)]) == 2
 
 
+def test_cli_learned_model_one_file_per_seed_with_t_interval(tiny_dataset, tmp_path):
+    from tsrec.cli import main
+
+    params = tiny_params(tiny_dataset.parent, seeds=[5, 6, 7],
+                         tuning={"lr": [0.001, 0.01], "dropout": [0.1], "width": [16]})
+    params["data"] = {"datasets": ["tiny"], "out": str(tiny_dataset.parent)}
+    pfile = tmp_path / "params.yaml"
+    pfile.write_text(yaml.safe_dump(params))
+    out = tmp_path / "results"
+    (out / "tiny" / "baselines" / "gru4rec").mkdir(parents=True)
+    (out / "tiny" / "baselines" / "gru4rec" / "seed99.json").write_text("{}")  # stale: removed
+    assert main(["--params", str(pfile), "baseline", "--model", "gru4rec", "--dataset", "tiny", "--out", str(out)]) == 0
+    folder = out / "tiny" / "baselines" / "gru4rec"
+    assert sorted(f.name for f in folder.glob("*.json")) == ["seed5.json", "seed6.json", "seed7.json"]
+    recs = [json.loads((folder / f"seed{s}.json").read_text()) for s in (5, 6, 7)]
+    for r in recs:
+        assert r["stopped"] in ("patience", "max_epochs") and r["curve"] and r["epochs"] == len(r["curve"])
+        assert "valid_NDCG@10" in r["curve"][0] and "valid_item/NDCG@10" in r["curve"][0]
+        assert len(r["tuning"]["configs"]) == 2 and r["tuning"]["seed"] == 5  # every config tried, recorded
+        assert r["config"] == r["tuning"]["configs"][r["tuning"]["chosen"]]["config"]
+    summary = json.loads((out / "tiny" / "baselines" / "gru4rec.json").read_text())
+    vals = [r["NDCG@10"] for r in recs]
+    mean = sum(vals) / 3
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / 2)
+    assert math.isclose(summary["NDCG@10"], mean)
+    assert math.isclose(summary["ci95"]["NDCG@10"], 4.302652729911275 * sd / math.sqrt(3))  # t(0.975, 2 dof)
+    assert summary["seeds"] == [5, 6, 7] and summary["n_runs"] == 3
+
+
+def test_restricted_check_run_is_recorded_and_flagged(tiny_dataset, tmp_path):
+    from tsrec.cli import main
+
+    params = tiny_params(tiny_dataset.parent, seeds=[1, 2],
+                         tuning={"lr": [0.001, 0.01], "dropout": [0.1], "width": [16]})
+    params["data"] = {"datasets": ["tiny"], "out": str(tiny_dataset.parent)}
+    pfile = tmp_path / "params.yaml"
+    pfile.write_text(yaml.safe_dump(params))
+    out = tmp_path / "results"
+    args = ["--params", str(pfile), "baseline", "--dataset", "tiny", "--out", str(out), "--seed", "2", "--config", "1"]
+    assert main([*args, "--model", "caser", "--model", "pop"]) == 0  # pop ignores --config (one config)
+    rec = json.loads((out / "tiny" / "baselines" / "caser" / "seed2.json").read_text())
+    assert rec["command"].endswith("--seed 2 --config 1") and rec["config"] == {"lr": 0.01, "dropout": 0.1, "width": 16}
+    assert [c["index"] for c in rec["tuning"]["configs"]] == [1] and rec["tuning"]["restricted_to"] == [1]
+    assert not (out / "tiny" / "baselines" / "caser" / "seed1.json").exists()
+    assert main(["--params", str(pfile), "baseline", "--table", "--dataset", "tiny", "--out", str(out)]) == 0
+    assert "Partial runs (--max-rows / --config, checks only, not results): Caser." in (out / "baselines.md").read_text()
+    assert main([*args[:-1], "7", "--model", "caser"]) == 2  # outside the grid: one-line error
+
+
 def test_table_sanity_flags_a_model_below_pop(tmp_path):
-    for model, ndcg in (("pop", 0.05), ("sasrec", 0.08), ("caser", 0.04)):
+    for model, ndcg in (("pop", 0.05), ("sasrec", 0.08), ("caser", 0.04), ("transition", 0.06)):
         metrics = {f"{n}@{k}": ndcg for k in (1, 3, 5, 10, 20) for n in ("HR", "NDCG")}
-        write_json(tmp_path / "d" / "baselines" / f"{model}.json", {"metrics": metrics})
-    from tsrec.baselines.table import our_rows
+        write_json(tmp_path / "d" / "baselines" / f"{model}.json",
+                   {**metrics, "valid_NDCG@10": ndcg, "ci95": {"NDCG@10": 0.001}, "n_runs": 3, "seeds": []})
 
     sft = {f"{n}@{k}": 0.1 for k in (1, 3, 5, 10, 20) for n in ("HR", "NDCG")}
     write_json(tmp_path / "d" / "sft" / "metrics.json", sft)
     df = our_rows(tmp_path, "d")
     assert sanity(df) == ["Caser"]
+    assert below_floor(df) == ["Caser"]
     status = dict(zip(df["model"], df["status"]))
     assert status["LC-Rec (= our sft variant)"] == status["MiniOneRec-SFT (= our sft variant)"] == "ok"
     assert status["TIGER"] == status["BIGRec"] == status["HSTU"] == status["D3"] == "not run"
-    assert "FAILS for Caser" in render(tmp_path, ["d"])
+    md = render(tmp_path, ["d"])
+    assert "FAILS for Caser" in md and "BELOW it: Caser" in md
+    assert "0.0800 ± 0.0010" in md  # mean +- 95 % half-width
+    assert "no item-level metrics" in md  # the sft file carries SID-level metrics only
 
 
 def test_committed_results_learned_models_beat_pop():
-    """On the committed real results (if any): every learned baseline beats Pop on test NDCG@10."""
+    """On the committed real results (new per-seed format, if any): every learned baseline beats Pop on test
+    NDCG@10 (SID level) and its summary is the mean of its seed files."""
     found = 0
     for ds_dir in sorted((REPO / "results").glob("*/baselines")):
         pop = ds_dir / "pop.json"
-        if not pop.is_file():
+        if not pop.is_file() or "n_runs" not in json.loads(pop.read_text()):
             continue
-        pop_ndcg = json.loads(pop.read_text())["metrics"]["NDCG@10"]
+        pop_ndcg = read_metrics(pop)["NDCG@10"]
         for path in ds_dir.glob("*.json"):
             rec = json.loads(path.read_text())
-            if rec["model"] == "pop" or rec.get("max_rows"):
+            if rec.get("model") in ("pop", "transition") or rec.get("max_rows") or "n_runs" not in rec:
                 continue
             found += 1
-            assert rec["metrics"]["NDCG@10"] > pop_ndcg, f"{path}: {rec['metrics']['NDCG@10']} <= Pop {pop_ndcg}"
-            assert math.isclose(rec["best_valid_NDCG@10"], rec["valid_metrics"]["NDCG@10"])
+            assert rec["NDCG@10"] > pop_ndcg, f"{path}: {rec['NDCG@10']} <= Pop {pop_ndcg}"
+            seeds = [json.loads((ds_dir / rec["model"] / f"seed{s}.json").read_text()) for s in rec["seeds"]]
+            assert math.isclose(rec["NDCG@10"], sum(r["NDCG@10"] for r in seeds) / len(seeds))
     if not found:
-        pytest.skip("no committed baseline results yet")
+        pytest.skip("no committed baseline results in the per-seed format yet")
+
+
+# ---------------------------------------------------------------- transition floor
+def test_transition_counts_ties_and_backoff(tmp_path):
+    # pairs (last -> next): 0->1 twice, 0->2 once, 0->3 once, 1->4 once; popularity: 1:2, 4:2, 2:1, 3:1, 0:...
+    ds = _write_rows(tmp_path, [
+        {"user_id": "u", "history": [0], "target": 1},
+        {"user_id": "v", "history": [0], "target": 1},
+        {"user_id": "w", "history": [0], "target": 3},
+        {"user_id": "x", "history": [0], "target": 2},
+        {"user_id": "y", "history": [1], "target": 4},
+        {"user_id": "z", "history": [2], "target": 4},
+    ])
+    data = SeqData(ds)
+    pop_order = build("pop", data, cfg_of(tiny_params(tmp_path)), {}, 0)
+    pop_order.fit()
+    rec = build("transition", data, cfg_of(tiny_params(tmp_path)), {}, 0)
+    assert isinstance(rec, Transition) and rec.fit() is None
+    # 0 -> 1 (count 2), then 2 and 3 tie on count 1 and on popularity 1: smaller id first; then Pop back-off
+    pop = pop_order.order
+    assert rec.recommend([[4, 0]], 5) == [[1, 2, 3] + [i for i in pop if i not in (1, 2, 3)][:2]]
+    assert rec.recommend([[0]], 2) == [[1, 2]]
+    # item 3 never precedes anything in train: pure popularity back-off (same list as Pop)
+    assert rec.recommend([[3]], 5) == [pop[:5]]
+    assert rec.recommend([[1]], 3) == [[4] + [i for i in pop if i != 4][:2]]
+
+
+# ---------------------------------------------------------------- both granularities
+def test_granularity_maps_by_hand():
+    # items 0,1,2 share SID A; item 3 alone on B; popularity: 2 > 0 = 1 (tie -> smaller id)
+    index = {0: ["A"], 1: ["A"], 2: ["A"], 3: ["B"]}
+    from collections import Counter
+
+    g = Granularity([0, 1, 2, 3], index, Counter({2: 5, 0: 1, 1: 1, 3: 9}))
+    assert g.sid_items[("A",)] == [2, 0, 1] and g.slack == 2
+    assert g.to_sids([1, 0, 3, 2], 2) == [("A",), ("B",)]
+    assert g.to_items([("B",), ("A",)], 3) == [3, 2, 0]
+    assert g.to_items([("A",), ("B",)], 10) == [2, 0, 1, 3]
+
+
+class _Fixed(Recommender):
+    def __init__(self, data, lists, unit):
+        super().__init__(data, 0)
+        self.lists, self.unit = lists, unit
+
+    def recommend(self, histories, k):
+        return [lst[:k] for lst in self.lists[:len(histories)]]
+
+
+def test_evaluate_scores_both_levels(tmp_path):
+    ds = _write_rows(tmp_path, [{"user_id": "u", "history": [3], "target": 4}])
+    # items 0 and 2 share a SID (sid_index of _write_rows: a_i, b_{i%2}, c_0 -> make a collision)
+    write_json(ds / "sid_index.json", {"0": ["<a_0>", "<b_0>", "<c_0>"], "1": ["<a_1>", "<b_1>", "<c_0>"],
+                                       "2": ["<a_0>", "<b_0>", "<c_0>"], "3": ["<a_3>", "<b_1>", "<c_0>"],
+                                       "4": ["<a_4>", "<b_0>", "<c_0>"]})
+    data = SeqData(ds)
+    # item ranker: target 2 at item rank 2 ([0, 1, 2]); at SID level item 0 already hits (shares 2's SID), rank 0
+    m, r = evaluate(_Fixed(data, [[0, 1, 2, 3, 4]], "item"), [[3]], [2], k=3)
+    assert r == {"sid": [0], "item": [2]}
+    assert m["HR@1"] == 1.0 and m["item/HR@1"] == 0.0 and math.isclose(m["item/NDCG@3"], 0.5)
+    # SID ranker: (a_1..) then the shared SID: expands to items by popularity (4 pops more than 0 and 2; 0/2 tie)
+    sid02, sid1 = ("<a_0>", "<b_0>", "<c_0>"), ("<a_1>", "<b_1>", "<c_0>")
+    m, r = evaluate(_Fixed(data, [[sid1, sid02]], "sid"), [[3]], [2], k=3)
+    assert r == {"sid": [1], "item": [2]}  # items [1, 0, 2]: 0 before 2 (same popularity, smaller id)
+
+
+def test_mean_ci_student_t():
+    mean, half = mean_ci([0.1, 0.2, 0.3])
+    assert math.isclose(mean, 0.2) and math.isclose(half, 4.302652729911275 * 0.1 / math.sqrt(3))
+    assert mean_ci([0.5]) == (0.5, None)
+    recs = [{"model": "m", "dataset": "d", "seed": s, "NDCG@10": v, "valid": {"NDCG@10": v, "item/NDCG@10": v},
+             "granularity": {}, "native_unit": "item", "config": {}, "tuning": {"restricted_to": None, "configs": []},
+             "epochs": 1, "stopped": "patience", "train_time_s": 1.0, "max_rows": None, "git_commit": None}
+            for s, v in ((1, 0.1), (2, 0.3))]
+    summary = summarise(recs, "cmd")
+    assert math.isclose(summary["NDCG@10"], 0.2) and summary["ci95"]["NDCG@10"] > 0.1
+
+
+# ---------------------------------------------------------------- tuning grid
+def test_tuning_grid_same_size_for_every_learned_model(tmp_path):
+    cfg = cfg_of(tiny_params(tmp_path, tuning={"lr": [0.001, 0.003], "dropout": [0.1, 0.3], "width": [16, 32],
+                                               "per_model": {"tiger": {"lr": [0.002, 0.004]}}}))
+    grids = {m: cfg.tuning.grid(m) for m in MODELS}
+    assert grids["pop"] == grids["transition"] == [{}]
+    assert {len(grids[m]) for m in LEARNED} == {8}
+    assert grids["sasrec"][0] == {"lr": 0.001, "dropout": 0.1, "width": 16}
+    assert {c["lr"] for c in grids["tiger"]} == {0.002, 0.004}
+    sas, train = model_config(cfg, "sasrec", {"lr": 0.003, "dropout": 0.3, "width": 32}, "x")
+    assert (sas.hidden, sas.dropout, train.lr) == (32, 0.3, 0.003)
+    tig, _ = model_config(cfg, "tiger", {"lr": 0.004, "dropout": 0.3, "width": 32}, "x")
+    assert (tig.d_model, tig.d_ff) == (32, 32 * tig.ff_ratio)
+
+
+# ---------------------------------------------------------------- initialisation
+def _std(t):
+    return t.detach().float().std().item()
+
+
+def test_sasrec_init_as_recbole():
+    torch.manual_seed(0)
+    net = NETS["sasrec"](500, 10, SASRecConfig(hidden=64, layers=2, heads=2))
+    assert abs(_std(net.pos_emb.weight) - 0.02) < 0.004  # was nn.Embedding's N(0, 1)
+    assert abs(_std(net.item_emb.weight[1:]) - 0.02) < 0.002
+    assert torch.count_nonzero(net.item_emb.weight[0]) == 0
+    for m in net.modules():
+        if isinstance(m, torch.nn.Linear):
+            assert abs(_std(m.weight) - 0.02) < 0.004 and torch.count_nonzero(m.bias) == 0
+        if isinstance(m, torch.nn.MultiheadAttention):
+            assert abs(_std(m.in_proj_weight) - 0.02) < 0.003 and torch.count_nonzero(m.in_proj_bias) == 0
+        if isinstance(m, torch.nn.LayerNorm):
+            assert torch.all(m.weight == 1) and torch.count_nonzero(m.bias) == 0
+
+
+def test_hstu_init_as_generative_recommenders():
+    torch.manual_seed(0)
+    d = 64
+    net = NETS["hstu"](500, 10, HSTUConfig(hidden=d, layers=2, heads=2))
+    assert net.item_emb.weight.abs().max() <= 0.04 + 1e-6 and 0.012 < _std(net.item_emb.weight[1:]) < 0.02
+    assert net.pos_emb.weight.abs().max() <= 2 * (1 / d) ** 0.5 + 1e-6 and _std(net.pos_emb.weight) > 0.06
+    for block in net.blocks:
+        assert abs(_std(block.f1.weight) - 0.02) < 0.003 and torch.count_nonzero(block.f1.bias) == 0
+        assert abs(_std(block.rab) - 0.02) < 0.01
+        bound = math.sqrt(6 / (2 * d))  # xavier_uniform_ on the d x d output projection
+        assert block.f2.weight.abs().max() <= bound and _std(block.f2.weight) > 0.8 * bound / math.sqrt(3)
+
+
+def test_gru4rec_and_caser_init_as_recbole():
+    torch.manual_seed(0)
+    n, d = 2000, 64
+    gru = NETS["gru4rec"](n, 10, GRU4RecConfig(hidden=d))
+    assert abs(_std(gru.item_emb.weight[1:]) - math.sqrt(2 / (n + 1 + d))) < 0.002  # xavier_normal_
+    bound = math.sqrt(6 / (d + 3 * d))  # xavier_uniform_ on the stacked [3d, d] gate weights
+    assert gru.gru.weight_hh_l0.abs().max() <= bound and _std(gru.gru.weight_hh_l0) > 0.9 * bound / math.sqrt(3)
+    assert torch.count_nonzero(gru.item_emb.weight[0]) == 0
+    caser = Caser(n, 10, CaserConfig(hidden=d, n_v=2, n_h=4))
+    assert abs(_std(caser.item_emb.weight[1:]) - 1 / d) < 0.001
+    fan_in, fan_out = caser.fc.in_features, caser.fc.out_features
+    assert abs(_std(caser.fc.weight) - math.sqrt(2 / (fan_in + fan_out))) < 0.01 and not caser.fc.bias.any()
+
+
+def test_sasrec_item_identity_not_swamped_by_positions():
+    """The init bug of issue 14: at init, the position part of SASRec's input must not dominate the item part."""
+    torch.manual_seed(0)
+    net = NETS["sasrec"](500, 10, SASRecConfig(hidden=64, layers=1, heads=2))
+    item_part = (net.item_emb.weight[1:] * 64 ** 0.5).norm(dim=1).mean()
+    pos_part = net.pos_emb.weight.norm(dim=1).mean()
+    assert pos_part < item_part

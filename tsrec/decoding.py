@@ -316,3 +316,56 @@ def search_batches(model, prompts: Sequence[Sequence[int]], trie: SidTrie, *, pa
         if progress is not None:
             progress(len(idx))
     return BeamResult(sid_ids=sid_ids, scores=scores)
+
+
+# ---------------------------------------------------------------- encoder-decoder models (TIGER)
+@torch.inference_mode()
+def seq2seq_beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, trie: SidTrie,
+                        num_beams: int = 20, *, decoder_start_token_id: int) -> BeamResult:
+    """``beam_search`` for an encoder-decoder model (T5, as in TIGER): top-``num_beams`` distinct SIDs per row.
+
+    Same search and scores as HF ``generate(num_beams=B, num_return_sequences=B, length_penalty=0.0,
+    do_sample=False, max_new_tokens=depth + 1, prefix_allowed_tokens_fn=trie.allowed)``: full-vocabulary
+    ``log_softmax`` at every step, masked to the trie's tokens, beam score = sum of token log-probs (EOS
+    included), top B running beams. The encoder runs ONCE per row (padding side does not matter: the
+    attention mask covers it); the decoder keeps its cache (self-attention and the cross-attention keys and
+    values, computed once per row at the first step), reordered to the surviving beams at every step.
+    """
+    if num_beams < 1:
+        raise ValueError("num_beams must be >= 1")
+    if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
+        raise ValueError("input_ids and attention_mask must both be [batch, length]")
+    from transformers.modeling_outputs import BaseModelOutput
+
+    n, B, dev = input_ids.shape[0], num_beams, input_ids.device
+    enc = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [n, L, d]
+    last = torch.full((n, 1), int(decoder_start_token_id), dtype=torch.long, device=dev)  # newest token per beam
+    node = torch.zeros((n, 1), dtype=torch.long, device=dev)
+    score = torch.zeros((n, 1), dtype=torch.float32, device=dev)
+    rows = torch.arange(n, device=dev)[:, None]
+    cache, enc_k, mask_k = None, enc, attention_mask
+    for d in range(trie.depth + 1):
+        k = node.shape[1]
+        if enc_k.shape[0] != n * k:  # beams per row changed (1 -> B after the first step)
+            enc_k, mask_k = enc.repeat_interleave(k, 0), attention_mask.repeat_interleave(k, 0)
+        out = model(encoder_outputs=BaseModelOutput(last_hidden_state=enc_k), attention_mask=mask_k,
+                    decoder_input_ids=last.view(n * k, 1), past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).view(n, k, -1)
+        if d == trie.depth:  # only EOS after a full SID
+            final = score + logp[..., trie.eos_id]
+            final, order = final.sort(dim=1, descending=True, stable=True)
+            sid_ids = node.gather(1, order).masked_fill(~torch.isfinite(final), -1)
+            pad = B - k
+            return BeamResult(sid_ids=torch.nn.functional.pad(sid_ids, (0, pad), value=-1),
+                              scores=torch.nn.functional.pad(final, (0, pad), value=float("-inf")))
+        tok = trie.child_tok[d].to(dev)[node]                          # [n, k, C]
+        cand = score[..., None] + logp.gather(-1, tok.clamp(min=0))
+        cand = cand.masked_fill(tok < 0, float("-inf")).view(n, -1)
+        score, flat = cand.topk(min(B, cand.shape[1]), dim=1)
+        width = tok.shape[-1]
+        src, slot = flat // width, flat % width                        # parent beam, child slot
+        last = tok.view(n, -1).gather(1, flat).clamp(min=0)            # dead beams (-inf) carry a dummy token
+        node = trie.child_node[d].to(dev)[node.gather(1, src), slot]
+        cache.reorder_cache((rows * k + src).view(-1))                 # also expands 1 -> B rows after step 0
+    raise AssertionError("unreachable")

@@ -51,3 +51,42 @@ def read_metrics(path: Path) -> dict[str, float]:
     if not found:
         raise TsrecError("no HR@K / NDCG@K entries", file=path)
     return found
+
+
+# ---------------------------------------------------------------- granularities and seeds (baselines)
+# One key scheme for every metrics file: the top-level ``HR@K`` / ``NDCG@K`` are SID level (a generated SID is a
+# hit for every item sharing it; the authors' protocol and the LLM variants' metrics.json); the same metrics at
+# item level carry this prefix (``item/HR@10``). ``read_metrics`` reads the top level only.
+ITEM_PREFIX = "item/"
+
+
+def both_levels(sid_ranks: Sequence[int], item_ranks: Sequence[int], ks: Sequence[int] = KS) -> dict[str, float]:
+    """SID-level metrics at the top level, item-level ones under ``ITEM_PREFIX``."""
+    out = from_ranks(sid_ranks, ks)
+    out.update({ITEM_PREFIX + k: v for k, v in from_ranks(item_ranks, ks).items()})
+    return out
+
+
+def read_item_metrics(path: Path) -> dict[str, float]:
+    """The item-level HR@K / NDCG@K of a metrics JSON (keys ``item/...``, prefix removed); {} if it has none."""
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    block = raw.get("metrics", raw) if isinstance(raw, dict) else {}
+    return {k[len(ITEM_PREFIX):]: float(v) for k, v in block.items()
+            if k.startswith(ITEM_PREFIX) and k[len(ITEM_PREFIX):].split("@")[0] in ("HR", "NDCG", "Recall")}
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float | None]:
+    """Mean and the half-width of its two-sided t confidence interval (Student t, n - 1 degrees of freedom).
+
+    The half-width is None for a single value (no spread to estimate).
+    """
+    from scipy import stats
+
+    if not values:
+        raise ValueError("no values")
+    n = len(values)
+    mean = sum(values) / n
+    if n == 1:
+        return mean, None
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)

@@ -1,15 +1,26 @@
-"""baseline: Pop, SASRec, GRU4Rec, Caser, HSTU and TIGER on the same splits, full ranking and metrics as TS-Rec.
+"""baseline: Pop, Transition, SASRec, GRU4Rec, Caser, HSTU, TIGER on the same splits; full ranking, TS-Rec's metrics.
 
-RecBole's shape: one module per model family (``general``: Pop; ``sequential``: SASRec, HSTU, GRU4Rec, Caser;
-``generative``: TIGER), one class per model, one shared trainer/evaluator (``trainer``). Each model gets the
-same tuning budget (``baselines.tuning``: a list of override dicts per model, tried on VALID; the best by
-valid NDCG@10 is evaluated once on TEST). Output: ``results/<DS>/baselines/<model>.json``;
-``tsrec baseline --table`` writes ``results/baselines.md``.
+RecBole's shape: one module per model family (``general``: Pop, Transition; ``sequential``: SASRec, HSTU,
+GRU4Rec, Caser; ``generative``: TIGER), one class per model, one shared trainer/evaluator (``trainer``).
+
+Protocol of one (dataset, model) run (``run_model``):
+  1. Tuning on VALID only, with the first seed: every learned model tries the SAME grid over lr x dropout x
+     width (``baselines.tuning``: same number of configs for every model; a model may replace a knob's values
+     but not their count), each config trained to its valid plateau (epochs + patience, no wall clock); the
+     config with the best SID-level valid NDCG@10 is chosen. Every config tried is recorded.
+  2. The chosen config is trained once per seed (``baselines.seeds``; the first seed's tuning run is reused)
+     and evaluated once on TEST at both granularities (``trainer`` doc).
+  3. Files: ``results/<DS>/baselines/<model>/seed<N>.json`` per seed (metrics, learning curve, stopping reason,
+     configs tried) and ``results/<DS>/baselines/<model>.json``: mean over seeds with the 95 % Student-t
+     interval (``ci95``: half-widths). Deterministic models (Pop, Transition) run once (one seed file).
+Metric keys everywhere: top-level ``HR@K`` / ``NDCG@K`` = SID level, ``item/HR@K`` / ``item/NDCG@K`` = item level
+(``tsrec.metrics``). ``tsrec baseline --table`` / ``tsrec report`` write ``results/baselines.md``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import subprocess
@@ -20,86 +31,126 @@ from typing import Any
 import torch
 
 from tsrec.baselines.generative import TIGER, TigerConfig
-from tsrec.baselines.general import Pop
+from tsrec.baselines.general import Pop, Transition
 from tsrec.baselines.sequential import NETS, CaserConfig, GRU4RecConfig, HSTUConfig, IDRecommender, SASRecConfig
 from tsrec.baselines.trainer import VALID_METRIC, Recommender, SeqData, TrainConfig, evaluate
 from tsrec.config import from_dict, section
 from tsrec.codebook import index_path
-from tsrec.data import load_index
 from tsrec.errors import ParamError, TsrecError
 from tsrec.io import write_json
+from tsrec.metrics import ITEM_PREFIX, mean_ci
 
 log = logging.getLogger(__name__)
 
-MODELS = ("pop", "sasrec", "gru4rec", "caser", "tiger", "hstu")
-LEARNED = MODELS[1:]
+MODELS = ("pop", "transition", "sasrec", "gru4rec", "caser", "hstu", "tiger")
+DETERMINISTIC = ("pop", "transition")
+LEARNED = tuple(m for m in MODELS if m not in DETERMINISTIC)
+KNOBS = ("lr", "dropout", "width")  # the tuned knobs, in grid order (lr outermost)
+CI_LEVEL = 0.95
+
+
+@dataclasses.dataclass
+class TuningConfig:
+    """The grid every learned model tries on valid: lr x dropout x width (product, in ``KNOBS`` order).
+
+    ``width`` is the model width: ``hidden`` of the ID models, ``d_model`` of TIGER (with d_ff = ff_ratio *
+    d_model). ``per_model`` may replace a knob's values for one model (e.g. TIGER's learning rates), with the
+    same number of values, so every model tries the same number of configs.
+    """
+
+    lr: list[float] = dataclasses.field(default_factory=lambda: [0.001, 0.003])
+    dropout: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.3])
+    width: list[int] = dataclasses.field(default_factory=lambda: [64, 128])
+    per_model: dict[str, dict] = dataclasses.field(default_factory=dict)
+
+    def validate(self) -> None:
+        for knob in KNOBS:
+            if not getattr(self, knob):
+                raise ValueError(f"{knob} needs at least one value")
+        for model, over in self.per_model.items():
+            if model not in LEARNED:
+                raise ValueError(f"per_model.{model}: not a learned model; known: {list(LEARNED)}")
+            if not isinstance(over, dict) or set(over) - set(KNOBS):
+                raise ValueError(f"per_model.{model}: expected a mapping of some of {list(KNOBS)}, got {over!r}")
+            for knob, values in over.items():
+                if not isinstance(values, list) or len(values) != len(getattr(self, knob)):
+                    raise ValueError(f"per_model.{model}.{knob}: needs {len(getattr(self, knob))} values (the "
+                                     f"same number as tuning.{knob}, so every model tries as many configs)")
+
+    def grid(self, model: str) -> list[dict]:
+        """The configs (knob -> value) ``model`` tries, in a fixed order; [{}] for deterministic models."""
+        if model in DETERMINISTIC:
+            return [{}]
+        values = {k: list(getattr(self, k)) for k in KNOBS} | dict(self.per_model.get(model, {}))
+        return [dict(zip(KNOBS, combo)) for combo in itertools.product(*(values[k] for k in KNOBS))]
 
 
 @dataclasses.dataclass
 class BaselinesConfig:
     models: list[str] = dataclasses.field(default_factory=lambda: list(MODELS))
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [42, 43, 44])
     data: str = "data"
     out: str = "results"
     max_len: int = 10  # history items kept (the splits hold <= 10)
     topk: int = 20  # ranked list length scored (metrics @1..@20)
-    threads: int = 2
+    threads: int = 1
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     sasrec: SASRecConfig = dataclasses.field(default_factory=SASRecConfig)
     gru4rec: GRU4RecConfig = dataclasses.field(default_factory=GRU4RecConfig)
     caser: CaserConfig = dataclasses.field(default_factory=CaserConfig)
     hstu: HSTUConfig = dataclasses.field(default_factory=HSTUConfig)
     tiger: TigerConfig = dataclasses.field(default_factory=TigerConfig)
-    # model -> list of override dicts (keys of the model's section or of train); same length for every model
-    tuning: dict[str, list] = dataclasses.field(default_factory=dict)
+    tuning: TuningConfig = dataclasses.field(default_factory=TuningConfig)
 
     def validate(self) -> None:
-        unknown = sorted(set(self.models) - set(MODELS)) + sorted(set(self.tuning) - set(LEARNED))
+        unknown = sorted(set(self.models) - set(MODELS))
         if unknown:
             raise ValueError(f"unknown model(s) {unknown}; known: {list(MODELS)}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
         if self.max_len < 1 or self.topk < 1 or self.threads < 1:
             raise ValueError("max_len, topk and threads must be >= 1")
         if self.tiger.beams < self.topk:
             raise ValueError(f"tiger.beams ({self.tiger.beams}) must be >= topk ({self.topk})")
-        sizes = {m: len(self.tuning.get(m) or [{}]) for m in LEARNED}
-        if len(set(sizes.values())) > 1:
-            raise ValueError(f"tuning budget must be identical for every learned model, got {sizes}")
         for m in LEARNED:
-            for i, over in enumerate(self.tuning.get(m) or [{}]):
-                model_config(self, m, over, f"baselines.tuning.{m}[{i}]")  # raises on bad keys / values
+            for i, knobs in enumerate(self.tuning.grid(m)):
+                model_config(self, m, knobs, f"baselines.tuning (config {i} of {m}: {knobs})")  # raises on bad values
 
 
-def model_config(cfg: BaselinesConfig, model: str, override: dict, where: str) -> tuple[Any, TrainConfig]:
-    """(model section, train config) with ``override`` applied; keys of either may be overridden."""
-    if not isinstance(override, dict):
-        raise ParamError(f"must be a mapping, got {override!r}", field=where)
+def model_config(cfg: BaselinesConfig, model: str, knobs: dict, where: str) -> tuple[Any, TrainConfig]:
+    """(model section, train config) of ``model`` with the tuning ``knobs`` (lr, dropout, width) applied."""
     section_obj = getattr(cfg, model, None)
-    if section_obj is None:  # pop has no parameters
-        if override:
-            raise ParamError("pop takes no parameters", field=where)
+    if section_obj is None:  # pop, transition: no parameters
+        if knobs:
+            raise ParamError(f"{model} takes no parameters", field=where)
         return None, cfg.train
-    own = {f.name for f in dataclasses.fields(section_obj)} - {"train"}
-    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
-    bad = sorted(set(override) - own - train_keys)
+    bad = sorted(set(knobs) - set(KNOBS))
     if bad:
-        raise ParamError(f"unknown key(s) {bad}; expected some of {sorted(own | train_keys)}", field=where)
+        raise ParamError(f"unknown knob(s) {bad}; expected some of {list(KNOBS)}", field=where)
     raw = {k: v for k, v in dataclasses.asdict(section_obj).items() if k != "train"}
-    raw.update({k: v for k, v in override.items() if k in own})
+    if "dropout" in knobs:
+        raw["dropout"] = knobs["dropout"]
+    if "width" in knobs:
+        if model == "tiger":
+            raw["d_model"], raw["d_ff"] = knobs["width"], knobs["width"] * section_obj.ff_ratio
+        else:
+            raw["hidden"] = knobs["width"]
     model_cfg = from_dict(type(section_obj), raw, where)
-    train_raw = {**dataclasses.asdict(cfg.train), **section_obj.train,
-                 **{k: v for k, v in override.items() if k in train_keys}}
+    train_raw = {**dataclasses.asdict(cfg.train), **section_obj.train}
+    if "lr" in knobs:
+        train_raw["lr"] = knobs["lr"]
     return model_cfg, from_dict(TrainConfig, train_raw, f"{where}.train")
 
 
-def build(model: str, data: SeqData, cfg: BaselinesConfig, override: dict, seed: int,
-          index: dict[int, list[str]] | None = None) -> Recommender:
-    model_cfg, train_cfg = model_config(cfg, model, override, f"baselines.tuning.{model}")
+def build(model: str, data: SeqData, cfg: BaselinesConfig, knobs: dict, seed: int) -> Recommender:
+    model_cfg, train_cfg = model_config(cfg, model, knobs, f"baselines.tuning.{model}")
     if model == "pop":
         return Pop(data, seed)
+    if model == "transition":
+        return Transition(data, seed)
     if model in NETS:
         return IDRecommender(data, seed, model, model_cfg, train_cfg)
-    if index is None:
-        raise TsrecError("TIGER needs a SID index")
-    return TIGER(data, seed, index, model_cfg, train_cfg)
+    return TIGER(data, seed, model_cfg, train_cfg)
 
 
 def _git_commit() -> str | None:
@@ -109,76 +160,137 @@ def _git_commit() -> str | None:
         return None
 
 
+def _train(model: str, data: SeqData, cfg: BaselinesConfig, knobs: dict, seed: int, topk: int):
+    """Build and fit one config; returns (recommender, fit entry for the record)."""
+    t0 = time.monotonic()
+    rec = build(model, data, cfg, knobs, seed)
+    fitted = rec.fit()
+    valid = fitted.curve[fitted.best_epoch - 1] if fitted is not None else None
+    score = fitted.best_valid if fitted is not None else rec.valid_eval(topk)[VALID_METRIC]
+    entry = {"config": knobs, f"valid_{VALID_METRIC}": score, "valid_rows_scored": rec.valid_rows}
+    if fitted is not None:
+        entry.update(epochs=fitted.epochs, best_epoch=fitted.best_epoch, stopped=fitted.stopped,
+                     train_time_s=round(fitted.train_time_s, 1), curve=fitted.curve)
+        entry[f"valid_{ITEM_PREFIX}{VALID_METRIC}"] = valid[f"valid_{ITEM_PREFIX}{VALID_METRIC}"]
+    entry["wall_s"] = round(time.monotonic() - t0, 1)
+    return rec, entry
+
+
 def run_model(cfg: BaselinesConfig, params: dict, ds: str, model: str, *, command: str,
-              max_rows: int | None = None) -> dict:
-    """Tune on valid (identical budget per model), evaluate the best config once on test; return the record."""
-    seed = int(params.get("seed", 42))
+              max_rows: int | None = None, seeds: list[int] | None = None,
+              configs: list[int] | None = None) -> tuple[list[dict], dict]:
+    """Tune on valid with the first seed, train the chosen config per seed, test each once.
+
+    Returns (one record per seed, the summary over seeds). ``seeds`` / ``configs`` (indices into the grid)
+    restrict a run for smoke tests and checks; both are recorded and flagged in the table.
+    """
+    seeds = list(seeds or cfg.seeds)
+    if model in DETERMINISTIC:
+        seeds, configs = seeds[:1], None  # no randomness, no knobs: one run stands for every seed
     commit = _git_commit()  # the code that runs (taken before training, not after)
     data_dir = Path(cfg.data) / ds
     if not (data_dir / "train.parquet").is_file():
         raise TsrecError(f"no canonical data for {ds} (run `tsrec data --dataset {ds}`)", file=data_dir)
-    data = SeqData(data_dir, cfg.max_len, max_rows)
-    index_file = Path(index_path(params, ds)) if model == "tiger" else None
-    index = load_index(index_file) if index_file else None
-    overrides = [{}] if model == "pop" else (cfg.tuning.get(model) or [{}])
+    data = SeqData(data_dir, cfg.max_len, max_rows, index_file=index_path(params, ds))
+    grid = cfg.tuning.grid(model)
+    chosen_idx = list(range(len(grid))) if configs is None else configs
+    bad = [i for i in chosen_idx if not 0 <= i < len(grid)]
+    if bad:
+        raise ParamError(f"config index(es) {bad} outside the grid of {len(grid)} configs", field="--config")
     tried, best = [], None
-    for i, over in enumerate(overrides):
-        t0 = time.monotonic()
-        rec = build(model, data, cfg, over, seed, index)
-        fitted = rec.fit()
-        score = fitted.best_valid if fitted is not None else rec.valid_score(cfg.topk)
-        entry = {"config": i, "override": over, f"valid_{VALID_METRIC}": score,
-                 "valid_rows_scored": getattr(getattr(rec, "cfg", None), "valid_rows", 0) or len(data.splits["valid"]),
-                 "wall_s": round(time.monotonic() - t0, 1)}
-        if fitted is not None:
-            entry.update(epochs=fitted.epochs, best_epoch=fitted.best_epoch, stopped=fitted.stopped,
-                         train_time_s=round(fitted.train_time_s, 1), curve=fitted.curve)
-        log.info("%s %s config %d %s: valid %s=%.5f", ds, model, i, over, VALID_METRIC, score)
+    for i in chosen_idx:
+        rec, entry = _train(model, data, cfg, grid[i], seeds[0], cfg.topk)
+        entry = {"index": i, **entry}
+        log.info("%s %s config %d %s: valid %s=%.5f (%s)", ds, model, i, grid[i], VALID_METRIC,
+                 entry[f"valid_{VALID_METRIC}"], entry.get("stopped", "no training"))
         tried.append(entry)
-        if best is None or score > best[1][f"valid_{VALID_METRIC}"]:
+        if best is None or entry[f"valid_{VALID_METRIC}"] > best[1][f"valid_{VALID_METRIC}"]:
             best = (rec, entry)
-    rec, entry = best
-    valid_metrics, _ = evaluate(rec.recommend, *_keyed(rec, data, "valid"), cfg.topk)  # all rows, for the record
-    t0 = time.monotonic()
-    test_metrics, test_ranks = evaluate(rec.recommend, *_keyed(rec, data, "test"), cfg.topk)
-    eval_s = time.monotonic() - t0
-    model_cfg, train_cfg = model_config(cfg, model, entry["override"], f"baselines.tuning.{model}")
+    knobs = best[1]["config"]
+    model_cfg, train_cfg = model_config(cfg, model, knobs, f"baselines.tuning.{model}")
     card = json.loads((data_dir / "card.json").read_text()) if (data_dir / "card.json").is_file() else {}
-    return {
-        "model": model,
-        "dataset": ds,
-        "split": "test",
-        "protocol": card.get("protocol"),
-        "metrics": test_metrics,
-        "valid_metrics": valid_metrics,
-        f"best_valid_{VALID_METRIC}": valid_metrics[VALID_METRIC],
-        "epochs": entry.get("epochs"),
-        "best_epoch": entry.get("best_epoch"),
-        "train_time_s": entry.get("train_time_s", 0.0),
-        "test_eval_time_s": round(eval_s, 1),
-        "tuning_wall_s": round(sum(e["wall_s"] for e in tried), 1),
-        "command": command,
-        "seed": seed,
-        "params": {"model": dataclasses.asdict(model_cfg) if model_cfg is not None else {},
-                   "train": dataclasses.asdict(train_cfg) if model != "pop" else {},
-                   "override": entry["override"], "max_len": cfg.max_len, "topk": cfg.topk},
-        "tuning": tried,
-        "loss": None if model == "pop" else
-        ("seq2seq cross-entropy over SID tokens" if model == "tiger" else "full softmax cross-entropy over all items"),
-        "ranking": ("constrained beam search over the SID trie, beams = "
-                    f"{rec.cfg.beams}, ranked on SIDs" if model == "tiger" else "full ranking over all items"),
-        "rows": {"train_pairs": len(data.pairs), "valid": len(data.splits["valid"]), "test": len(test_ranks)},
-        "n_items": data.n_items,
-        "sid_index": str(index_file) if index_file else None,
-        "max_rows": max_rows,
-        "torch_threads": torch.get_num_threads(),
-        "git_commit": commit,
-    }
+    tuning = {"seed": seeds[0], "rule": f"best valid {VALID_METRIC} (SID level)", "grid_size": len(grid),
+              "restricted_to": configs, "chosen": best[1]["index"], "configs": tried}
+    records = []
+    for seed in seeds:
+        rec, entry = best if seed == seeds[0] else _train(model, data, cfg, knobs, seed, cfg.topk)
+        valid_metrics, _ = evaluate(rec, *data.rows("valid"), cfg.topk, rec.eval_batch)  # all rows, for the record
+        t0 = time.monotonic()
+        test_metrics, test_ranks = evaluate(rec, *data.rows("test"), cfg.topk, rec.eval_batch)
+        records.append({
+            "model": model, "dataset": ds, "split": "test", "seed": seed, "protocol": card.get("protocol"),
+            **test_metrics,
+            "granularity": {"HR@K, NDCG@K": "SID level: a ranked SID is a hit for every item sharing it "
+                                            "(authors' protocol)",
+                            f"{ITEM_PREFIX}HR@K, {ITEM_PREFIX}NDCG@K": "item level: SIDs expand to their items by "
+                            "train popularity, then item id" if rec.unit == "sid" else
+                            "item level: the model's own item ranking"},
+            "native_unit": rec.unit,
+            "valid": valid_metrics,
+            "config": knobs,
+            "epochs": entry.get("epochs"), "best_epoch": entry.get("best_epoch"), "stopped": entry.get("stopped"),
+            "train_time_s": entry.get("train_time_s", 0.0), "curve": entry.get("curve"),
+            "valid_rows_early_stopping": entry["valid_rows_scored"],
+            "test_eval_time_s": round(time.monotonic() - t0, 1),
+            "tuning": tuning,
+            "command": command,
+            "params": {"model": dataclasses.asdict(model_cfg) if model_cfg is not None else {},
+                       "train": dataclasses.asdict(train_cfg) if model in LEARNED else {},
+                       "max_len": cfg.max_len, "topk": cfg.topk},
+            "loss": None if model in DETERMINISTIC else
+            ("seq2seq cross-entropy over SID tokens" if model == "tiger"
+             else "full softmax cross-entropy over all items"),
+            "ranking": (f"constrained beam search over the SID trie (tsrec.decoding), beams = {rec.cfg.beams}"
+                        if model == "tiger" else "full ranking over all items"),
+            "rows": {"train_pairs": len(data.pairs), "valid": len(data.splits["valid"]),
+                     "test": len(test_ranks["sid"])},
+            "n_items": data.n_items, "n_sids": len(data.gran.sid_items),
+            "sid_index": str(data.index_file), "max_rows": max_rows,
+            "torch_threads": torch.get_num_threads(), "git_commit": commit,
+        })
+    return records, summarise(records, command)
 
 
-def _keyed(rec: Recommender, data: SeqData, split: str) -> tuple[list[list[int]], list]:
-    hist, targets = data.rows(split)
-    return hist, rec.keys(targets)
+def summarise(records: list[dict], command: str) -> dict:
+    """Mean over the per-seed records and the 95 % t-interval half-width of every metric (``ci95``)."""
+    first = records[0]
+    keys = [k for k in first if "@" in k and isinstance(first[k], float)]
+    out: dict[str, Any] = {"model": first["model"], "dataset": first["dataset"], "split": "test",
+                           "seeds": [r["seed"] for r in records], "n_runs": len(records),
+                           "deterministic": first["model"] in DETERMINISTIC}
+    ci = {}
+    for k in keys:
+        out[k], ci[k] = mean_ci([r[k] for r in records], CI_LEVEL)
+    for k in (VALID_METRIC, ITEM_PREFIX + VALID_METRIC):
+        out[f"valid_{k}"], ci[f"valid_{k}"] = mean_ci([r["valid"][k] for r in records], CI_LEVEL)
+    out.update({
+        "ci95": ci,
+        "ci": "mean over seeds +- ci95: half-width of the two-sided 95 % Student-t interval (n - 1 dof); "
+              "null with one run",
+        "granularity": first["granularity"], "native_unit": first["native_unit"],
+        "config": first["config"], "tuning_restricted_to": first["tuning"]["restricted_to"],
+        "epochs": [r["epochs"] for r in records], "stopped": [r["stopped"] for r in records],
+        "train_time_s": [r["train_time_s"] for r in records],
+        "tuning_wall_s": round(sum(e["wall_s"] for e in first["tuning"]["configs"]), 1),
+        "max_rows": first["max_rows"], "command": command, "git_commit": first["git_commit"],
+    })
+    return out
+
+
+def write_results(out: Path, ds: str, model: str, records: list[dict], summary: dict) -> Path:
+    """Seed files under ``<out>/<ds>/baselines/<model>/`` (stale seed files removed), then the summary."""
+    folder = out / ds / "baselines" / model
+    keep = {f"seed{r['seed']}.json" for r in records}
+    if folder.is_dir():
+        for stale in folder.glob("seed*.json"):
+            if stale.name not in keep:
+                stale.unlink()
+    for r in records:
+        write_json(folder / f"seed{r['seed']}.json", r)
+    summary["runs"] = [str(folder / f"seed{r['seed']}.json") for r in records]
+    path = out / ds / "baselines" / f"{model}.json"
+    write_json(path, summary)
+    return path
 
 
 # ---------------------------------------------------------------- CLI
@@ -187,6 +299,9 @@ def add_arguments(p) -> None:
     p.add_argument("--dataset", action="append", help="dataset(s) (default: data.datasets)")
     p.add_argument("--out", help="results root (default: baselines.out)")
     p.add_argument("--max-rows", type=int, help="smoke runs only: keep the first N rows of every split")
+    p.add_argument("--seed", action="append", type=int, help="checks only: these seeds instead of baselines.seeds")
+    p.add_argument("--config", action="append", type=int,
+                   help="checks only: try only these configs of the tuning grid (0-based, grid order)")
     p.add_argument("--table", action="store_true", help="only (re)write results/baselines.md from the JSONs")
 
 
@@ -204,12 +319,14 @@ def run(args, params) -> None:
     for ds in datasets:
         for model in args.model or cfg.models:
             command = f"tsrec baseline --model {model} --dataset {ds}"
-            if args.max_rows:
-                command += f" --max-rows {args.max_rows}"
-            record = run_model(cfg, params, ds, model, command=command, max_rows=args.max_rows)
-            path = out / ds / "baselines" / f"{model}.json"
-            write_json(path, record)
-            m = record["metrics"]
-            print(f"{ds} {model}: test HR@10={m['HR@10']:.4f} NDCG@10={m['NDCG@10']:.4f} "
-                  f"(valid NDCG@10={record[f'best_valid_{VALID_METRIC}']:.4f}, "
-                  f"tuning {record['tuning_wall_s']:.0f} s) -> {path}")
+            for flag, values in (("--max-rows", [args.max_rows] if args.max_rows else []),
+                                 ("--seed", args.seed or []), ("--config", args.config or [])):
+                command += "".join(f" {flag} {v}" for v in values)
+            records, summary = run_model(cfg, params, ds, model, command=command, max_rows=args.max_rows,
+                                         seeds=args.seed, configs=args.config)
+            path = write_results(out, ds, model, records, summary)
+            ci = summary["ci95"]
+            fmt = lambda k: f"{summary[k]:.4f}" + (f" +- {ci[k]:.4f}" if ci.get(k) is not None else "")  # noqa: E731
+            print(f"{ds} {model}: test NDCG@10={fmt('NDCG@10')} item/NDCG@10={fmt('item/NDCG@10')} "
+                  f"over {summary['n_runs']} run(s) (valid NDCG@10={summary['valid_NDCG@10']:.4f}, "
+                  f"tuning {summary['tuning_wall_s']:.0f} s) -> {path}")

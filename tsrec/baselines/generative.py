@@ -19,9 +19,9 @@ import random
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from tsrec.baselines.trainer import FitResult, Recommender, SeqData, TrainConfig, fit, set_seed
+from tsrec.baselines.trainer import FitResult, Recommender, SeqData, TrainConfig, evaluate, fit, set_seed
 from tsrec.data import SID_PATTERN
-from tsrec.decoding import SidTrie
+from tsrec.decoding import SidTrie, seq2seq_beam_search
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ class TigerConfig:
     layers: int = 2  # encoder and decoder layers each
     heads: int = 4
     dropout: float = 0.1
+    ff_ratio: int = 4  # d_ff = ff_ratio * d_model when tuning varies the width (``baselines.tuning``)
     beams: int = 20  # beam width = number of SIDs returned (authors' protocol: 20)
     valid_beams: int = 20  # beam width for the early-stopping evaluation on valid
     valid_rows: int = 0  # 0 = all valid rows for early stopping; N = the first N rows (recorded)
@@ -42,7 +43,7 @@ class TigerConfig:
     train: dict = dataclasses.field(default_factory=dict)  # overrides of baselines.train
 
     def validate(self) -> None:
-        for name in ("d_model", "d_ff", "layers", "heads", "beams", "valid_beams", "eval_batch"):
+        for name in ("d_model", "d_ff", "layers", "heads", "beams", "valid_beams", "eval_batch", "ff_ratio"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.d_model % self.heads:
@@ -74,13 +75,10 @@ class SidVocab:
 class TIGER(Recommender):
     unit = "sid"
 
-    def __init__(self, data: SeqData, seed: int, index: dict[int, list[str]], cfg: TigerConfig, train: TrainConfig):
+    def __init__(self, data: SeqData, seed: int, cfg: TigerConfig, train: TrainConfig):
         super().__init__(data, seed)
-        missing = [i for i in data.item_ids if i not in index][:5]
-        if missing:
-            raise ValueError(f"items without a SID in the index: {missing}")
         self.cfg, self.train_cfg = cfg, train
-        self.vocab = SidVocab({i: index[i] for i in data.item_ids})
+        self.vocab = SidVocab({i: data.index[i] for i in data.item_ids})
         groups: dict[tuple[int, ...], list[int]] = {}  # colliding items share one leaf
         for item, sid in sorted(self.vocab.item_sid.items()):
             groups.setdefault(sid, []).append(item)
@@ -121,49 +119,44 @@ class TIGER(Recommender):
             ids, mask, labels = batch
             return self.model(input_ids=ids, attention_mask=mask, labels=labels).loss
 
-        return fit(self.model, self.train_cfg, self.batches, loss, self.valid_score, self.seed, desc="tiger")
+        return fit(self.model, self.train_cfg, self.batches, loss, self.valid_eval, self.seed, desc="tiger")
 
-    def valid_score(self, k: int = 20) -> float:
-        from tsrec.baselines.trainer import VALID_METRIC, evaluate
+    @property
+    def valid_rows(self) -> int:
+        return self.cfg.valid_rows or len(self.data.splits["valid"])
 
+    @property
+    def eval_batch(self) -> int:
+        return self.cfg.eval_batch
+
+    def valid_eval(self, k: int = 20) -> dict[str, float]:
+        """Early-stopping metrics on the first ``valid_rows`` valid rows, ``valid_beams`` beams."""
         hist, targets = self.data.rows("valid")
-        if self.cfg.valid_rows:
-            hist, targets = hist[:self.cfg.valid_rows], targets[:self.cfg.valid_rows]
-        rec = lambda h, kk: self.decode(h, self.cfg.valid_beams)  # noqa: E731
-        return evaluate(rec, hist, self.keys(targets), k, batch_size=self.cfg.eval_batch)[0][VALID_METRIC]
+        n = self.valid_rows
+        return evaluate(_Beams(self, self.cfg.valid_beams), hist[:n], targets[:n], k)[0]
 
     @torch.no_grad()
     def decode(self, histories: list[list[int]], beams: int) -> list[list[tuple[str, ...]]]:
         """Constrained beam search: per row, up to ``beams`` distinct valid SIDs, best first."""
         self.model.eval()
         ids, mask = self.encode(histories)
-        levels = self.vocab.levels
-
-        def allowed(_batch_id: int, prefix: torch.Tensor) -> list[int]:
-            # drop the decoder start token; a finished / dead beam may only emit EOS
-            return self.trie.allowed(prefix.tolist()[1:]) or [EOS]
-
-        out = self.model.generate(input_ids=ids, attention_mask=mask, num_beams=beams, num_return_sequences=beams,
-                                  max_new_tokens=levels + 1, prefix_allowed_tokens_fn=allowed, do_sample=False,
-                                  early_stopping=True, length_penalty=0.0, pad_token_id=PAD, eos_token_id=EOS,
-                                  decoder_start_token_id=PAD)
-        out = out.view(len(histories), beams, -1).tolist()
-        lists = []
-        for row in out:
-            seen, ranked = set(), []
-            for seq in row:
-                sid = tuple(seq[1:1 + levels])
-                # a beam forced through a dead end (only possible when fewer valid SIDs than beams) is dropped
-                if self.trie.sid_id(sid) is not None and sid not in seen:
-                    seen.add(sid)
-                    ranked.append(self.vocab.text(sid))
-            lists.append(ranked)
-        return lists
+        res = seq2seq_beam_search(self.model, ids, mask, self.trie, beams, decoder_start_token_id=PAD)
+        # -1: fewer valid SIDs than beams (tiny indexes only)
+        return [[self.vocab.text(self.trie.sids[s]) for s in row if s >= 0] for row in res.sid_ids.tolist()]
 
     def recommend(self, histories, k):
         if k > self.cfg.beams:
             raise ValueError(f"top-{k} needs beams >= {k} (tiger.beams = {self.cfg.beams})")
         return [r[:k] for r in self.decode(histories, self.cfg.beams)]
 
-    def keys(self, items):
-        return [self.vocab.text(self.vocab.item_sid[i]) for i in items]
+
+class _Beams:
+    """TIGER viewed as a recommender that decodes with a given beam width (the valid early-stopping one)."""
+
+    unit = "sid"
+
+    def __init__(self, tiger: TIGER, beams: int):
+        self.tiger, self.beams, self.data, self.eval_batch = tiger, beams, tiger.data, tiger.cfg.eval_batch
+
+    def recommend(self, histories, k):
+        return [r[:k] for r in self.tiger.decode(histories, self.beams)]

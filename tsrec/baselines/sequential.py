@@ -55,13 +55,23 @@ class CaserConfig(SeqModelConfig):
 
 
 class SequentialRecommender(nn.Module):
-    """Item embedding table shared by input and output (tied), and full-softmax scoring."""
+    """Item embedding table shared by input and output (tied), and full-softmax scoring.
+
+    Every subclass initialises ALL its weights in ``reset_parameters`` (called at the end of its
+    ``__init__``) as its reference implementation does, and says where each choice comes from. PyTorch's
+    defaults are never relied on silently: nn.Embedding's N(0, 1) put SASRec's positions ~6x above its
+    items and kept it at the popularity plateau for many epochs (issue 14).
+    """
 
     def __init__(self, n_items: int, max_len: int, cfg: SeqModelConfig):
         super().__init__()
         self.n_items, self.max_len, self.cfg = n_items, max_len, cfg
         self.item_emb = nn.Embedding(n_items + 1, cfg.hidden, padding_idx=PAD)
-        nn.init.normal_(self.item_emb.weight, std=0.02)
+
+    def reset_parameters(self) -> None:
+        raise NotImplementedError
+
+    def _zero_pad(self) -> None:
         with torch.no_grad():
             self.item_emb.weight[PAD].zero_()
 
@@ -78,7 +88,11 @@ class SequentialRecommender(nn.Module):
 
 
 class SASRec(SequentialRecommender):
-    """Self-attentive sequential recommendation (Kang & McAuley 2018): causal transformer, learned positions."""
+    """Self-attentive sequential recommendation (Kang & McAuley 2018): causal transformer, learned positions.
+
+    Forward as the authors' code (kang205/SASRec): input = item embedding * sqrt(d) + position embedding,
+    dropout, pre-LayerNorm attention / feed-forward blocks, a final LayerNorm.
+    """
 
     def __init__(self, n_items: int, max_len: int, cfg: SeqModelConfig):
         super().__init__(n_items, max_len, cfg)
@@ -88,6 +102,24 @@ class SASRec(SequentialRecommender):
         self.blocks = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.hidden)
         self.drop = nn.Dropout(cfg.dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # RecBole SASRec._init_weights (initializer_range = 0.02): every Embedding (items AND positions) and
+        # every Linear weight ~ N(0, 0.02), Linear biases 0, LayerNorm weight 1 / bias 0. RecBole's q/k/v are
+        # separate Linears; nn.MultiheadAttention packs them in in_proj_weight, so that gets N(0, 0.02) too.
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.MultiheadAttention):
+                nn.init.normal_(m.in_proj_weight, std=0.02)
+                nn.init.zeros_(m.in_proj_bias)
+        self._zero_pad()
 
     def encode(self, seq, lengths):
         L = seq.size(1)
@@ -109,6 +141,22 @@ class HSTUBlock(nn.Module):
         self.f1, self.f2 = nn.Linear(d, 4 * d), nn.Linear(d, d)
         self.rab = nn.Parameter(torch.zeros(heads, 2 * max_len - 1))
         self.drop = nn.Dropout(dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # facebookresearch/generative-recommenders, SequentialTransductionUnitJagged: the fused U,V,Q,K
+        # projection (_uvqk, no bias there: ours is zeroed) ~ N(0, 0.02); the output projection _o gets
+        # xavier_uniform_ weights (bias: PyTorch's Linear default, as there); the relative position bias
+        # (RelativeBucketedTimeAndPositionBasedBias._pos_w) ~ N(0, 0.02); LayerNorms 1 / 0.
+        nn.init.normal_(self.f1.weight, std=0.02)
+        nn.init.zeros_(self.f1.bias)
+        nn.init.xavier_uniform_(self.f2.weight)
+        bound = 1 / self.f2.in_features ** 0.5
+        nn.init.uniform_(self.f2.bias, -bound, bound)
+        nn.init.normal_(self.rab, std=0.02)
+        for norm in (self.norm_in, self.norm_out):
+            nn.init.ones_(norm.weight)
+            nn.init.zeros_(norm.bias)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:  # allowed [B, L, L] bool
         B, L, d = x.shape
@@ -121,7 +169,11 @@ class HSTUBlock(nn.Module):
 
 
 class HSTU(SequentialRecommender):
-    """Hierarchical sequential transduction units, ID-only (positions, no time features)."""
+    """Hierarchical sequential transduction units, ID-only (positions, no time features).
+
+    Input as generative-recommenders' LearnablePositionalEmbeddingInputFeaturesPreprocessor: item embedding
+    * sqrt(d) + position embedding, then dropout.
+    """
 
     def __init__(self, n_items: int, max_len: int, cfg: SeqModelConfig):
         super().__init__(n_items, max_len, cfg)
@@ -129,6 +181,21 @@ class HSTU(SequentialRecommender):
         self.blocks = nn.ModuleList(HSTUBlock(cfg.hidden, cfg.heads, cfg.dropout, max_len) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.hidden)
         self.drop = nn.Dropout(cfg.dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # generative-recommenders: item embeddings truncated N(0, 0.02) (LocalEmbeddingModule.reset_params),
+        # position embeddings truncated N(0, sqrt(1 / d)) (the preprocessor's reset_state); their
+        # truncated_normal folds at 2 sigma, trunc_normal_ at +-2 sigma is the same support. Blocks: HSTUBlock.
+        d = self.cfg.hidden
+        nn.init.trunc_normal_(self.item_emb.weight, std=0.02, a=-0.04, b=0.04)
+        std = (1.0 / d) ** 0.5
+        nn.init.trunc_normal_(self.pos_emb.weight, std=std, a=-2 * std, b=2 * std)
+        nn.init.ones_(self.norm.weight)
+        nn.init.zeros_(self.norm.bias)
+        for block in self.blocks:
+            block.reset_parameters()
+        self._zero_pad()
 
     def encode(self, seq, lengths):
         L = seq.size(1)
@@ -140,18 +207,37 @@ class HSTU(SequentialRecommender):
 
 
 class GRU4Rec(SequentialRecommender):
-    """Session-based GRU (Hidasi et al. 2016) with cross-entropy over all items."""
+    """Session-based GRU (Hidasi et al. 2016) with cross-entropy over all items.
+
+    Forward as RecBole's GRU4Rec: embedding dropout, GRU, a dense layer back to the embedding size, the last
+    real position's output scored against the (tied) item embeddings.
+    """
 
     def __init__(self, n_items: int, max_len: int, cfg: SeqModelConfig):
         super().__init__(n_items, max_len, cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self.gru = nn.GRU(cfg.hidden, cfg.hidden, num_layers=cfg.layers, batch_first=True,
                           dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        self.dense = nn.Linear(cfg.hidden, cfg.hidden)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # RecBole GRU4Rec._init_weights: Embedding xavier_normal_; GRU weight_ih / weight_hh xavier_uniform_
+        # (biases keep PyTorch's GRU default, as there); the dense Linear keeps PyTorch's default, as there.
+        nn.init.xavier_normal_(self.item_emb.weight)
+        for name, w in self.gru.named_parameters():
+            if name.startswith("weight_"):
+                nn.init.xavier_uniform_(w)
+            else:
+                bound = 1 / self.cfg.hidden ** 0.5
+                nn.init.uniform_(w, -bound, bound)
+        self.dense.reset_parameters()
+        self._zero_pad()
 
     def encode(self, seq, lengths):
         # right padding: the output at position len-1 has seen only real items (pads come after it)
         out, _ = self.gru(self.drop(self.item_emb(seq)))
-        return self.last(out, lengths)
+        return self.dense(self.last(out, lengths))
 
 
 class Caser(SequentialRecommender):
@@ -168,6 +254,18 @@ class Caser(SequentialRecommender):
         self.conv_h = nn.ModuleList(nn.Linear(h * d, cfg.n_h) for h in range(1, L + 1))
         self.fc = nn.Linear(cfg.n_v * d + cfg.n_h * L, d)
         self.drop = nn.Dropout(cfg.dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # RecBole Caser._init_weights: Embedding ~ N(0, 1 / embedding_size); Linear (the fc layer) xavier_normal_
+        # weight, bias 0. Its convolutions are nn.Conv2d with PyTorch's default init, which for our Linear
+        # form is nn.Linear's default (same kaiming-uniform rule, same fan-in h * d resp. L).
+        nn.init.normal_(self.item_emb.weight, std=1.0 / self.cfg.hidden)
+        for conv in (self.conv_v, *self.conv_h):
+            conv.reset_parameters()
+        nn.init.xavier_normal_(self.fc.weight)
+        nn.init.zeros_(self.fc.bias)
+        self._zero_pad()
 
     def encode(self, seq, lengths):
         L = seq.size(1)
@@ -202,7 +300,7 @@ class IDRecommender(Recommender):
             return ce(self.net.scores(seq, lengths), target)
 
         return fit(self.net, self.train_cfg, lambda rng: self.data.batches(self.train_cfg.batch_size, rng),
-                   loss, self.valid_score, self.seed, desc=self.name)
+                   loss, self.valid_eval, self.seed, desc=self.name)
 
     @torch.no_grad()
     def scores(self, histories: list[list[int]]) -> torch.Tensor:

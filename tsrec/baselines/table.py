@@ -1,5 +1,6 @@
-"""results/baselines.md: our baseline rows (from results/<DS>/baselines/*.json and the sft variant's metrics)
-and, in a separate table, the published MiniOneRec Table-1 numbers for context only."""
+"""results/baselines.md: our baseline rows (from results/<DS>/baselines/<model>.json, the mean over seeds, and
+the sft variant's metrics) at both granularities, with 95 % t-intervals over seeds, the per-seed runs and every
+tuning config tried; in a separate table, the published MiniOneRec Table-1 numbers for context only."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from pathlib import Path
 import pandas as pd
 
 from tsrec.io import atomic_file
-from tsrec.metrics import KS, read_metrics
+from tsrec.metrics import ITEM_PREFIX, KS, read_item_metrics, read_metrics
 
 # (display name, source): "baseline:<model>" reads results/<DS>/baselines/<model>.json, "variant:<v>" reads
 # results/<DS>/<v>/metrics.json, None = not run by us (never filled from a paper).
 ROWS = [
     ("Pop", "baseline:pop"),
+    ("Transition (floor)", "baseline:transition"),
     ("GRU4Rec", "baseline:gru4rec"),
     ("Caser", "baseline:caser"),
     ("SASRec", "baseline:sasrec"),
@@ -60,15 +62,25 @@ PUBLISHED = {
 METRICS = [f"{n}@{k}" for k in KS for n in ("HR", "NDCG")]
 
 
+FLOOR = "Transition (floor)"
+NOT_LEARNED = ("Pop", FLOOR)
+
+
 def source_path(results: Path, ds: str, src: str) -> Path:
-    """Metrics file of a row source: ``baseline:<m>`` or ``variant:<v>``."""
+    """Metrics file of a row source: ``baseline:<m>`` (the summary over seeds) or ``variant:<v>``."""
     kind, _, what = src.partition(":")
     if kind == "baseline":
         return results / ds / "baselines" / f"{what}.json"
     return results / ds / what / "metrics.json"
 
 
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def our_rows(results: Path, ds: str) -> pd.DataFrame:
+    """One row per method: SID-level metrics (top-level keys), item-level ones (``item/``), and for baselines
+    the 95 % t half-widths over seeds (``<metric> ci``), valid NDCG@10, epochs and stopping reasons."""
     rows = []
     for name, src in ROWS:
         row: dict = {"model": name, "status": "not run"}
@@ -77,74 +89,159 @@ def our_rows(results: Path, ds: str) -> pd.DataFrame:
             metrics = read_metrics(path)
             if all(m in metrics for m in METRICS):
                 row.update(status="ok", **{m: metrics[m] for m in METRICS})
+                row.update({ITEM_PREFIX + m: v for m, v in read_item_metrics(path).items() if m in METRICS})
+                rec = _read(path)
+                ci = rec.get("ci95") or {}
+                row.update({f"{k} ci": ci.get(k) for k in [*METRICS, *(ITEM_PREFIX + m for m in METRICS)]})
                 if src.startswith("baseline:"):
-                    rec = json.loads(path.read_text(encoding="utf-8"))
-                    row.update({"valid NDCG@10": rec.get("best_valid_NDCG@10"), "epochs": rec.get("epochs"),
-                                "train s": rec.get("train_time_s")})
+                    row.update({"unit": rec.get("native_unit"), "runs": rec.get("n_runs"),
+                                "valid NDCG@10": rec.get("valid_NDCG@10", rec.get("best_valid_NDCG@10")),
+                                "epochs": "/".join(str(e) for e in rec.get("epochs") or [] if e is not None) or None,
+                                "stopped": "/".join(sorted({s for s in rec.get("stopped") or [] if s})) or None,
+                                "partial": bool(rec.get("max_rows") or rec.get("tuning_restricted_to"))})
+                else:
+                    row.update(unit="sid", runs=1)
         rows.append(row)
-    return pd.DataFrame(rows, columns=["model", "status", *METRICS, "valid NDCG@10", "epochs", "train s"])
+    cols = ["model", "status", "unit", "runs", *METRICS, *(ITEM_PREFIX + m for m in METRICS),
+            *(f"{m} ci" for m in METRICS), *(f"{ITEM_PREFIX}{m} ci" for m in METRICS),
+            "valid NDCG@10", "epochs", "stopped", "partial"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _seed_file(results: Path, ds: str, model: str, seed: int) -> Path:
+    return results / ds / "baselines" / model / f"seed{seed}.json"
+
+
+def _baseline_runs(results: Path, ds: str):
+    """(display name, per-seed records) of every baseline that has a summary with seed files."""
+    for name, src in ROWS:
+        if not (src or "").startswith("baseline:"):
+            continue
+        model = src.split(":")[1]
+        path = source_path(results, ds, src)
+        if not path.is_file():
+            continue
+        seeds = _read(path).get("seeds") or []
+        recs = [_read(f) for f in (_seed_file(results, ds, model, s) for s in seeds) if f.is_file()]
+        if recs:
+            yield name, recs
+
+
+def run_rows(results: Path, ds: str) -> pd.DataFrame:
+    """Every per-seed run: test NDCG@10 at both levels, valid NDCG@10, epochs, best epoch, stopping reason."""
+    rows = []
+    for name, recs in _baseline_runs(results, ds):
+        for r in recs:
+            rows.append({"model": name, "seed": r.get("seed"), "NDCG@10": r.get("NDCG@10"),
+                         "item/NDCG@10": r.get(ITEM_PREFIX + "NDCG@10"),
+                         "valid NDCG@10": (r.get("valid") or {}).get("NDCG@10"), "epochs": r.get("epochs"),
+                         "best epoch": r.get("best_epoch"), "stopped": r.get("stopped") or "",
+                         "train s": r.get("train_time_s")})
+    return pd.DataFrame(rows, columns=["model", "seed", "NDCG@10", "item/NDCG@10", "valid NDCG@10", "epochs",
+                                       "best epoch", "stopped", "train s"])
 
 
 def tuning_rows(results: Path, ds: str) -> pd.DataFrame:
-    """Every tuning config tried (valid only), from the baseline JSONs."""
+    """Every tuning config tried (valid only, first seed), from the first seed file of each baseline."""
     rows = []
-    for name, src in ROWS:
-        path = results / ds / "baselines" / f"{(src or ':').split(':')[1]}.json"
-        if not (src or "").startswith("baseline:") or not path.is_file():
-            continue
-        rec = json.loads(path.read_text(encoding="utf-8"))
-        for t in rec.get("tuning", []):
-            rows.append({"model": name, "config": json.dumps(t["override"]) if t["override"] else "(defaults)",
+    for name, recs in _baseline_runs(results, ds):
+        tuning = recs[0].get("tuning") or {}
+        for t in tuning.get("configs", []):
+            rows.append({"model": name, "config": json.dumps(t["config"]) if t["config"] else "(none)",
+                         "chosen": "*" if t.get("index") == tuning.get("chosen") else "",
                          "valid NDCG@10": t["valid_NDCG@10"], "valid rows": t.get("valid_rows_scored"),
-                         "epochs": t.get("epochs"), "stopped": t.get("stopped", ""), "wall s": t.get("wall_s")})
-    return pd.DataFrame(rows, columns=["model", "config", "valid NDCG@10", "valid rows", "epochs", "stopped", "wall s"])
+                         "epochs": t.get("epochs"), "best epoch": t.get("best_epoch"),
+                         "stopped": t.get("stopped", ""), "wall s": t.get("wall_s")})
+    return pd.DataFrame(rows, columns=["model", "config", "chosen", "valid NDCG@10", "valid rows", "epochs",
+                                       "best epoch", "stopped", "wall s"])
 
 
 def sanity(df: pd.DataFrame) -> list[str]:
-    """Learned baselines whose test NDCG@10 does not beat Pop's."""
+    """Learned baselines whose test NDCG@10 (SID level) does not beat Pop's."""
     ok = df[df["status"] == "ok"].set_index("model")
     if "Pop" not in ok.index:
         return []
     pop = ok.loc["Pop", "NDCG@10"]
-    return [m for m in ok.index if m != "Pop" and not ok.loc[m, "NDCG@10"] > pop]
+    return [m for m in ok.index if m not in NOT_LEARNED and not ok.loc[m, "NDCG@10"] > pop]
+
+
+def below_floor(df: pd.DataFrame) -> list[str]:
+    """Learned baselines whose valid NDCG@10 (SID level, mean over seeds) is below the transition floor's."""
+    ok = df[(df["status"] == "ok") & df["valid NDCG@10"].notna()].set_index("model")
+    if FLOOR not in ok.index:
+        return []
+    floor = ok.loc[FLOOR, "valid NDCG@10"]
+    return [m for m in ok.index if m not in NOT_LEARNED and ok.loc[m, "valid NDCG@10"] < floor]
 
 
 def _fmt(v, spec: str) -> str:
-    return "" if v is None or pd.isna(v) else format(v, spec)
+    return "" if v is None or (not isinstance(v, str) and pd.isna(v)) else format(v, spec)
+
+
+TEXT_COLS = ("model", "status", "config", "stopped", "unit", "chosen", "epochs")
 
 
 def _md(df: pd.DataFrame) -> str:
     shown = df.astype(object).copy()
     for col in shown.columns:
-        spec = {"epochs": ".0f", "train s": ".0f", "wall s": ".0f", "valid rows": ".0f"}.get(
-            col, "" if col in ("model", "status", "config", "stopped") else ".4f")
-        shown[col] = [_fmt(v, spec) for v in shown[col]]
-    align = ["left" if c in ("model", "status", "config", "stopped") else "right" for c in shown.columns]
+        spec = {"train s": ".0f", "wall s": ".0f", "valid rows": ".0f", "seed": ".0f", "runs": ".0f",
+                "best epoch": ".0f", "epochs": ".0f"}.get(col, "" if col in TEXT_COLS else ".4f")
+        shown[col] = [v if isinstance(v, str) else _fmt(v, spec) for v in shown[col]]
+    align = ["left" if c in TEXT_COLS else "right" for c in shown.columns]
     return shown.to_markdown(index=False, disable_numparse=True, colalign=align)
+
+
+def level_table(df: pd.DataFrame, prefix: str = "") -> pd.DataFrame:
+    """The metric columns of one granularity as "mean +- ci" strings (ci: 95 % t half-width over seeds)."""
+    out = df[["model", "status", "unit", "runs"]].copy()
+    for m in METRICS:
+        means, cis = df.get(prefix + m), df.get(f"{prefix}{m} ci")
+        out[m] = [("" if mean is None or pd.isna(mean) else f"{mean:.4f}"
+                   + ("" if ci is None or pd.isna(ci) else f" ± {ci:.4f}"))
+                  for mean, ci in zip(means if means is not None else [None] * len(df),
+                                      cis if cis is not None else [None] * len(df))]
+    if prefix:  # item level exists only where the metrics file carries it
+        out.loc[(out["HR@10"] == "") & (df["status"] == "ok"), "status"] = "no item-level metrics"
+    out["runs"] = [None if r is None or pd.isna(r) else r for r in out["runs"]]
+    return out
 
 
 def render(results: Path, datasets: list[str]) -> str:
     parts = ["# Baselines (our runs, reconstructed-train protocol, test split)", "",
-             "Produced by `tsrec baseline` (commands, params and tuning trials in "
-             "`results/<DS>/baselines/<model>.json`); table by `tsrec report` (or `tsrec baseline --table`). ID-based models rank "
-             "all items (full softmax); TIGER and the LLM variants rank SIDs from constrained beam search "
-             "(20 beams). \"not run\" rows were not run by us and are never filled from a paper.", "",
-             "Notes: train = the RECONSTRUCTED split (~10k (prefix -> next) pairs per dataset, rebuilt from each "
-             "user's first valid/test history; the official train CSV is not in the mirror); every learned model got the same tuning budget (`baselines.tuning`, "
-             "chosen on valid NDCG@10, see the tuning tables) and a per-config wall-clock cap "
-             "(`max_minutes`; `stopped = max_minutes` marks a capped run, e.g. TIGER). TIGER ranks SIDs: items "
-             "sharing a SID in the official index (3,686 items on 3,670 SIDs for Industrial, 3,459 on 3,444 for "
-             "Office) count as one, the same convention as the LLM evaluation.", ""]
+             "Produced by `tsrec baseline` (per seed: `results/<DS>/baselines/<model>/seed<N>.json` with metrics, "
+             "learning curve, stopping reason and every tuning config tried; mean over seeds: "
+             "`results/<DS>/baselines/<model>.json`); table by `tsrec report` (or `tsrec baseline --table`). "
+             "\"not run\" rows were not run by us and are never filled from a paper.", "",
+             "Protocol: every learned model tried the same grid on VALID (lr x dropout x width, `baselines.tuning`; "
+             "same number of configs per model), each config trained to its valid plateau (epochs + patience, no "
+             "wall-clock budget), chosen on SID-level valid NDCG@10; the chosen config was then trained once per "
+             "seed (`baselines.seeds`). Cells are mean ± half-width of the 95 % Student-t interval over seeds; "
+             "Pop and Transition are deterministic (one run, no interval).", "",
+             "Two granularities (`unit` = what the model ranks natively):", "",
+             "* **SID level** (the authors' protocol, the LLM variants' metrics): a ranked SID is a hit for every "
+             "item sharing it; an item ranker's list is read as the list of its items' distinct SIDs.",
+             "* **item level**: a ranked item must be the target item; a SID ranker's SIDs (TIGER) expand to their "
+             "items in one fixed order: train popularity (descending), then item id (ascending).", "",
+             "Train = the RECONSTRUCTED split (~10k (prefix -> next) pairs per dataset, rebuilt from each user's "
+             "first valid/test history; the official train CSV is not in the mirror).", ""]
     for ds in datasets:
         df = our_rows(results, ds)
-        bad = sanity(df)
-        parts += [f"## {ds}", "", _md(df), "",
-                  "Sanity (every learned model beats Pop on test NDCG@10): "
-                  + ("holds." if not bad else f"FAILS for {', '.join(bad)}."), ""]
+        bad, low = sanity(df), below_floor(df)
+        partial = df.loc[df["partial"].fillna(False).astype(bool), "model"].tolist()
+        parts += [f"## {ds}", "", "### SID level (authors' protocol)", "", _md(level_table(df)), "",
+                  "### Item level", "", _md(level_table(df, ITEM_PREFIX)), "",
+                  "Sanity (every learned model beats Pop on test NDCG@10, SID level): "
+                  + ("holds." if not bad else f"FAILS for {', '.join(bad)}."),
+                  "Transition floor (valid NDCG@10, SID level): "
+                  + ("every learned model is above it." if not low else f"BELOW it: {', '.join(low)}."), ""]
+        if partial:
+            parts += [f"Partial runs (--max-rows / --config, checks only, not results): {', '.join(partial)}.", ""]
+        runs = run_rows(results, ds)
+        if len(runs):
+            parts += [f"Runs per seed on {ds} (learning curves in the seed files):", "", _md(runs), ""]
         tuning = tuning_rows(results, ds)
         if len(tuning):
-            parts += [f"Tuning tried on {ds} (valid split only; the best config per model is the row above):", "",
-                      _md(tuning), ""]
+            parts += [f"Tuning tried on {ds} (valid split only, first seed; * = chosen):", "", _md(tuning), ""]
     parts += ["## Published, 8 GPUs, official split (MiniOneRec Table 1; context only, NOT our runs)", "",
               "Qwen2.5 backbones, full official train split, 8 GPUs. Not comparable row-for-row with the "
               "tables above (different train split, model scale and hardware).", ""]
