@@ -17,8 +17,9 @@ $(VENV)/.installed: requirements.txt requirements-models.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-# the stages the default tables read (not the optional `teachers` caches, not the sweep)
-REPRO_STAGES ?= data embed codebook keywords backbone train evaluate baseline
+# the LLM rows of the default tables (not the optional `teachers` caches, not the sweep; the baseline
+# grid is `make baselines`: hours of CPU, its committed results are what the tables read)
+REPRO_STAGES ?= data embed codebook keywords backbone train evaluate
 repro: setup
 	$(DVC) repro $(REPRO_STAGES)
 	$(DVC) repro report  # report reads every metrics file: run it once more, last
