@@ -38,7 +38,9 @@ def test_stage_same_seed_same_bytes_and_unique_sids(tmp_path, tiny_dataset):
         assert (sid / m / "index.json").read_bytes() == blob, m
     assert first["official"] == (tiny_dataset / "sid_index.json").read_bytes()
     rep = json.loads(report.read_text())
-    assert set(rep["methods"]) == {"official", "rqvae", "rqkmeans"} and rep["command"].startswith("tsrec")
+    run = json.loads(report.with_name("codebook_report.run.json").read_text())
+    assert set(rep["methods"]) == {"official", "rqvae", "rqkmeans"} and run["command"].startswith("tsrec")
+    assert "command" not in rep and run["methods"]["rqvae"]["method"] == "rqvae"  # metrics file: numbers only
     for m in ("rqvae", "rqkmeans"):
         idx = codebook.load_index(sid / m / "index.json")
         assert len(idx) == 60 and len({tuple(v) for v in idx.values()}) == 60  # policy: no collisions left

@@ -5,7 +5,8 @@ SIDs (``tsrec.decoding``); the row's rank is the 0-based position of the TARGET'
 stands for all items sharing it, as in the reference implementations), -1 if absent.
 
 Outputs (test split; the valid split writes ``metrics_valid.json`` / ``ranks_valid.parquet``):
-  results/<DS>/<variant>/metrics.json        dvc metrics: HR@K/NDCG@K, rows, subsample, beams, timing, command
+  results/<DS>/<variant>/metrics.json        dvc metrics: HR@K/NDCG@K, row and output counts, timing (numbers only)
+  results/<DS>/<variant>/run.json            its run record: split, subsample, beams, precision, model, index, command
   artifacts/<DS>/eval/<variant>/ranks.parquet  one row per evaluated row (for paired tests)
 """
 
@@ -37,6 +38,10 @@ from tsrec.io import atomic_dir, sha256_file, write_json
 from tsrec.precision import Precision, autocast, resolve as resolve_precision
 
 log = logging.getLogger(__name__)
+
+# counts and timings of evaluate_rows' summary that go to the metrics file (the rest: the run record)
+METRIC_COUNTS = ("invalid_outputs", "duplicate_outputs", "rows_with_fewer_than_B_sids", "target_not_in_top_B",
+                 "prompt_tokens_mean", "wall_time_s", "rows_per_s")
 
 
 @dataclasses.dataclass
@@ -261,13 +266,17 @@ def run(args, params) -> None:
                                       precision=precision)
     if summary["invalid_outputs"] or summary["duplicate_outputs"]:
         log.error("invalid or duplicate outputs: %d / %d", summary["invalid_outputs"], summary["duplicate_outputs"])
-    result = {
+    # metrics file: numbers a user compares (dvc metrics show/diff); the run record beside it: the rest
+    numbers = {
         **summary["metrics"],
-        "dataset": ds, "variant": variant, "split": cfg.split,
         "n_rows": len(rows), "n_rows_split": len(split_df),
+        **{k: summary[k] for k in METRIC_COUNTS},
+    }
+    result = {
+        "dataset": ds, "variant": variant, "split": cfg.split,
         "subsample": None if len(rows) == len(split_df) else {"n": len(rows), "seed": seed},
         "beams": cfg.beams, "batch_size": cfg.batch_size, "precision_requested": cfg.precision,
-        **{k: v for k, v in summary.items() if k not in ("metrics", "n_rows")},
+        **{k: v for k, v in summary.items() if k not in ("metrics", "n_rows", *METRIC_COUNTS)},
         "decoding": "constrained beam search, exact HF semantics (length_penalty=0, full-vocab log-softmax, "
                     "SID then EOS); rank of the target's SID",
         "model": {"source": source, "meta": meta},
@@ -279,7 +288,7 @@ def run(args, params) -> None:
         "command": command_line(args, params),
     }
     metrics_file = Path(args.results) / ds / variant / f"metrics{suffix}.json"
-    write_json(metrics_file, json.loads(json.dumps(result, default=str)))
+    metrics.write_metrics(metrics_file, numbers, result)
     eval_dir = Path(args.artifacts) / ds / "eval" / variant
     eval_dir.parent.mkdir(parents=True, exist_ok=True)
     keep = [p for p in eval_dir.glob("ranks*.parquet") if p.name != f"ranks{suffix}.parquet"] if eval_dir.is_dir() else []
@@ -288,5 +297,5 @@ def run(args, params) -> None:
             (tmp / p.name).write_bytes(p.read_bytes())
         ranks_df.to_parquet(tmp / f"ranks{suffix}.parquet", index=False)
     m = summary["metrics"]
-    print(f"{ds}/{variant} {cfg.split} n={len(rows)}" + (" (SUBSAMPLE)" if result["subsample"] else "") + ": "
+    print(f"{ds}/{variant} {cfg.split} n={len(rows)}" + (" (SUBSAMPLE)" if numbers["n_rows"] < len(split_df) else "") + ": "
           + " ".join(f"{k}={m[k]:.4f}" for k in m) + f" | {summary['rows_per_s']} rows/s -> {metrics_file}")
