@@ -23,7 +23,9 @@ STAGES = {
     "baseline": ("tsrec.baselines", "train and score one baseline model"),
     "sweep": ("tsrec.sweep", "Optuna sweep over SA-Init pooling and the TS-Align weight"),
     "report": ("tsrec.report", "Recall/NDCG tables from the metrics files"),
+    "check": ("tsrec.check", "compare the metrics files with a committed expected file (regression check)"),
 }
+NOT_STAGES = {"check"}  # checking commands, run after `dvc repro`, not pipeline stages
 
 log = logging.getLogger("tsrec")
 
