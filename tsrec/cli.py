@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     from tsrec.config import load_params
 
     try:
-        params = load_params(args.params)
+        # a checking command reads no params: it runs wherever the results are, params.yaml or not
+        params = {} if args.stage in NOT_STAGES and args.params is None else load_params(args.params)
         args._module.run(args, params)
     except TsrecError as exc:
         log.error("%s", exc)
