@@ -96,7 +96,9 @@ def test_worsened_pipeline_fails_the_check_with_a_readable_diff(second_run, tmp_
     (worse / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     log = smoke.dvc(worse, "repro")
     out = log.stdout + log.stderr
-    assert "Running stage 'train@synthetic-tsrec'" in out and "Running stage 'train@synthetic-sft'" not in out
+    # the train stages declare the whole `variants` section as a param, so sft retrains too: same config, same
+    # seed, so its numbers must come out unchanged (checked below: only tsrec rows differ)
+    assert "Running stage 'train@synthetic-tsrec'" in out
     res = smoke.tsrec(worse, "check", "--results", "results", "--expected", smoke.EXPECTED)
     print(res.stdout, res.stderr)
     assert res.returncode == 2
