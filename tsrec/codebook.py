@@ -12,7 +12,8 @@ of the last level that no item with the same prefix uses. SIDs stay 3 tokens ``<
 Both count the quantiser's raw collisions in the report.
 
 Output per dataset: ``artifacts/<DS>/sid/<method>/{index.json,report.json}`` and the side-by-side
-report ``results/<DS>/codebook_report.json`` (a ``dvc metrics`` file, always with the official index).
+report ``results/<DS>/codebook_report.json`` (a ``dvc metrics`` file of numbers, always with the official index;
+command, params, embeddings and per-method settings in ``codebook_report.run.json`` beside it).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from tsrec.data import SID_PATTERN, DataConfig, load_index, load_items
 from tsrec.embed import EmbedConfig, embeddings_path, load_embeddings
 from tsrec.errors import ParamError, TsrecError
 from tsrec.io import atomic_dir, sha256_file, write_json
+from tsrec.metrics import write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +308,7 @@ def rqvae(x: np.ndarray, levels: int, size: int, seed: int, cfg: RQVAEConfig) ->
 
 
 QUANTISERS = {"rqvae": (rqvae, "rqvae"), "rqkmeans": (rqkmeans, "rqkmeans")}
+RUN_KEYS = ("method", "collision_policy", "source", "index_sha256", "seed")  # per method: run record, not metrics
 
 
 # ---------------------------------------------------------------- stage
@@ -390,7 +393,11 @@ def build_dataset(params: dict, ds: str, methods: list[str], *, data_dir: Path, 
         "embeddings": emb_info,
         "methods": {m: results[m][1] for m in [*methods, *(["official"] if "official" not in methods else [])]},
     }
-    write_json(report_path, report)
+    # dvc metrics file: the numbers per method; its run record (report_path's run_path): the rest
+    numbers = {m: {k: v for k, v in e.items() if k not in RUN_KEYS} for m, e in report["methods"].items()}
+    record = {**{k: v for k, v in report.items() if k != "methods"},
+              "methods": {m: {k: e[k] for k in RUN_KEYS if k in e} for m, e in report["methods"].items()}}
+    write_metrics(report_path, {"methods": numbers}, record)
     return report
 
 

@@ -57,9 +57,25 @@ PINNED_SHA256 = {
 
 
 @dataclasses.dataclass
+class SyntheticConfig:  # data.source: synthetic (smoke profile): tsrec.synthetic.make_dataset's arguments
+    n_items: int = 60
+    n_users: int = 40
+    codes: int = 8
+    max_len: int = 6
+    seed: int = 0
+
+    def validate(self) -> None:
+        if min(self.n_items, self.n_users, self.codes, self.max_len) < 1:
+            raise ValueError("synthetic n_items, n_users, codes and max_len must be >= 1")
+        if self.codes ** 3 < self.n_items:
+            raise ValueError(f"synthetic: {self.codes}^3 SIDs cannot hold {self.n_items} items")
+
+
+@dataclasses.dataclass
 class DataConfig:
     datasets: list[str] = dataclasses.field(default_factory=lambda: list(DATASETS))
-    source: Literal["mirror", "download"] = "mirror"
+    source: Literal["mirror", "download", "synthetic"] = "mirror"  # synthetic: tsrec.synthetic, any dataset name
+    synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
     mirror: str = "../shared/datasets"  # $TSREC_MIRROR overrides
     commit: str = MINIONEREC_COMMIT
     download_cache: str = "cache/downloads"
@@ -419,6 +435,12 @@ def run(args, params) -> None:
         print(json.dumps(card["counts"]))
         return
     for ds in args.dataset or cfg.datasets:
-        card = build_dataset(cfg, ds, out_root)
+        if cfg.source == "synthetic":
+            from tsrec.synthetic import make_dataset
+
+            make_dataset(out_root / ds, **dataclasses.asdict(cfg.synthetic))
+            card = json.loads((out_root / ds / "card.json").read_text(encoding="utf-8"))
+        else:
+            card = build_dataset(cfg, ds, out_root)
         log.info("%s: %s (%s)", ds, card["counts"], card["protocol"])
         print(f"{ds}: protocol={card['protocol']} " + " ".join(f"{k}={v}" for k, v in card["counts"].items()))

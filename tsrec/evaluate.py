@@ -5,7 +5,8 @@ SIDs (``tsrec.decoding``); the row's rank is the 0-based position of the TARGET'
 stands for all items sharing it, as in the reference implementations), -1 if absent.
 
 Outputs (test split; the valid split writes ``metrics_valid.json`` / ``ranks_valid.parquet``):
-  results/<DS>/<variant>/metrics.json        dvc metrics: HR@K/NDCG@K, rows, subsample, beams, timing, command
+  results/<DS>/<variant>/metrics.json        dvc metrics: HR@K/NDCG@K, row and output counts, timing (numbers only)
+  results/<DS>/<variant>/run.json            its run record: split, subsample, beams, precision, model, index, command
   artifacts/<DS>/eval/<variant>/ranks.parquet  one row per evaluated row (for paired tests)
 """
 
@@ -37,6 +38,10 @@ from tsrec.io import atomic_dir, sha256_file, write_json
 from tsrec.precision import Precision, autocast, resolve as resolve_precision
 
 log = logging.getLogger(__name__)
+
+# counts and timings of evaluate_rows' summary that go to the metrics file (the rest: the run record)
+METRIC_COUNTS = ("invalid_outputs", "duplicate_outputs", "rows_with_fewer_than_B_sids", "target_not_in_top_B",
+                 "prompt_tokens_mean", "wall_time_s", "rows_per_s")
 
 
 @dataclasses.dataclass
@@ -185,9 +190,11 @@ def command_line(args, params) -> str:
     return shlex.join(parts)
 
 
-def commit_outputs(metrics_file: Path, result: dict, eval_dir: Path, ranks_name: str, ranks_df) -> None:
-    """metrics.json is the commit record of both outputs: it goes first, the ranks are written, then it comes
-    back holding the ranks' sha256. A kill in between leaves no metrics (DVC reruns), never a mismatched pair."""
+def commit_outputs(metrics_file: Path, numbers: dict, record: dict, eval_dir: Path, ranks_name: str,
+                   ranks_df) -> None:
+    """metrics.json is the commit record of all outputs: it goes first, the ranks are written, then the run
+    record (holding the ranks' sha256) and the metrics come back. A kill in between leaves no metrics (DVC
+    reruns), never a mismatched pair."""
     metrics_file.unlink(missing_ok=True)
     eval_dir.parent.mkdir(parents=True, exist_ok=True)
     keep = [p for p in eval_dir.glob("ranks*.parquet") if p.name != ranks_name] if eval_dir.is_dir() else []
@@ -195,15 +202,17 @@ def commit_outputs(metrics_file: Path, result: dict, eval_dir: Path, ranks_name:
         for p in keep:  # the other split's ranks survive
             (tmp / p.name).write_bytes(p.read_bytes())
         ranks_df.to_parquet(tmp / ranks_name, index=False)
-    result = {**result, "ranks": {"path": str(eval_dir / ranks_name), "sha256": sha256_file(eval_dir / ranks_name)}}
-    write_json(metrics_file, json.loads(json.dumps(result, default=str)))
+    record = {**record, "ranks": {"path": str(eval_dir / ranks_name), "sha256": sha256_file(eval_dir / ranks_name)}}
+    metrics.write_metrics(metrics_file, numbers, record)
 
 
 def check_ranks(ranks_file: Path, metrics_file: Path) -> None:
-    """Refuse ranks that are not the ones their metrics file was committed with."""
+    """Refuse ranks that are not the ones their metrics file was committed with (sha256 in its run record)."""
     if not metrics_file.is_file():
         return
-    want = (json.loads(metrics_file.read_text(encoding="utf-8")).get("ranks") or {}).get("sha256")
+    record = metrics.run_path(metrics_file)
+    source = record if record.is_file() else metrics_file
+    want = (json.loads(source.read_text(encoding="utf-8")).get("ranks") or {}).get("sha256")
     if want and sha256_file(ranks_file) != want:
         raise TsrecError(f"ranks differ from the ones {metrics_file} was written with (rerun tsrec evaluate)",
                          file=ranks_file, field="sha256")
@@ -286,13 +295,17 @@ def run(args, params) -> None:
                                       precision=precision)
     if summary["invalid_outputs"] or summary["duplicate_outputs"]:
         log.error("invalid or duplicate outputs: %d / %d", summary["invalid_outputs"], summary["duplicate_outputs"])
-    result = {
+    # metrics file: numbers a user compares (dvc metrics show/diff); the run record beside it: the rest
+    numbers = {
         **summary["metrics"],
-        "dataset": ds, "variant": variant, "split": cfg.split,
         "n_rows": len(rows), "n_rows_split": len(split_df),
+        **{k: summary[k] for k in METRIC_COUNTS},
+    }
+    result = {
+        "dataset": ds, "variant": variant, "split": cfg.split,
         "subsample": None if len(rows) == len(split_df) else {"n": len(rows), "seed": seed},
         "beams": cfg.beams, "batch_size": cfg.batch_size, "precision_requested": cfg.precision,
-        **{k: v for k, v in summary.items() if k not in ("metrics", "n_rows")},
+        **{k: v for k, v in summary.items() if k not in ("metrics", "n_rows", *METRIC_COUNTS)},
         "decoding": "constrained beam search, exact HF semantics (length_penalty=0, full-vocab log-softmax, "
                     "SID then EOS); rank of the target's SID",
         "model": {"source": source, "meta": meta},
@@ -304,8 +317,8 @@ def run(args, params) -> None:
         "command": command_line(args, params),
     }
     metrics_file = Path(args.results) / ds / variant / f"metrics{suffix}.json"
-    commit_outputs(metrics_file, result, Path(args.artifacts) / ds / "eval" / variant, f"ranks{suffix}.parquet",
-                   ranks_df)
+    commit_outputs(metrics_file, numbers, result, Path(args.artifacts) / ds / "eval" / variant,
+                   f"ranks{suffix}.parquet", ranks_df)
     m = summary["metrics"]
-    print(f"{ds}/{variant} {cfg.split} n={len(rows)}" + (" (SUBSAMPLE)" if result["subsample"] else "") + ": "
+    print(f"{ds}/{variant} {cfg.split} n={len(rows)}" + (" (SUBSAMPLE)" if numbers["n_rows"] < len(split_df) else "") + ": "
           + " ".join(f"{k}={m[k]:.4f}" for k in m) + f" | {summary['rows_per_s']} rows/s -> {metrics_file}")

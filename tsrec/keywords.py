@@ -34,6 +34,7 @@ from tsrec.data import DataConfig, _mirror_sums, load_index, load_items, verify
 from tsrec.embed import EmbedConfig, clean_text, embeddings_path, encode_texts, item_text, load_embeddings
 from tsrec.errors import ParamError, TsrecError
 from tsrec.io import sha256_json, write_json
+from tsrec.metrics import is_run_record, read_with_run, write_metrics
 from tsrec.teachers import (PROMPT_VERSION, Cluster, CtfidfConfig, CtfidfTeacher, HFConfig, HFTeacher, OpenAIConfig,
                              OpenAITeacher, Teacher, parse_answer)
 
@@ -399,7 +400,9 @@ def write_table(results_dir: Path) -> Path:
     rows = ["| dataset | teacher | tokens | failed | kw own | kw random | kw gap | desc own | desc random | desc gap |"
             " s/token |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for f in sorted(results_dir.glob("*.json")):
-        res = json.loads(f.read_text())
+        if is_run_record(f):
+            continue
+        res = {"dataset": f.name.split(".")[0], **read_with_run(f)}
         for t, r in sorted(res.get("teachers", {}).items()):
             k, d = r["coherence"]["keywords"], r["coherence"]["description"]
             spt = r.get("seconds_per_token")
@@ -432,7 +435,7 @@ def run_dataset(params: dict, ds: str, teachers: Sequence[str], limit: int | Non
                               desc_chars=cfg.desc_chars)
     texts = item_texts(items)
     res_file = results_file(params, ds, optional)
-    results = json.loads(res_file.read_text()) if res_file.is_file() else {"dataset": ds, "teachers": {}}
+    results = read_with_run(res_file) if res_file.is_file() else {"dataset": ds, "teachers": {}}
     failures: dict[str, list[str]] = {}
     if limit is None:  # entries of teachers no longer configured for this output are dropped
         results["teachers"] = {t: r for t, r in results["teachers"].items() if t in teachers}
@@ -464,7 +467,7 @@ def run_dataset(params: dict, ds: str, teachers: Sequence[str], limit: int | Non
         results["teachers"][name] = entry
         log.info("%s %s coherence: keywords %s", ds, name, coh["keywords"])
     if limit is None:
-        write_json(res_file, results)
+        write_results(res_file, results)
         write_json(out_dir(params, ds, optional) / "report.json", results)
         write_table(res_file.parent)
     if failures and limit is None:
@@ -473,6 +476,18 @@ def run_dataset(params: dict, ds: str, teachers: Sequence[str], limit: int | Non
         raise TsrecError(f"{ds}: incomplete keyword caches, no output written for them: {summary}. "
                          "Re-run to retry only these tokens (with new seeds).")
     return results
+
+
+RUN_KEYS = ("command", "settings")  # per teacher: in the run record, not the dvc metrics file
+
+
+def write_results(res_file: Path, results: dict[str, Any]) -> None:
+    """``results/keywords/<DS>.json`` (dvc metrics: counts, coherence, timings) + its run record."""
+    teachers = results.get("teachers", {})
+    numbers = {"teachers": {t: {k: v for k, v in r.items() if k not in RUN_KEYS} for t, r in teachers.items()}}
+    record = {**{k: v for k, v in results.items() if k != "teachers"},
+              "teachers": {t: {k: r[k] for k in RUN_KEYS if k in r} for t, r in teachers.items()}}
+    write_metrics(res_file, numbers, record)
 
 
 def make_settings(name: str, params: dict) -> dict[str, Any]:

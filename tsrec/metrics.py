@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import json
-from collections.abc import Hashable, Iterable, Sequence
+import os
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from tsrec.errors import TsrecError
 
@@ -90,3 +92,60 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float 
         return mean, None
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     return mean, float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+
+
+# ---------------------------------------------------------------- metrics files: numbers only, provenance beside
+def run_path(metrics_path: str | os.PathLike) -> Path:
+    """The provenance file beside a metrics file: ``metrics*.json`` -> ``run*.json``, ``X.json`` -> ``X.run.json``."""
+    p = Path(metrics_path)
+    if p.name.startswith("metrics"):
+        return p.with_name("run" + p.name[len("metrics"):])
+    return p.with_name(f"{p.stem}.run{p.suffix}")
+
+
+def _check_numbers(obj: Any, where: str) -> None:
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            _check_numbers(v, f"{where}.{k}" if where else str(k))
+    elif obj is not None and not isinstance(obj, (int, float)):  # bool is an int
+        raise ValueError(f"metrics file value {where or '<root>'} is not a number: {obj!r} (put it in the run record)")
+
+
+def write_metrics(path: str | os.PathLike, metrics: Mapping[str, Any], run: Mapping[str, Any]) -> Path:
+    """Write a ``dvc metrics`` file holding numbers only (nested objects allowed) and, beside it
+    (``run_path``), the run record: command, params, settings, hashes, environment.
+
+    Each file is written atomically; the run record first, so a metrics file never exists without the
+    record of the run that made it. ``dvc metrics show/diff`` then print only comparable numbers.
+    Returns the run record's path.
+    """
+    from tsrec.io import write_json
+
+    _check_numbers(metrics, "")
+    rec = run_path(path)
+    write_json(rec, json.loads(json.dumps(run, default=str)))
+    write_json(path, dict(metrics))
+    return rec
+
+
+def _merge(a: dict, b: Mapping) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, Mapping) else v
+    return out
+
+
+def read_with_run(path: str | os.PathLike) -> dict[str, Any]:
+    """A metrics file merged (deeply) with its run record, if any: the full record of one run."""
+    path = Path(path)
+    merged = json.loads(path.read_text(encoding="utf-8"))
+    rec = run_path(path)
+    if rec.is_file():
+        merged = _merge(merged, json.loads(rec.read_text(encoding="utf-8")))
+    return merged
+
+
+def is_run_record(path: str | os.PathLike) -> bool:
+    """True for a run record written by ``write_metrics`` (``run*.json``, ``*.run.json``)."""
+    name = Path(path).name
+    return name.endswith(".run.json") or (name.startswith("run") and name.endswith(".json"))

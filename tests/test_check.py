@@ -1,0 +1,54 @@
+"""tsrec check: expected-metrics regression check on small hand-made metrics files."""
+
+import json
+
+from tsrec.cli import main
+from tsrec.io import write_json
+
+
+def _results(root, hr10=0.25, with_sft=True):
+    write_json(root / "DS" / "tsrec" / "metrics.json", {"HR@10": hr10, "NDCG@10": 0.125, "n_rows": 40, "wall_time_s": 3.2})
+    write_json(root / "DS" / "tsrec" / "run.json", {"command": "tsrec evaluate", "HR@10": "not a metric file"})
+    if with_sft:
+        write_json(root / "DS" / "sft" / "metrics.json", {"HR@10": 0.2, "NDCG@10": 0.1, "n_rows": 40})
+    write_json(root / "DS" / "baselines" / "pop.json", {"metrics": {"HR@10": 0.1}, "command": "x"})  # older scheme
+
+
+def test_write_then_check_passes(tmp_path, capsys):
+    _results(tmp_path / "r")
+    exp = tmp_path / "expected.json"
+    assert main(["check", "--results", str(tmp_path / "r"), "--expected", str(exp), "--write-expected"]) == 0
+    saved = json.loads(exp.read_text())
+    assert saved["metrics"]["DS/tsrec/metrics.json"] == {"HR@10": 0.25, "NDCG@10": 0.125, "n_rows": 40}
+    assert saved["metrics"]["DS/baselines/pop.json"] == {"HR@10": 0.1} and "DS/tsrec/run.json" not in saved["metrics"]
+    capsys.readouterr()
+    assert main(["check", "--results", str(tmp_path / "r"), "--expected", str(exp)]) == 0
+    assert "check ok: 7 metrics in 3 files" in capsys.readouterr().out
+
+
+def test_regression_missing_metric_and_higher_value_fail_with_a_table(tmp_path, capsys):
+    _results(tmp_path / "r")
+    exp = tmp_path / "expected.json"
+    assert main(["check", "--results", str(tmp_path / "r"), "--expected", str(exp), "--write-expected"]) == 0
+    _results(tmp_path / "worse", hr10=0.2, with_sft=False)
+    capsys.readouterr()
+    assert main(["check", "--results", str(tmp_path / "worse"), "--expected", str(exp)]) == 2
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0].split() == ["Path", "Metric", "Expected", "Got", "Change", "Status"]
+    assert ["DS/tsrec/metrics.json", "HR@10", "0.25", "0.2", "-0.05", "REGRESSION"] in [ln.split() for ln in lines]
+    assert ["DS/sft/metrics.json", "HR@10", "0.2", "-", "-", "MISSING", "FILE"] in [ln.split() for ln in lines]
+    assert "4 of 7 metrics" in err and "REGRESSION" in err
+    # within the tolerance: fine; higher than expected fails unless --allow-better
+    _results(tmp_path / "better", hr10=0.3)
+    assert main(["check", "--results", str(tmp_path / "better"), "--expected", str(exp), "--tolerance", "0.1"]) == 0
+    assert main(["check", "--results", str(tmp_path / "better"), "--expected", str(exp)]) == 2
+    assert "CHANGED (higher)" in capsys.readouterr().out
+    assert main(["check", "--results", str(tmp_path / "better"), "--expected", str(exp), "--allow-better"]) == 0
+
+
+def test_bad_expected_file_is_a_one_line_error(tmp_path, capsys):
+    exp = tmp_path / "expected.json"
+    exp.write_text(json.dumps({"tolerance": -1, "metrics": {"a.json": {"HR@10": 0.1}}}))
+    assert main(["check", "--expected", str(exp)]) == 2
+    assert "tolerance" in capsys.readouterr().err

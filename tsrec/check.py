@@ -1,0 +1,169 @@
+"""check: compare a run's metrics files with a committed expected file; fail on any regression.
+
+``tsrec check --results results --expected results/smoke/expected.json`` reads every metric the expected
+file lists (HR@K / NDCG@K and row counts, per metrics file under ``--results``), prints a
+``dvc metrics diff``-style table (path | metric | expected | got | change | status) and exits 2 when a
+metric or file is missing, when a quality metric (HR/NDCG) is lower than expected by more than the
+tolerance, or when a count differs. A quality metric HIGHER than expected past the tolerance also fails
+(the run did not reproduce the expected numbers) unless ``--allow-better``.
+
+``--write-expected`` writes the expected file from the metrics under ``--results`` instead (run it right
+after the ``dvc repro`` that produced them; the file records the command and tolerance).
+
+Expected file: ``{"tolerance": abs, "command": ..., "metrics": {"<path under results>": {"HR@10": x, ...}}}``.
+A metrics file may hold a metric at the top level or (older baseline files) under ``metrics``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from tsrec.errors import TsrecError
+from tsrec.io import write_json
+from tsrec.metrics import is_run_record
+
+log = logging.getLogger(__name__)
+
+QUALITY = re.compile(r"^(HR|NDCG|Recall)@\d+$")  # higher is better
+COUNTS = ("n_rows", "invalid_outputs", "duplicate_outputs")  # must match exactly
+DEFAULT_TOLERANCE = 1e-9  # same seed, precision and threads -> the same numbers (only float printing left)
+
+
+def metrics_files(results: Path) -> list[Path]:
+    """The recommendation metrics files under ``results``: ``<DS>/<variant>/metrics.json``, ``<DS>/baselines/*.json``."""
+    files = [*results.glob("*/*/metrics.json"), *results.glob("*/baselines/*.json")]
+    return sorted(f for f in files if not is_run_record(f))
+
+
+def read_values(path: Path) -> dict[str, float]:
+    """The comparable numbers of one metrics file (top level, else under ``metrics``)."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise TsrecError(f"invalid JSON: {exc.msg}", file=path, line=exc.lineno) from exc
+    if not isinstance(raw, dict):
+        raise TsrecError("expected a JSON object", file=path)
+    out: dict[str, float] = {}
+    for block in (raw.get("metrics") if isinstance(raw.get("metrics"), dict) else {}, raw):
+        for k, v in block.items():
+            if (QUALITY.match(k) or k in COUNTS) and isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[k] = v
+    return out
+
+
+def collect(results: Path) -> dict[str, dict[str, float]]:
+    return {f.relative_to(results).as_posix(): read_values(f) for f in metrics_files(results)}
+
+
+def compare(expected: dict[str, dict[str, float]], results: Path, tolerance: float,
+            allow_better: bool = False) -> list[dict[str, Any]]:
+    """One row per expected metric: expected, got, change, status (ok | REGRESSION | CHANGED | MISSING)."""
+    rows = []
+    for rel, want in sorted(expected.items()):
+        path = results / rel
+        got_all = read_values(path) if path.is_file() else None
+        for key, exp in sorted(want.items(), key=lambda kv: _order(kv[0])):
+            got = None if got_all is None else got_all.get(key)
+            row = {"path": rel, "metric": key, "expected": exp, "got": got, "change": None}
+            if got is None:
+                row["status"] = "MISSING" + (" FILE" if got_all is None else "")
+            else:
+                change = got - exp
+                row["change"] = change
+                if abs(change) <= tolerance:
+                    row["status"] = "ok"
+                elif QUALITY.match(key):
+                    row["status"] = "REGRESSION" if change < 0 else ("better" if allow_better else "CHANGED (higher)")
+                else:
+                    row["status"] = "CHANGED"
+            rows.append(row)
+    return rows
+
+
+def _order(key: str) -> tuple:
+    m = re.match(r"^([A-Za-z]+)@(\d+)$", key)
+    return (0, int(m.group(2)), m.group(1)) if m else (1, 0, key)
+
+
+def failed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r["status"] not in ("ok", "better")]
+
+
+def render(rows: list[dict[str, Any]], show_all: bool = False) -> str:
+    """``dvc metrics diff``-style table of the rows that differ (all rows with ``show_all``)."""
+    def fmt(v: Any, signed: bool = False) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, int) and not signed:
+            return str(v)
+        return f"{v:+.6g}" if signed else f"{v:.6g}"
+
+    shown = rows if show_all else [r for r in rows if r["status"] != "ok"]
+    table = [("Path", "Metric", "Expected", "Got", "Change", "Status")]
+    table += [(r["path"], r["metric"], fmt(r["expected"]), fmt(r["got"]), fmt(r["change"], True), r["status"])
+              for r in shown]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
+
+
+def load_expected(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise TsrecError("expected metrics file not found", file=path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise TsrecError(f"invalid JSON: {exc.msg}", file=path, line=exc.lineno) from exc
+    metrics = raw.get("metrics") if isinstance(raw, dict) else None
+    if not isinstance(metrics, dict) or not metrics:
+        raise TsrecError("no 'metrics' object of <path> -> {metric: value}", file=path, field="metrics")
+    for rel, want in metrics.items():
+        if not isinstance(want, dict) or not all(isinstance(v, (int, float)) for v in want.values()):
+            raise TsrecError("expected an object of metric -> number", file=path, field=f"metrics.{rel}")
+    tol = raw.get("tolerance", DEFAULT_TOLERANCE)
+    if not isinstance(tol, (int, float)) or tol < 0 or math.isnan(tol):
+        raise TsrecError(f"tolerance must be a number >= 0, got {tol!r}", file=path, field="tolerance")
+    return raw
+
+
+# ---------------------------------------------------------------- CLI
+def add_arguments(p) -> None:
+    p.add_argument("--results", default="results", help="results root the metrics files are under (default: results)")
+    p.add_argument("--expected", required=True, help="committed expected metrics JSON")
+    p.add_argument("--tolerance", type=float, help="absolute tolerance (default: the expected file's)")
+    p.add_argument("--allow-better", action="store_true", help="HR/NDCG above expected past the tolerance pass")
+    p.add_argument("--all", action="store_true", help="show every compared metric, not only those that differ")
+    p.add_argument("--write-expected", action="store_true",
+                   help="write --expected from the metrics under --results (after the run that made them)")
+    p.add_argument("--note", default="", help="with --write-expected: how the results were produced")
+
+
+def run(args, params) -> None:
+    results, expected_path = Path(args.results), Path(args.expected)
+    if args.write_expected:
+        found = {rel: v for rel, v in collect(results).items() if v}
+        if not found:
+            raise TsrecError("no metrics files with HR/NDCG found under the results folder", file=results)
+        tol = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
+        write_json(expected_path, {"tolerance": tol, "note": args.note,
+                                   "command": "tsrec " + " ".join(sys.argv[1:]), "metrics": found})
+        n = sum(len(v) for v in found.values())
+        print(f"wrote {expected_path}: {n} metrics from {len(found)} files, tolerance {tol:g}")
+        return
+    exp = load_expected(expected_path)
+    tol = exp.get("tolerance", DEFAULT_TOLERANCE) if args.tolerance is None else args.tolerance
+    rows = compare(exp["metrics"], results, tol, args.allow_better)
+    bad = failed(rows)
+    if bad or args.all or any(r["status"] != "ok" for r in rows):
+        print(render(rows, show_all=args.all))
+    files = len(exp["metrics"])
+    if bad:
+        kinds = sorted({r["status"] for r in bad})
+        raise TsrecError(f"{len(bad)} of {len(rows)} metrics in {files} files do not match {expected_path} "
+                         f"(tolerance {tol:g}): {', '.join(kinds)}")
+    print(f"check ok: {len(rows)} metrics in {files} files match {expected_path} (tolerance {tol:g})")
