@@ -188,7 +188,7 @@ def test_metrics_and_ranks_commit_together(tiny_dataset, tiny_eval_model, tmp_pa
     assert evaluate(10) == 0
     from tsrec.io import sha256_file
 
-    assert json.loads(mfile.read_text())["ranks"]["sha256"] == sha256_file(rfile)
+    assert json.loads((res / "DS/tiny/run.json").read_text())["ranks"]["sha256"] == sha256_file(rfile)
     old_ranks = rfile.read_bytes()
 
     def killed(*a, **kw):  # stands in for a kill while the ranks are written
