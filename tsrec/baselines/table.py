@@ -78,6 +78,11 @@ def _read(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def _as_list(value) -> list:
+    """Per-seed fields are lists; files of the earlier single-run format hold one value."""
+    return value if isinstance(value, list) else [] if value is None else [value]
+
+
 def our_rows(results: Path, ds: str) -> pd.DataFrame:
     """One row per method: SID-level metrics (top-level keys), item-level ones (``item/``), and for baselines
     the 95 % t half-widths over seeds (``<metric> ci``), valid NDCG@10, epochs and stopping reasons."""
@@ -96,8 +101,8 @@ def our_rows(results: Path, ds: str) -> pd.DataFrame:
                 if src.startswith("baseline:"):
                     row.update({"unit": rec.get("native_unit"), "runs": rec.get("n_runs"),
                                 "valid NDCG@10": rec.get("valid_NDCG@10", rec.get("best_valid_NDCG@10")),
-                                "epochs": "/".join(str(e) for e in rec.get("epochs") or [] if e is not None) or None,
-                                "stopped": "/".join(sorted({s for s in rec.get("stopped") or [] if s})) or None,
+                                "epochs": "/".join(str(e) for e in _as_list(rec.get("epochs")) if e is not None) or None,
+                                "stopped": "/".join(sorted({s for s in _as_list(rec.get("stopped")) if s})) or None,
                                 "partial": bool(rec.get("max_rows") or rec.get("tuning_restricted_to"))})
                 else:
                     row.update(unit="sid", runs=1)
