@@ -76,8 +76,6 @@ class TrainConfig:
             raise ValueError("epochs must be > 0 (or max_steps > 0)")
         if self.threads < 0:
             raise ValueError("threads must be >= 0")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
 
 
 # ---------------------------------------------------------------- variants
