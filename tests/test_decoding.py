@@ -190,3 +190,57 @@ def test_grouped_query_attention_model_matches_hf(tiny_backbone):
     ref = reference_beam_search(model, ids, mask, trie, num_beams=12)
     assert torch.equal(ours.sid_ids, ref.sid_ids)
     torch.testing.assert_close(ours.scores, ref.scores, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("shared_prefix", [True, False])
+def test_suffix_before_eos_matches_hf_generate(tiny_sid, shared_prefix):
+    """A trie with the authors' "\\n" between SID and EOS: the suffix is forced, scored, and the ranking
+    equals HF generate's; the scores differ from the EOS-only trie's by the suffix's log-probs."""
+    model, tok = tiny_sid
+    index = random_index(60, codes=8, seed=3)
+    trie = SidTrie.from_index(index, tok, suffix="\n")
+    nl = tok("\n", add_special_tokens=False)["input_ids"]
+    assert trie.end == (*nl, tok.eos_token_id) and len(trie.end) >= 2
+    sid = trie.sids[0]
+    assert trie.allowed(sid) == [nl[0]] and trie.allowed((*sid, nl[0])) == ([nl[1]] if len(nl) > 1 else [tok.eos_token_id])
+    assert trie.allowed((*sid, tok.eos_token_id)) == []  # EOS straight after the SID is not allowed
+    ids, mask = left_pad(encode(tok, random_prompts(tok, 4, 5)), tok.pad_token_id)
+    ref = reference_beam_search(model, ids, mask, trie, num_beams=10)
+    ours = beam_search(model, ids, mask, trie, num_beams=10, shared_prefix=shared_prefix)
+    assert torch.equal(ours.sid_ids, ref.sid_ids)
+    torch.testing.assert_close(ours.scores, ref.scores, rtol=0, atol=1e-4)
+    plain = beam_search(model, ids, mask, SidTrie.from_index(index, tok), num_beams=10)
+    assert not torch.allclose(plain.scores, ours.scores)
+
+
+def test_generation_config_defaults_do_not_leak(tiny_sid, tmp_path):
+    """MiniOneRec's pitfall: a checkpoint whose generation_config.json samples (do_sample, top_k, ...) must
+    change neither our search nor the HF reference; a plain `generate` call does inherit it (the guard is live)."""
+    from transformers import GenerationConfig
+
+    model, tok = tiny_sid
+    trie = SidTrie.from_index(random_index(60, codes=8, seed=4), tok)
+    ids, mask = left_pad(encode(tok, random_prompts(tok, 4, 6)), tok.pad_token_id)
+    clean_ours = beam_search(model, ids, mask, trie, num_beams=8)
+    clean_ref = reference_beam_search(model, ids, mask, trie, num_beams=8)
+    hostile = GenerationConfig(do_sample=True, top_k=2, top_p=0.5, temperature=0.3, repetition_penalty=5.0,
+                               num_beams=2, length_penalty=3.0)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    hostile.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.generation_config.do_sample and loaded.generation_config.top_k == 2
+    torch.manual_seed(0)
+    ours = beam_search(loaded, ids, mask, trie, num_beams=8)
+    ref = reference_beam_search(loaded, ids, mask, trie, num_beams=8)
+    assert torch.equal(ours.sid_ids, clean_ours.sid_ids) and torch.equal(ref.sid_ids, clean_ref.sid_ids)
+    torch.testing.assert_close(ref.scores, clean_ref.scores, rtol=0, atol=1e-5)
+    assert loaded.generation_config.do_sample  # restored after the reference search
+    # without the guard, generate takes the file's options the call leaves unset (here: repetition_penalty)
+    prompt_len = ids.shape[1]
+    raw = loaded.generate(input_ids=ids, attention_mask=mask, num_beams=8, num_return_sequences=8,
+                          length_penalty=0.0, do_sample=False, max_new_tokens=trie.depth + 1,
+                          prefix_allowed_tokens_fn=lambda _b, s: trie.allowed(s[prompt_len:].tolist()),
+                          eos_token_id=trie.eos_id, pad_token_id=trie.eos_id, output_scores=True,
+                          return_dict_in_generate=True)
+    assert not torch.allclose(raw.sequences_scores.float().view(4, 8), clean_ref.scores, atol=1e-3)

@@ -310,9 +310,22 @@ def add_sid_tokens(model, tokenizer, tokens: Iterable[str]) -> list[int]:
     New rows get the framework default init (HF ``resize_token_embeddings``, mean-resizing: samples
     from the old rows' mean/covariance); SA-Init overwrites them later. Tied embeddings stay tied.
     """
+    tokens = list(tokens)
+    ids, new = add_sid_tokens_to_tokenizer(tokenizer, tokens)
+    tied = is_tied(model)
+    n = len(tokenizer)
+    if model.get_input_embeddings().weight.shape[0] < n:
+        model.resize_token_embeddings(n, mean_resizing=True)
+    if tied and not is_tied(model):
+        model.tie_weights()
+    log.info("added %d SID tokens (%d requested); vocabulary %d", new, len(set(tokens)), n)
+    return ids
+
+
+def add_sid_tokens_to_tokenizer(tokenizer, tokens: list[str]) -> tuple[list[int], int]:
+    """The tokenizer half of ``add_sid_tokens``: (ids aligned with ``tokens``, number of tokens added)."""
     from tokenizers import AddedToken
 
-    tokens = list(tokens)
     bad = [t for t in tokens if not SID_TOKEN.match(t)]
     if bad:
         raise TsrecError(f"not SID tokens (expected <x_N>): {bad[:10]}")
@@ -321,18 +334,11 @@ def add_sid_tokens(model, tokenizer, tokens: Iterable[str]) -> list[int]:
     if new:
         tokenizer.add_tokens([AddedToken(t, special=False, normalized=False, lstrip=False, rstrip=False,
                                          single_word=False) for t in new])
-    tied = is_tied(model)
-    n = len(tokenizer)
-    if model.get_input_embeddings().weight.shape[0] < n:
-        model.resize_token_embeddings(n, mean_resizing=True)
-    if tied and not is_tied(model):
-        model.tie_weights()
     ids = tokenizer.convert_tokens_to_ids(tokens)
     for t, i in zip(tokens, ids):
         if i is None or i == tokenizer.unk_token_id or tokenizer.convert_ids_to_tokens(i) != t:
             raise TsrecError(f"SID token {t!r} did not become a single token")
-    log.info("added %d SID tokens (%d requested); vocabulary %d", len(new), len(set(tokens)), n)
-    return list(ids)
+    return list(ids), len(new)
 
 
 # ---------------------------------------------------------------- fine-tuning mode

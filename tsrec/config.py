@@ -130,6 +130,16 @@ def from_dict(cls: type[T], raw: Any, where: str, file: str = DEFAULT_PARAMS) ->
     return obj
 
 
+def deep_merge(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` merged in (mappings recursively, anything else replaced); inputs untouched."""
+    import copy
+
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
 def section(params: dict[str, Any], name: str, cls: type[T]) -> T:
     """Typed view of ``params[name]``; a ``validate()`` method on ``cls`` may raise ValueError."""
     return from_dict(cls, params.get(name), name, params.get("_path", DEFAULT_PARAMS))

@@ -2,12 +2,13 @@
 
 ``SidTrie`` is the prefix trie over the SIDs of the index in use, compiled to tensors: at depth ``d``,
 ``child_tok[d][node]`` lists the token ids that extend the prefix ``node`` (padded with -1) and
-``child_node[d][node]`` the nodes they lead to. EOS is the only token allowed after a full SID.
+``child_node[d][node]`` the nodes they lead to. After a full SID only its fixed end is allowed: the
+tokens of ``suffix`` (the training responses' text before EOS, e.g. the authors' "\n"), then EOS.
 
 ``beam_search`` reproduces HF ``generate(num_beams=B, num_return_sequences=B, length_penalty=0.0,
 do_sample=False, max_new_tokens=depth + 1, prefix_allowed_tokens_fn=trie.allowed)`` (``reference_beam_search``):
 every step scores ``log_softmax`` over the FULL vocabulary, then masks to the allowed tokens, and a beam's
-score is the sum of its token log-probs (EOS included). With no EOS before a full SID and a fixed SID
+score is the sum of its token log-probs (suffix and EOS included). With no EOS before a full SID and a fixed SID
 length, HF's early stopping never triggers before the last step, so the search is plain top-B beam search.
 What it does differently, for speed only:
   * the prompt is prefilled ONCE per prompt (HF prefills B identical copies), and its KV cache is then
@@ -39,7 +40,7 @@ class SidTrie:
     """Prefix trie over fixed-length SIDs (token id tuples), compiled to per-depth lookup tables."""
 
     def __init__(self, sids: Sequence[Sequence[int]], eos_id: int, *, names: Sequence[str] | None = None,
-                 items: Sequence[Sequence[int]] | None = None):
+                 items: Sequence[Sequence[int]] | None = None, suffix: Sequence[int] = ()):
         if not sids:
             raise TsrecError("cannot build a SID trie from an empty index")
         depths = {len(s) for s in sids}
@@ -47,6 +48,7 @@ class SidTrie:
             raise TsrecError(f"SIDs must all have the same length, got lengths {sorted(depths)}")
         self.depth = depths.pop()
         self.eos_id = int(eos_id)
+        self.end = (*map(int, suffix), self.eos_id)  # the forced tokens after a full SID
         names = list(names) if names is not None else ["".join(map(str, s)) for s in sids]
         items = [list(i) for i in items] if items is not None else [[k] for k in range(len(sids))]
         # leaves (SID ids) in sorted token order, so children appear in token-id order at every node
@@ -56,8 +58,8 @@ class SidTrie:
         self.items = [items[k] for k in order]
         if len(set(self.sids)) != len(self.sids):
             raise TsrecError("duplicate SIDs given to SidTrie; group colliding items first (SidTrie.from_index)")
-        if self.eos_id in {t for s in self.sids for t in s}:
-            raise TsrecError("EOS token id is also a SID token id")
+        if set(self.end) & {t for s in self.sids for t in s}:
+            raise TsrecError("EOS (or a suffix token) is also a SID token id")
         # node ids per depth: depth d nodes are the distinct length-d prefixes; leaves (depth D) are SID ids
         self._node_of: list[dict[tuple[int, ...], int]] = [{(): 0}]
         for d in range(1, self.depth + 1):
@@ -80,8 +82,9 @@ class SidTrie:
             self.child_node.append(node)
 
     @classmethod
-    def from_index(cls, index: Mapping[int, Sequence[str]], tokenizer) -> "SidTrie":
-        """Trie over an item -> SID-token index; colliding items share one SID (one leaf)."""
+    def from_index(cls, index: Mapping[int, Sequence[str]], tokenizer, suffix: str = "") -> "SidTrie":
+        """Trie over an item -> SID-token index; colliding items share one SID (one leaf). ``suffix``: the
+        text training put between a SID and EOS (``tasks.prompts.eos_suffix``), tokenized as training did."""
         groups: dict[tuple[str, ...], list[int]] = {}
         for item, toks in sorted(index.items()):
             groups.setdefault(tuple(toks), []).append(int(item))
@@ -93,7 +96,15 @@ class SidTrie:
         if tokenizer.eos_token_id is None:
             raise TsrecError("tokenizer has no EOS token")
         sids = [[vocab[t] for t in toks] for toks in groups]
-        trie = cls(sids, tokenizer.eos_token_id, names=["".join(t) for t in groups], items=list(groups.values()))
+        suffix_ids: list[int] = []
+        if suffix:  # training tokenized "<a_..><b_..><c_..>" + suffix in one piece
+            first = next(iter(groups))
+            joint = tokenizer("".join(first) + suffix, add_special_tokens=False)["input_ids"]
+            if joint[:len(first)] != sids[0]:
+                raise TsrecError(f"suffix {suffix!r} merges with the SID tokens when tokenized")
+            suffix_ids = joint[len(first):]
+        trie = cls(sids, tokenizer.eos_token_id, names=["".join(t) for t in groups], items=list(groups.values()),
+                   suffix=suffix_ids)
         n_shared = sum(len(v) > 1 for v in groups.values())
         log.info("SID trie: %d items, %d distinct SIDs (%d shared by several items), depth %d",
                  len(index), len(groups), n_shared, trie.depth)
@@ -107,11 +118,12 @@ class SidTrie:
         return self._node_of[self.depth].get(tuple(int(t) for t in tokens))
 
     def allowed(self, prefix: Sequence[int]) -> list[int]:
-        """Tokens allowed after ``prefix`` (generated ids so far): SID continuations, EOS after a full SID."""
+        """Tokens allowed after ``prefix`` (generated ids so far): SID continuations, then the fixed end."""
         prefix = tuple(int(t) for t in prefix)
         d = len(prefix)
-        if d == self.depth and prefix in self._node_of[d]:
-            return [self.eos_id]
+        if self.depth <= d < self.depth + len(self.end) and prefix[:self.depth] in self._node_of[self.depth]:
+            done = d - self.depth
+            return [self.end[done]] if prefix[self.depth:] == self.end[:done] else []
         if d < self.depth and prefix in self._node_of[d]:
             row = self.child_tok[d][self._node_of[d][prefix]]
             return row[row >= 0].tolist()
@@ -223,16 +235,25 @@ def beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, tr
     score = torch.zeros((n, 1), dtype=torch.float32, device=dev)
     rows = torch.arange(n, device=dev)[:, None]
     with _attention(model, SHARED_PREFIX_ATTN) if shared_prefix else contextlib.nullcontext():
-        for d in range(trie.depth + 1):
+        for d in range(trie.depth + len(trie.end)):
             k = node.shape[1]
             logp = torch.log_softmax(logits, dim=-1).view(n, k, -1)  # full-vocabulary normalisation, as HF
-            if d == trie.depth:  # only EOS is allowed after a full SID
-                final = score + logp[..., trie.eos_id]
-                final, order = final.sort(dim=1, descending=True, stable=True)
-                sid_ids = node.gather(1, order).masked_fill(~torch.isfinite(final), -1)
-                pad = B - k  # fewer live beams than B (tiny tries): pad to a fixed width
-                return BeamResult(sid_ids=torch.nn.functional.pad(sid_ids, (0, pad), value=-1),
-                                  scores=torch.nn.functional.pad(final, (0, pad), value=float("-inf")))
+            if d >= trie.depth:  # after a full SID only its fixed end (suffix, then EOS) is allowed
+                forced = trie.end[d - trie.depth]
+                score = score + logp[..., forced]
+                if d == trie.depth + len(trie.end) - 1:  # EOS: the beams are complete
+                    final, order = score.sort(dim=1, descending=True, stable=True)
+                    sid_ids = node.gather(1, order).masked_fill(~torch.isfinite(final), -1)
+                    pad = B - k  # fewer live beams than B (tiny tries): pad to a fixed width
+                    return BeamResult(sid_ids=torch.nn.functional.pad(sid_ids, (0, pad), value=-1),
+                                      scores=torch.nn.functional.pad(final, (0, pad), value=float("-inf")))
+                # every beam takes the same forced token: no reordering
+                if mask is not None:
+                    mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+                pos = (next_pos[:, None] + d).expand(-1, k).reshape(-1, 1)
+                new_tok = torch.full((n * k, 1), forced, dtype=torch.long, device=dev)
+                logits = _last_logits(model, new_tok, mask, pos, cache, **extra)
+                continue
             tok = trie.child_tok[d].to(dev)[node]                      # [n, k, C]
             cand = score[..., None] + logp.gather(-1, tok.clamp(min=0))
             cand = cand.masked_fill(tok < 0, float("-inf")).view(n, -1)
@@ -266,33 +287,57 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | 
     return ids.to(device), mask.to(device)
 
 
+@contextlib.contextmanager
+def library_generation_defaults(model):
+    """Run HF ``generate`` with the library's defaults instead of the model's ``generation_config``.
+
+    ``generate`` fills every option its caller leaves unset from ``model.generation_config``, i.e. from a
+    checkpoint's generation_config.json (do_sample, temperature, top_k, top_p, repetition_penalty, ...).
+    That silently turned MiniOneRec's constrained beam search into beam sampling for users whose
+    checkpoint set do_sample; inside this block the model's file has no say. (``beam_search`` never
+    calls ``generate`` and reads no generation config.)
+    """
+    from transformers import GenerationConfig
+
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
 @torch.inference_mode()
 def reference_beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, trie: SidTrie,
                           num_beams: int = 20) -> BeamResult:
     """The reference: HF ``generate`` beam search with a Python ``prefix_allowed_tokens_fn`` over ``trie``.
 
     Settings for exact beam semantics: ``length_penalty=0.0`` (score = sum of log-probs), ``do_sample=False``,
-    ``max_new_tokens=depth + 1`` (SID + EOS), ``early_stopping=True`` (all beams finish together at the EOS
+    ``max_new_tokens=depth + len(trie.end)`` (SID + suffix + EOS), ``early_stopping=True`` (all beams finish together at the EOS
     step, so this flag cannot change the result). HF pads the output with -1e9-scored placeholder beams when
     fewer than B valid SIDs exist; those are dropped here (sid_id -1, score -inf).
     """
+    from transformers import GenerationConfig
+
     prompt_len = input_ids.shape[1]
 
     def allowed(_batch_id: int, sent: torch.Tensor) -> list[int]:
         return trie.allowed(sent[prompt_len:].tolist())
 
-    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=num_beams,
-                         num_return_sequences=num_beams, length_penalty=0.0, do_sample=False, early_stopping=True,
-                         max_new_tokens=trie.depth + 1, prefix_allowed_tokens_fn=allowed,
-                         eos_token_id=trie.eos_id, pad_token_id=trie.eos_id,
-                         output_scores=True, return_dict_in_generate=True,
-                         temperature=None, top_p=None, top_k=None)
+    end = len(trie.end)
+    config = GenerationConfig(num_beams=num_beams, num_return_sequences=num_beams, length_penalty=0.0,
+                              do_sample=False, early_stopping=True, max_new_tokens=trie.depth + end,
+                              eos_token_id=trie.eos_id, pad_token_id=trie.eos_id, output_scores=True,
+                              return_dict_in_generate=True)
+    with library_generation_defaults(model):
+        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+                             prefix_allowed_tokens_fn=allowed)
     n = input_ids.shape[0]
     gen = out.sequences[:, prompt_len:].tolist()
     scores = out.sequences_scores.float().view(n, num_beams).clone()
     sid_ids = torch.full((n, num_beams), -1, dtype=torch.long)
     for r, seq in enumerate(gen):
-        sid = trie.sid_id(seq[:trie.depth]) if len(seq) > trie.depth and seq[trie.depth] == trie.eos_id else None
+        sid = trie.sid_id(seq[:trie.depth]) if tuple(seq[trie.depth:trie.depth + end]) == trie.end else None
         if sid is None or scores.view(-1)[r] < -1e8:
             scores.view(-1)[r] = float("-inf")
         else:
@@ -337,6 +382,8 @@ def seq2seq_beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Te
         raise ValueError("input_ids and attention_mask must both be [batch, length]")
     from transformers.modeling_outputs import BaseModelOutput
 
+    if len(trie.end) != 1:
+        raise ValueError("seq2seq_beam_search supports no suffix between the SID and EOS")
     n, B, dev = input_ids.shape[0], num_beams, input_ids.device
     enc = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [n, L, d]
     last = torch.full((n, 1), int(decoder_start_token_id), dtype=torch.long, device=dev)  # newest token per beam

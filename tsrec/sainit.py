@@ -2,7 +2,8 @@
 
 Authors' recipe (REFERENCE.md section 2): tokenize the keywords joined with spaces, look up the INPUT
 embedding rows (static table), average over all sub-word pieces, rescale to the mean L2 norm of the
-(pre-resize) table, write into the token's row. Tied embeddings stay tied, so the output-head row changes too.
+(pre-resize) table, write into the token's row. (The authors' code rescales to the mean norm of the
+CURRENT table, new rows included, row after row: ``rescale_target: current_table``.) Tied embeddings stay tied, so the output-head row changes too.
 
 Variants (params section ``sainit``): ``source`` keywords | description | both (keywords, then the
 description, in one text); ``pooling`` mean | idf (idf-weighted mean, smooth idf of each sub-word piece
@@ -34,7 +35,10 @@ class SAInitConfig:
     random: bool = False                                      # True: framework default init (ablation)
     source: Literal["keywords", "description", "both"] = "keywords"
     pooling: Literal["mean", "idf", "max", "contextual"] = "mean"
-    rescale: bool = True                                      # to the mean L2 norm of the old table
+    rescale: bool = True                                      # to the mean L2 norm of rescale_target
+    # old_rows: the pre-resize table (fixed); current_table: the authors' code, the mean over the whole
+    # table at the time each row is written (new rows included, so it drifts as rows fill; cache order)
+    rescale_target: Literal["old_rows", "current_table"] = "old_rows"
     levels: list[str] = dataclasses.field(default_factory=lambda: list(LEVELS))
     batch_size: int = 16                                      # contextual pooling: texts per forward pass
 
@@ -178,6 +182,9 @@ def sa_init(model, tokenizer, token_ids_by_token: dict[str, int], cache_records:
         log.warning("SA-Init: no SID tokens at levels %s", cfg.levels)
         return report
     records = check_cache(cache_records, list(chosen), cfg.source, known=list(token_ids_by_token))
+    if cfg.rescale and cfg.rescale_target == "current_table":  # rows are written in the cache's order
+        order = [r["token"] for r in cache_records if r["token"] in chosen]
+        chosen = {t: chosen[t] for t in order}
 
     emb = model.get_input_embeddings().weight
     tied = is_tied(model)
@@ -199,11 +206,21 @@ def sa_init(model, tokenizer, token_ids_by_token: dict[str, int], cache_records:
         states = _contextual(model, tokenizer, id_lists, cfg.batch_size)
     idf = idf_weights(id_lists) if cfg.pooling == "idf" else None
     vectors = []
+    running = cfg.rescale and cfg.rescale_target == "current_table"
+    if running:  # sum of the row norms of the live table, updated as each row is written
+        norms = table.norm(dim=1).double()
+        norm_sum = norms.sum().item()
+        targets, row_ids = [], list(chosen.values())
     for k, ids in enumerate(id_lists):
         rows = states[k] if cfg.pooling == "contextual" else table[torch.tensor(ids)]
         v = pool(rows, ids, cfg.pooling, idf)
         if cfg.rescale:
-            v = v * (target / v.norm().clamp_min(1e-12))
+            t = norm_sum / len(norms) if running else target
+            v = v * (t / v.norm().clamp_min(1e-12))
+            if running:
+                norm_sum += v.norm().item() - norms[row_ids[k]].item()
+                norms[row_ids[k]] = v.norm().item()
+                targets.append(t)
         vectors.append(v)
     with torch.no_grad():
         idx = torch.tensor(list(chosen.values()), dtype=torch.long)
@@ -213,6 +230,8 @@ def sa_init(model, tokenizer, token_ids_by_token: dict[str, int], cache_records:
             log.info("untied output head: SA-Init sets input rows only (authors' recipe)")
     if tied and not is_tied(model):
         raise TsrecError("SA-Init broke the embedding tie (internal error)")
+    if running:
+        report.update(rescale_target=cfg.rescale_target, target_norm_first_last=[targets[0], targets[-1]])
     report.update(initialised=len(chosen), target_norm=target,
                   mean_pieces=sum(len(x) for x in id_lists) / len(id_lists),
                   per_level={lv: sum(1 for t in chosen if t[1] == lv) for lv in cfg.levels})

@@ -8,8 +8,8 @@ made by the same configuration), ``plots/{train,valid}.csv`` (loss + lr, valid l
 
 from __future__ import annotations
 
-import copy
 import csv
+import math
 import dataclasses
 import json
 import logging
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from tsrec.backbone import backbone_path, index_tokens
 from tsrec.codebook import index_path
-from tsrec.config import section
+from tsrec.config import deep_merge, section
 from tsrec.data import DataConfig, load_index
 from tsrec.errors import ParamError, TsrecError
 from tsrec.io import atomic_dir, atomic_file, sha256_file, sha256_json, write_json
@@ -47,13 +47,14 @@ class TrainConfig:
     out: str = "artifacts"
     epochs: float = 1.0
     max_steps: int = -1             # > 0 overrides epochs
-    batch_size: int = 16
+    batch_size: int = 16            # per process and micro-step
     grad_accum: int = 1
+    global_batch: int | None = None  # examples per optimizer step over all processes: sets grad_accum (authors 1024)
     lr: float = 3e-4
     weight_decay: float = 0.0
     warmup_steps: int = 20
     schedule: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"  # over max_steps (or the epochs)
-    eval_steps: int = 100           # also the checkpoint interval
+    eval_steps: int | float = 100   # also the checkpoint interval; < 1: fraction of the total steps (authors 0.05)
     patience: int = 3               # early stopping on valid loss
     min_delta: float = 0.0          # a valid-loss gain below this does not count as improvement (plateau)
     valid_rows: int = 256           # fixed subsample of valid seqrec rows for the valid loss (0 = all)
@@ -65,9 +66,13 @@ class TrainConfig:
     precision: Precision = "auto"   # auto: bf16 autocast where the hardware has native bf16, else fp32
 
     def validate(self) -> None:
-        for name in ("batch_size", "grad_accum", "eval_steps", "logging_steps", "save_total_limit"):
+        for name in ("batch_size", "grad_accum", "logging_steps", "save_total_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.eval_steps >= 1 if isinstance(self.eval_steps, int) else 0 < self.eval_steps < 1):
+            raise ValueError(f"eval_steps must be an integer >= 1 or a fraction in (0, 1), got {self.eval_steps}")
+        if self.global_batch is not None and (self.global_batch < 1 or self.global_batch % self.batch_size):
+            raise ValueError(f"global_batch must be a positive multiple of batch_size, got {self.global_batch}")
         if self.warmup_steps < 0 or self.patience < 1 or self.valid_rows < 0 or self.min_delta < 0:
             raise ValueError("warmup_steps, valid_rows must be >= 0 and patience >= 1")
         if not 0 < self.lr < 1:
@@ -78,14 +83,18 @@ class TrainConfig:
             raise ValueError("threads must be >= 0")
 
 
+def accumulation(cfg: TrainConfig, world_size: int, file: str | None = None) -> int:
+    """Gradient accumulation steps: ``global_batch / (batch_size * world_size)``, else ``grad_accum``."""
+    if cfg.global_batch is None:
+        return cfg.grad_accum
+    per_step = cfg.batch_size * world_size
+    if cfg.global_batch % per_step:
+        raise ParamError(f"global_batch {cfg.global_batch} is not a multiple of batch_size {cfg.batch_size} x "
+                         f"{world_size} process(es)", file=file, field="train.global_batch")
+    return cfg.global_batch // per_step
+
+
 # ---------------------------------------------------------------- variants
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
-
 def variant_params(params: dict, variant: str) -> dict:
     """params with the variant's overrides (``variants.<name>``: a mapping of section -> overrides) applied."""
     variants = params.get("variants") or {}
@@ -96,7 +105,7 @@ def variant_params(params: dict, variant: str) -> dict:
     if not isinstance(over, dict) or set(over) - set(VARIANT_SECTIONS):
         raise ParamError(f"a variant overrides only {list(VARIANT_SECTIONS)}, got {over!r}",
                          file=params.get("_path"), field=f"variants.{variant}")
-    return _merge(params, over)
+    return deep_merge(params, over)
 
 
 # ---------------------------------------------------------------- inputs
@@ -349,7 +358,8 @@ def train_run(params: dict, ds: str, variant: str, *, out: str | Path | None = N
     set_seed(seed)
     model, tokenizer, sainit_report = load_model(vp, tokens, keywords)
     train_rows = build_examples(corpus, tokenizer, seed)
-    valid_rows = seqrec_examples(data_dir, "valid", corpus.sids, tokenizer, tcfg.max_len, cfg.valid_rows, seed)
+    valid_rows = seqrec_examples(data_dir, "valid", corpus.sids, tokenizer, tcfg.max_len, cfg.valid_rows, seed,
+                                 tcfg.prompts)
 
     meta = {
         "dataset": ds, "variant": variant, "seed": seed,
@@ -389,7 +399,7 @@ def train_run(params: dict, ds: str, variant: str, *, out: str | Path | None = N
         output_dir=str(ckpt_dir), seed=seed, data_seed=seed,
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size * 2,
-        gradient_accumulation_steps=cfg.grad_accum,
+        gradient_accumulation_steps=accumulation(cfg, int(os.environ.get("WORLD_SIZE", "1")), params.get("_path")),
         learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
         lr_scheduler_type=cfg.schedule, warmup_steps=cfg.warmup_steps,
         eval_strategy="steps", eval_steps=cfg.eval_steps, save_strategy="steps", save_steps=cfg.eval_steps,
@@ -478,15 +488,137 @@ def load_trained(run_dir: str | Path, *, index_path: str | Path | None = None,
     return model, tokenizer, meta
 
 
+# ---------------------------------------------------------------- dry run
+def dry_run(params: dict, ds: str, variant: str, *, tokenizer: str | Path | None = None,
+            world_size: int = 1, tokens_per_s: float | None = None) -> dict:
+    """What ``train_run`` would train, without loading the model: resolved config, examples, tokens and
+    label tokens per task, steps. ``tokenizer``: another tokenizer folder than the backbone's (recorded)."""
+    import yaml
+    from transformers import AutoTokenizer
+
+    from tsrec import sainit
+    from tsrec.backbone import add_sid_tokens_to_tokenizer, config as backbone_config
+
+    vp = variant_params(params, variant)
+    cfg = section(vp, "train", TrainConfig)
+    tcfg = tasks_config(vp)
+    sainit.config(vp), backbone_config(vp)  # validated as a run would
+    seed = int(params.get("seed", 42))
+    data_dir = Path(section(params, "data", DataConfig).out) / ds
+    _check_dataset(data_dir)
+    ipath = index_path(vp, ds)
+    tokens = index_tokens(load_index(ipath))
+    corpus = load_corpus(data_dir, ipath, cache_path(vp, ds), tcfg)
+    tok_path = Path(tokenizer) if tokenizer else backbone_path(vp)
+    if not (tok_path / "tokenizer_config.json").is_file():
+        raise TsrecError("no tokenizer here (run `tsrec backbone`, or pass --tokenizer FOLDER)", file=tok_path)
+    tok = AutoTokenizer.from_pretrained(tok_path)
+    add_sid_tokens_to_tokenizer(tok, tokens)
+    rows = build_examples(corpus, tok, seed)
+    valid = seqrec_examples(data_dir, "valid", corpus.sids, tok, tcfg.max_len, cfg.valid_rows, seed, tcfg.prompts)
+
+    per_task: dict[str, dict] = {}
+    for r in rows:
+        t = per_task.setdefault(r["task"], {"examples": 0, "tokens": 0, "label_tokens": 0, "max_len": 0,
+                                            "at_max_len": 0, "weight": r["weight"],
+                                            "example": tok.decode(r["input_ids"])})
+        n, n_lab = len(r["input_ids"]), sum(x != IGNORE for x in r["labels"])
+        t["examples"] += 1
+        t["tokens"] += n
+        t["label_tokens"] += n_lab
+        t["max_len"] = max(t["max_len"], n)
+        t["at_max_len"] += n >= tcfg.max_len
+    tokens_epoch = sum(t["tokens"] for t in per_task.values())
+    labels_epoch = sum(t["label_tokens"] for t in per_task.values())
+    weighted = sum(t["label_tokens"] * t["weight"] for t in per_task.values())
+    for t in per_task.values():
+        t["mean_tokens"] = round(t["tokens"] / t["examples"], 1)
+        t["label_token_share"] = round(t["label_tokens"] / labels_epoch, 4)
+        t["weighted_label_share"] = round(t["label_tokens"] * t["weight"] / weighted, 4)
+
+    accum = accumulation(cfg, world_size, params.get("_path"))
+    batches = math.ceil(len(rows) / (cfg.batch_size * world_size))  # micro-batches per process and epoch
+    steps_epoch = max(batches // accum + int(batches % accum > 0), 1)  # HF Trainer's count
+    steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_epoch)
+    tokens_run = tokens_epoch * steps / steps_epoch
+    report = {
+        "dataset": ds, "variant": variant, "seed": seed, "params_file": params.get("_path"),
+        "tokenizer": str(tok_path), "tokenizer_is_backbone": tokenizer is None,
+        "config": {k: vp.get(k) for k in (*VARIANT_SECTIONS, "evaluate") if k in vp},
+        "examples": len(rows), "valid_examples": len(valid),
+        "tokens_per_epoch": tokens_epoch, "label_tokens_per_epoch": labels_epoch,
+        "tasks": per_task,
+        "steps": {
+            "world_size": world_size, "batch_size": cfg.batch_size, "grad_accum": accum,
+            "global_batch": cfg.batch_size * accum * world_size, "per_epoch": steps_epoch,
+            "max_steps": cfg.max_steps, "epochs": cfg.epochs, "planned": steps,
+            "epochs_covered": round(steps / steps_epoch, 3),
+            "eval_every": cfg.eval_steps if isinstance(cfg.eval_steps, int) else math.ceil(cfg.eval_steps * steps),
+            "note": "planned = the step cap, or epochs x steps per epoch; early stopping (patience "
+                    f"{cfg.patience} evaluations) may end it sooner",
+        },
+        "tokens_planned": round(tokens_run),
+    }
+    if tokens_per_s:
+        report["estimate"] = {"tokens_per_s": tokens_per_s, "train_hours": round(tokens_run / tokens_per_s / 3600, 2),
+                              "epoch_hours": round(tokens_epoch / tokens_per_s / 3600, 2)}
+    report["resolved_yaml"] = yaml.safe_dump(report["config"], sort_keys=False, allow_unicode=True, width=120)
+    return report
+
+
+def format_dry_run(r: dict) -> str:
+    """The dry-run report as text: resolved config, a table per task, steps, one rendered example per task."""
+    lines = [f"# tsrec train --dry-run: {r['dataset']} / {r['variant']} (params {r['params_file']})",
+             f"tokenizer: {r['tokenizer']}" + ("" if r["tokenizer_is_backbone"] else "  (NOT the backbone's)"),
+             "", "## resolved config (variant applied)", r["resolved_yaml"].rstrip(), "", "## examples per epoch",
+             "| task | examples | tokens | mean tokens | label tokens | label share | weighted share | at max_len |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, t in r["tasks"].items():
+        lines.append(f"| {name} | {t['examples']:,} | {t['tokens']:,} | {t['mean_tokens']} | {t['label_tokens']:,} | "
+                     f"{t['label_token_share']:.1%} | {t['weighted_label_share']:.1%} | {t['at_max_len']} |")
+    lines.append(f"| all | {r['examples']:,} | {r['tokens_per_epoch']:,} | "
+                 f"{r['tokens_per_epoch'] / max(r['examples'], 1):.1f} | {r['label_tokens_per_epoch']:,} | 100% | 100% | |")
+    s = r["steps"]
+    lines += ["", f"valid examples (early stopping): {r['valid_examples']:,}",
+              f"steps: global batch {s['global_batch']} = {s['batch_size']} x {s['grad_accum']} accumulation x "
+              f"{s['world_size']} process(es); {s['per_epoch']:,} steps/epoch; planned {s['planned']:,} steps "
+              f"= {s['epochs_covered']} epochs (max_steps {s['max_steps']}, epochs {s['epochs']}); "
+              f"valid loss every {s['eval_every']} steps",
+              f"tokens planned: {r['tokens_planned']:,} (non-padding); {s['note']}"]
+    if "estimate" in r:
+        e = r["estimate"]
+        lines.append(f"estimate at {e['tokens_per_s']} train tokens/s: {e['train_hours']} h of training "
+                     f"({e['epoch_hours']} h per epoch), evaluations not included")
+    lines += ["", "## one example per task (decoded input_ids)"]
+    for name, t in r["tasks"].items():
+        lines += [f"### {name}", "```", t["example"], "```"]
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------- CLI
 def add_arguments(p) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--variant", required=True)
     p.add_argument("--out", default=None, help="run folder (default artifacts/<DS>/runs/<variant>)")
     p.add_argument("--results", default="results", help="copy the loss curve to <results>/<DS>/<variant>/")
+    p.add_argument("--dry-run", action="store_true", help="train nothing: print the resolved config, examples, "
+                   "tokens and label tokens per task, and the steps")
+    p.add_argument("--report", help="--dry-run: also write the report as JSON here")
+    p.add_argument("--tokenizer", help="--dry-run: count tokens with this tokenizer folder (default: the backbone's)")
+    p.add_argument("--world-size", type=int, default=None, help="--dry-run: processes (default $WORLD_SIZE or 1)")
+    p.add_argument("--tokens-per-s", type=float, help="--dry-run: add a time estimate at this train speed")
 
 
 def run(args, params: dict) -> None:
+    if args.dry_run:
+        world = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+        report = dry_run(params, args.dataset, args.variant, tokenizer=args.tokenizer, world_size=world,
+                         tokens_per_s=args.tokens_per_s)
+        report["command"] = "tsrec " + " ".join(sys.argv[1:])
+        if args.report:
+            write_json(args.report, report)
+        print(format_dry_run(report), end="")
+        return
     meta = train_run(params, args.dataset, args.variant, out=args.out)
     if int(os.environ.get("RANK", "0")) == 0 and args.results:
         out = Path(args.out) if args.out else run_dir(params, args.dataset, args.variant)
