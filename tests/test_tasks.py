@@ -34,7 +34,7 @@ def test_exactly_two_tsalign_samples_per_token(setup):
     pairs = draw(TASKS["tsalign"], corpus, 1.0, seed=0)
     tokens = setup[3]
     assert len(pairs) == 2 * len(tokens)
-    t2d = Counter(t for t in tokens for p, _ in pairs if p.endswith(f"token {t} share?"))
+    t2d = Counter(t for t in tokens for p, _ in pairs if p[-1].endswith(f"token {t} share?"))
     d2t = Counter(r for _, r in pairs if r in tokens)
     assert t2d == Counter(tokens) and d2t == Counter(tokens)
 
@@ -64,7 +64,7 @@ def test_seqrec_prompt_is_the_training_prefix(setup):
     corpus = corpus_for(setup)
     hist, target = corpus.rows[3]
     text = seqrec_prompt([corpus.sids[i] for i in hist])
-    assert corpus.sids[hist[0]] in text
+    assert corpus.sids[hist[0]] in text[-1]
     rows = [r for r in build_examples(corpus, tok, seed=0) if r["task"] == "seqrec"]
     prompt = encode_prompt(tok, text)
     target_ids = tok(corpus.sids[target], add_special_tokens=False)["input_ids"]

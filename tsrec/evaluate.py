@@ -1,7 +1,9 @@
 """evaluate: constrained beam search over the SID trie on valid/test, HR@K and NDCG@K (REFERENCE.md section 5).
 
-For each row the model reads ``tsrec.tasks.seqrec_prompt(history SIDs)`` and generates the top-B distinct
-SIDs (``tsrec.decoding``); the row's rank is the 0-based position of the TARGET'S SID in that list (a SID
+For each row the model reads ``tsrec.tasks.seqrec_prompt(history SIDs, prompts, kind)`` and generates the
+top-B distinct SIDs (``tsrec.decoding``). ``prompts`` is the prompt text the run was trained with (its
+``tsrec_meta.json``), so a SID is followed by the same suffix and EOS as in training; ``kind`` is
+``evaluate.prompt``: ``train`` (the training seqrec prompt) or ``paraphrase`` (the authors' test prompt); the row's rank is the 0-based position of the TARGET'S SID in that list (a SID
 stands for all items sharing it, as in the reference implementations), -1 if absent.
 
 Outputs (test split; the valid split writes ``metrics_valid.json`` / ``ranks_valid.parquet``):
@@ -52,6 +54,7 @@ class EvaluateConfig:
     subsample: int | None = None    # evaluate a fixed seeded random subsample of this many rows (None: all)
     threads: int | None = None      # torch intra-op threads (None: torch default)
     precision: Precision = "auto"   # auto: bf16 autocast where the hardware has native bf16, else fp32
+    prompt: Literal["train", "paraphrase"] = "train"  # paraphrase: the run's tasks.prompts.paraphrase (authors')
 
     def validate(self) -> None:
         if self.beams < 1 or self.batch_size < 1:
@@ -176,12 +179,22 @@ def run_index(params: dict, ds: str, run_dir: Path) -> Path:
     return index_path(params, ds)
 
 
+def run_prompts(params: dict, meta: dict):
+    """The prompt text a model was trained with (``tasks`` of its meta), else that of params (plain models)."""
+    from tsrec.tasks import tasks_config
+
+    trained = (meta.get("params") or {}).get("tasks")
+    if trained is not None:
+        return tasks_config({"tasks": trained, "_path": "tsrec_meta.json"}).prompts
+    return tasks_config(params).prompts
+
+
 # ---------------------------------------------------------------- CLI
 def command_line(args, params) -> str:
     """The equivalent ``tsrec evaluate`` command line (explicit options only)."""
     parts = ["tsrec", "--params", params.get("_path", "params.yaml"), "evaluate"]
     for key in ("dataset", "variant", "run_dir", "model_dir", "index", "split", "subsample", "beams",
-                "batch_size", "data_dir", "results", "artifacts", "paired"):
+                "batch_size", "prompt", "data_dir", "results", "artifacts", "paired"):
         value = getattr(args, key, None)
         if value is not None:
             parts += ["--" + key.replace("_", "-"), str(value)]
@@ -227,6 +240,7 @@ def add_arguments(p) -> None:
     p.add_argument("--subsample", type=int, help="fixed seeded random subsample of N rows (default: evaluate.subsample)")
     p.add_argument("--beams", type=int, help="beam width (default: evaluate.beams)")
     p.add_argument("--batch-size", type=int, help="default: evaluate.batch_size")
+    p.add_argument("--prompt", choices=["train", "paraphrase"], help="default: evaluate.prompt")
     p.add_argument("--data-dir", help="default: <data.out>/<DS>")
     p.add_argument("--results", default="results", help="results root (metrics JSON)")
     p.add_argument("--artifacts", default="artifacts", help="artifacts root (per-row ranks)")
@@ -235,7 +249,7 @@ def add_arguments(p) -> None:
 
 
 def run(args, params) -> None:
-    overrides = {k: getattr(args, k) for k in ("split", "subsample", "beams", "batch_size")
+    overrides = {k: getattr(args, k) for k in ("split", "subsample", "beams", "batch_size", "prompt")
                  if getattr(args, k) is not None}
     raw = {**(params.get("evaluate") or {}), **overrides}
     cfg = section({**params, "evaluate": raw}, "evaluate", EvaluateConfig)
@@ -272,7 +286,8 @@ def run(args, params) -> None:
         model, tokenizer, meta = load_trained(run_dir, index_path=index_file)  # refuses another index
         source = {"kind": "trained_run", "path": str(run_dir)}
     index = load_index(index_file)
-    trie = SidTrie.from_index(index, tokenizer)
+    prompts = run_prompts(params, meta)
+    trie = SidTrie.from_index(index, tokenizer, suffix=prompts.eos_suffix)
     split_df = load_split(data_dir, cfg.split)
     missing = sorted({int(i) for h, t in zip(split_df["history"], split_df["target"]) for i in [*h, t]} - set(index))
     if missing:
@@ -285,7 +300,12 @@ def run(args, params) -> None:
                     len(rows), len(split_df), cfg.split, seed)
     log.info("%s/%s: %s split, %d rows, B=%d, %d SIDs, torch threads %d", ds, variant, cfg.split, len(rows),
              cfg.beams, len(trie), torch.get_num_threads())
-    from tsrec.tasks import encode_prompt as encode, seqrec_prompt as prompt_fn
+    from tsrec.tasks import encode_prompt as encode, seqrec_prompt
+
+    kind = "seqrec" if cfg.prompt == "train" else "paraphrase"
+
+    def prompt_fn(history: list[str]) -> list[str]:
+        return seqrec_prompt(history, prompts, kind)
 
     precision = resolve_precision(cfg.precision, next(model.parameters()).device.type)
     ranks_df, summary = evaluate_rows(model, tokenizer, trie, index, rows, prompt_fn, encode, beams=cfg.beams,
@@ -303,6 +323,8 @@ def run(args, params) -> None:
         "dataset": ds, "variant": variant, "split": cfg.split,
         "subsample": None if len(rows) == len(split_df) else {"n": len(rows), "seed": seed},
         "beams": cfg.beams, "batch_size": cfg.batch_size, "precision_requested": cfg.precision,
+        "prompt": {"kind": cfg.prompt, "eos_suffix": prompts.eos_suffix,
+                   "first_row": prompt_fn([sid_string(index[int(i)]) for i in rows["history"].iloc[0]])},
         **{k: v for k, v in summary.items() if k not in ("metrics", "n_rows", *METRIC_COUNTS)},
         "decoding": "constrained beam search, exact HF semantics (length_penalty=0, full-vocab log-softmax, "
                     "SID then EOS); rank of the target's SID",
