@@ -1,9 +1,10 @@
 # make repro: set up and reproduce the default profile; make test: the test suite.
+# make profile P=authors: select a named profile (profiles/<P>.yaml merged into params.yaml; P=cpu: back to the default)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export TSREC_MIRROR ?= ../shared/datasets
 
-.PHONY: setup repro teachers test bench tables ablations sweep clean-venv
+.PHONY: setup repro teachers test bench tables ablations sweep clean-venv profile
 DVC := PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc
 ABLATIONS ?= [tsrec,no_sainit,no_tsalign,sft]
 
@@ -39,6 +40,10 @@ ablations: setup
 # Optuna sweep over SA-Init pooling and the TS-Align weight (study in sweep.storage; resumable)
 sweep: setup
 	$(DVC) repro sweep
+
+P ?= cpu
+profile: setup
+	$(PY) -m tsrec.profiles $(P)
 
 test: setup
 	$(PY) -m pytest -q tests
