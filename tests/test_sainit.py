@@ -208,3 +208,19 @@ def test_cache_errors_name_the_file_extra_and_non_string_refused(setup, tmp_path
     with pytest.raises(TsrecError, match="list of strings") as exc:
         load_cache(p)
     assert exc.value.file == p and exc.value.line == cache[0]["token"]
+
+
+def test_current_table_target_is_the_authors_running_mean(setup):
+    """rescale_target current_table = the authors' loop: in the cache's order, each row is rescaled to the mean
+    norm of the WHOLE table as it is then (new rows included, earlier SA-Init rows already written)."""
+    model, tok, ids, before, n_old, target = setup
+    cache = list(reversed(_cache()))  # cache order, not token order, decides the targets
+    expected = before.clone()
+    for rec in cache:
+        mean = before[_pieces(tok, rec["token"])].mean(0)
+        expected[ids[rec["token"]]] = mean * (expected.norm(dim=1).mean() / mean.norm())
+    report = sa_init(model, tok, ids, cache, SAInitConfig(rescale_target="current_table"))
+    torch.testing.assert_close(model.get_input_embeddings().weight.detach(), expected, rtol=1e-5, atol=1e-6)
+    first, last = report["target_norm_first_last"]
+    assert first == pytest.approx(before.norm(dim=1).mean().item(), rel=1e-6)  # old rows + mean-resized new rows
+    assert first != pytest.approx(target.item(), rel=1e-4) and last != pytest.approx(first, rel=1e-6)

@@ -1,0 +1,223 @@
+"""Named profiles (profiles/{cpu,authors,paper}.yaml, tsrec.profiles) and the authors' protocol in the registry."""
+
+import hashlib
+import json
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tsrec import profiles
+from tsrec.backbone import add_sid_tokens, index_tokens, load_backbone
+from tsrec.config import load_params, section
+from tsrec.data import load_index
+from tsrec.errors import ParamError
+from tsrec.evaluate import EvaluateConfig
+from tsrec.sainit import SAInitConfig
+from tsrec.tasks import (IGNORE, PromptsConfig, build_examples, encode_prompt, load_corpus, seqrec_examples,
+                         seqrec_prompt, tasks_config)
+from tsrec.train import TrainConfig, dry_run, variant_params
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_train import make_params  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = load_params(REPO / "params.yaml")
+
+# the cpu profile's tasks section as it was before the prompts became params (issue 15)
+CPU_TASKS = {"seqrec": {"enabled": True, "share": 1.0}, "item2sid": {"enabled": True, "share": 0.2},
+             "sid2item": {"enabled": True, "share": 0.2}, "sid_hist2title": {"enabled": True, "share": 0.1},
+             "title_hist2sid": {"enabled": True, "share": 0.1}, "tsalign": {"enabled": True, "share": 1.0, "weight": 1.0},
+             "max_len": 256, "title_words": 10, "title_history": 3, "desc_words": 0}
+# sha256 of the examples (task, input_ids, labels, weight) + 40 valid seqrec rows, computed with the code
+# BEFORE issue 15: the default registry must train exactly the same tokens
+PINNED = {"cpu": "fc845eb4b34898b1835715dae4a2c73febaa88ae1e4df06d588e1bf5d5c203e0",
+          "dataclass_defaults": "c1fd97e8ee8afb5881c277cec97de0dc3e94e9e02b4c31ad37f0aa1c0052e128"}
+
+
+@pytest.fixture(scope="module")
+def corpus_env(tmp_path_factory, tiny_backbone):
+    from tsrec.synthetic import make_dataset
+
+    tmp = tmp_path_factory.mktemp("profiles")
+    ds = make_dataset(tmp / "ds")
+    tokens = index_tokens(load_index(ds / "sid_index.json"))
+    kw = tmp / "kw.json"
+    kw.write_text(json.dumps([{"token": t, "keywords": ["a"], "description": f"Items of family {t[1]} made of steel {t}."}
+                              for t in tokens]))
+    model, tok = load_backbone(tiny_backbone)
+    add_sid_tokens(model, tok, tokens)
+    return ds, kw, tok, tokens
+
+
+def _examples(env, tasks: dict):
+    ds, kw, tok, _ = env
+    cfg = tasks_config({"tasks": tasks})
+    corpus = load_corpus(ds, ds / "sid_index.json", kw, cfg)
+    return corpus, build_examples(corpus, tok, seed=42), seqrec_examples(ds, "valid", corpus.sids, tok, cfg.max_len,
+                                                                       0, 42, cfg.prompts)
+
+
+def _digest(rows) -> str:
+    return hashlib.sha256(json.dumps([[r["task"], r["input_ids"], r["labels"], r["weight"]] for r in rows])
+                          .encode()).hexdigest()
+
+
+@pytest.mark.parametrize("name, tasks", [("cpu", CPU_TASKS), ("cpu", PARAMS["tasks"]), ("dataclass_defaults", {})])
+def test_default_registry_trains_the_same_tokens_as_before(corpus_env, name, tasks):
+    _, rows, valid = _examples(corpus_env, tasks)
+    assert _digest(rows + valid) == PINNED[name]
+
+
+def test_cpu_profile_is_the_committed_params():
+    resolved = profiles.resolve(PARAMS, "cpu")
+    assert resolved == {k: v for k, v in PARAMS.items() if k != "_path"}
+
+
+def _keys(d: dict, where: str = "") -> set[str]:
+    out = set()
+    for k, v in d.items():
+        out |= _keys(v, f"{where}{k}.") if isinstance(v, dict) else {f"{where}{k}"}
+    return out
+
+
+def test_cpu_resets_every_knob_the_other_profiles_set():
+    cpu = _keys(profiles.overlay("cpu"))
+    for name in ("authors", "paper"):
+        missing = _keys(profiles.overlay(name)) - cpu
+        assert not missing, f"{name} sets {sorted(missing)} that `make profile P=cpu` would not put back"
+
+
+AUTHORS_HEADER = ("Below is an instruction that describes a task, paired with an input that provides further context. "
+                  "Write a response that appropriately completes the request. \n\n### Instruction:\n")
+
+
+def test_profiles_resolve_to_the_intended_params():
+    for name in profiles.OVERLAYS:
+        profiles.validate({**profiles.resolve(PARAMS, name), "_path": f"profiles/{name}.yaml"})  # strict validation
+    authors = {**profiles.resolve(PARAMS, "authors"), "_path": "authors"}
+    paper = {**profiles.resolve(PARAMS, "paper"), "_path": "paper"}
+    for params in (authors, paper):
+        vp = variant_params(params, params["train"]["variants"][0])
+        t = tasks_config(vp)
+        assert {n: (getattr(t, n).enabled, getattr(t, n).share) for n in
+                ("seqrec", "item2sid", "sid2item", "sid_hist2title", "tsalign")} == {
+            n: (True, 1.0) for n in ("seqrec", "item2sid", "sid2item", "sid_hist2title", "tsalign")}
+        assert not t.title_hist2sid.enabled and t.tsalign.weight == 1.0
+        assert (t.title_words, t.max_len, t.item_pool) == (0, 512, "distinct")
+        assert section(vp, "sainit", SAInitConfig).rescale_target == "current_table"
+        tc = section(vp, "train", TrainConfig)
+        assert (tc.schedule, tc.group_by_length) == ("linear", False)
+        assert section(params, "evaluate", EvaluateConfig).prompt == "paraphrase"
+        assert set(params["train"]["variants"]) <= set(params["variants"])
+        # the authors' prompt text, character for character (data/ts_rec_data.py, data/rl_data.py)
+        segs, resp = t.prompts.render("seqrec", history=", ".join(["<a_1><b_2><c_3>", "<a_4><b_5><c_6>"]),
+                                      sid="<a_7><b_8><c_9>")
+        assert segs == [AUTHORS_HEADER + "Can you predict the next possible item that the user may expect?\n\n",
+                        "### User Input: \nThe user has interacted with items <a_1><b_2><c_3>, <a_4><b_5><c_6> in "
+                        "chronological order. Can you predict the next possible item that the user may expect?"
+                        "\n\n### Response:\n"]
+        assert resp == "<a_7><b_8><c_9>\n"
+        assert seqrec_prompt(["<a_1><b_2><c_3>"], t.prompts, "paraphrase")[1] == (
+            "### User Input: \nCan you predict the next possible item the user may expect, given the following "
+            "chronological interaction history: <a_1><b_2><c_3>\n\n### Response:\n")
+        segs, resp = t.prompts.render("tsalign_d2t", description="Saw blades.", token="<a_3>")
+        assert segs[0] == AUTHORS_HEADER + "Answer the question about item Semantic ID token identification.\n"
+        assert "contain: \"Saw blades.\"?\n\n### Response:\n" in segs[1] and resp == "<a_3>\n"
+    # the cpu profile's knobs are untouched by `authors` (backbone and step budget from params)
+    for key in ("backbone", "seed"):
+        assert authors[key] == PARAMS[key]
+    assert {k: authors["train"][k] for k in ("max_steps", "batch_size", "lr", "precision")} == {
+        k: PARAMS["train"][k] for k in ("max_steps", "batch_size", "lr", "precision")}
+    # paper: + Qwen2.5-1.5B, bf16, global batch 1024, 10 epochs with early stopping
+    b = paper["backbone"]
+    assert (b["model"], b["keep_layers"], b["finetune"]) == ("Qwen/Qwen2.5-1.5B", None, "full")
+    tc = section(paper, "train", TrainConfig)
+    assert (tc.global_batch, tc.epochs, tc.max_steps, tc.patience, tc.eval_steps, tc.lr, tc.precision) == (
+        1024, 10.0, -1, 3, 0.05, 3e-4, "bf16")
+    assert paper["evaluate"]["precision"] == "bf16"
+
+
+def test_make_profile_writes_params_reversibly(tmp_path):
+    """`make profile P=...`: strict params after each switch; authors -> cpu and paper -> cpu restore the file
+    byte for byte (comments, layout); what DVC reads is the resolved profile."""
+    path = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", path)
+    original = path.read_text()
+    assert profiles.apply("cpu", path) == []
+    for name in ("authors", "paper"):
+        changed = profiles.apply(name, path)
+        assert "tasks.prompts.header" in changed and "# Single source of truth" in path.read_text()
+        written = load_params(path)
+        assert {k: v for k, v in written.items() if k != "_path"} == profiles.resolve(PARAMS, name)
+        profiles.apply("cpu", path)
+        assert path.read_text() == original
+
+
+def test_bad_profiles_refused(tmp_path):
+    with pytest.raises(ParamError, match="no profile 'autors'"):
+        profiles.overlay("autors")
+    (tmp_path / "cpu.yaml").write_text("{}\n")
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"tasks": {"prompts": {"seqrec": {"prompt": "{histroy}"}}}}))
+    with pytest.raises(ParamError, match=r"prompts.seqrec.prompt: unknown field\(s\) \['histroy'\]") as exc:
+        profiles.validate({**profiles.resolve(PARAMS, "bad", tmp_path), "_path": "bad.yaml"})
+    assert exc.value.field == "tasks.prompts"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"train": {"global_batch": 1000}}))
+    with pytest.raises(ParamError, match="global_batch"):
+        profiles.validate({**profiles.resolve(PARAMS, "bad", tmp_path), "_path": "bad.yaml"})
+
+
+def test_authors_registry_examples(corpus_env):
+    """authors' task mix on the synthetic data: pools, Alpaca segments tokenized separately, "\\n" + EOS."""
+    _, kw, tok, tokens = corpus_env
+    tasks = profiles.resolve(PARAMS, "authors")["tasks"]
+    corpus, rows, valid = _examples(corpus_env, tasks)
+    count = Counter(r["task"] for r in rows)
+    assert count == {"seqrec": len(corpus.rows), "sid_hist2title": len(corpus.rows), "tsalign": 2 * len(tokens),
+                     "item2sid": len({corpus.titles[i] for i in corpus.sids}),
+                     "sid2item": len(set(corpus.sids.values()))}
+    nl = tok("\n", add_special_tokens=False)["input_ids"]
+    cfg = tasks_config({"tasks": tasks})
+    for r in rows:
+        labels = [x for x in r["labels"] if x != IGNORE]
+        assert labels[-len(nl) - 1:] == nl + [tok.eos_token_id]
+    hist, target = corpus.rows[0]
+    segs, resp = cfg.prompts.render("seqrec", history=corpus.history(hist), sid=corpus.sids[target])
+    first = next(r for r in rows if r["task"] == "seqrec" and r["input_ids"][-len(nl) - 4:-len(nl) - 1]
+                 == tok(corpus.sids[target], add_special_tokens=False)["input_ids"])
+    prompt = encode_prompt(tok, segs)
+    assert prompt == tok(segs[0])["input_ids"] + tok(segs[1], add_special_tokens=False)["input_ids"]
+    assert any(r["input_ids"][:len(prompt)] == prompt for r in rows if r["task"] == "seqrec")
+    assert first["labels"].count(IGNORE) > 40  # the Alpaca header is prompt, not loss
+    assert all(v["input_ids"][-len(nl) - 1:] == nl + [tok.eos_token_id] for v in valid)
+
+
+def test_dry_run_counts_what_training_would(tmp_path, tiny_dataset, tiny_backbone, capsys):
+    from tsrec.cli import main
+
+    params = make_params(tmp_path, tiny_dataset, tiny_backbone, global_batch=32)
+    report = dry_run(params, tiny_dataset.name, "tsrec", world_size=2, tokens_per_s=440.0)
+    t = report["tasks"]
+    assert sum(x["examples"] for x in t.values()) == report["examples"]
+    assert sum(x["tokens"] for x in t.values()) == report["tokens_per_epoch"]
+    assert sum(x["label_token_share"] for x in t.values()) == pytest.approx(1.0, abs=1e-3)
+    s = report["steps"]
+    assert (s["grad_accum"], s["global_batch"], s["planned"]) == (2, 32, 4)   # 32 = 8 x 2 accumulation x 2 processes
+    assert s["per_epoch"] == -(-report["examples"] // 32)
+    assert report["estimate"]["train_hours"] == pytest.approx(report["tokens_planned"] / 440 / 3600, abs=0.01)
+    assert main(["--params", params["_path"], "train", "--dataset", tiny_dataset.name, "--variant", "sft",
+                 "--dry-run", "--report", str(tmp_path / "dry.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| seqrec |" in out and "| tsalign |" not in out and "planned 4 steps" in out
+    assert json.loads((tmp_path / "dry.json").read_text())["variant"] == "sft"
+    assert not (tmp_path / "artifacts" / tiny_dataset.name / "runs").exists()  # nothing trained
+    with pytest.raises(ParamError, match="not a multiple"):
+        dry_run(params, tiny_dataset.name, "tsrec", world_size=3)
+
+
+def test_prompts_default_is_the_cpu_text():
+    assert PromptsConfig().render("seqrec", history="<a_1><b_1><c_1>", sid="<a_2><b_2><c_2>") == (
+        ["User history: <a_1><b_1><c_1>\nNext item:"], "<a_2><b_2><c_2>")
