@@ -20,6 +20,7 @@ STAGES = {
     "teachers": ("tsrec.teacher_caches", "optional keyword caches (e.g. the slow hf teacher)"),
     "backbone": ("tsrec.backbone", "convert the pretrained backbone once to a safetensors folder"),
     "train": ("tsrec.train", "multi-task SFT with SID tokens, SA-Init and TS-Align (one variant)"),
+    "rl": ("tsrec.rl", "GRPO after SFT: beam-search rollouts over the SID trie, ranking reward (one variant)"),
     "evaluate": ("tsrec.evaluate", "constrained beam search on valid/test -> HR@K / NDCG@K"),
     "baseline": ("tsrec.baselines", "train and score one baseline model"),
     "sweep": ("tsrec.sweep", "Optuna sweep over SA-Init pooling and the TS-Align weight"),

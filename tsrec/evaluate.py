@@ -46,6 +46,7 @@ METRIC_COUNTS = ("invalid_outputs", "duplicate_outputs", "rows_with_fewer_than_B
 
 @dataclasses.dataclass
 class EvaluateConfig:
+    variants: list[str] = dataclasses.field(default_factory=lambda: ["tsrec", "sft"])  # dvc.yaml's evaluate matrix
     split: Literal["valid", "test"] = "test"
     beams: int = 20                 # beam width = length of the ranked list (authors: 20)
     batch_size: int = 8             # prompts per beam-search batch (each holds `beams` rows while decoding)

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 META = "tsrec_meta.json"
 FINGERPRINT = "fingerprint.json"
-VARIANT_SECTIONS = ("sainit", "tasks", "train", "backbone")  # what a variant may override  # what a variant may override
+VARIANT_SECTIONS = ("sainit", "tasks", "train", "backbone")  # what a variant may override
 
 
 @dataclasses.dataclass
@@ -270,7 +270,7 @@ def _trainer_class():
 PLOTS = {"train.csv": ["step", "epoch", "learning_rate", "loss"], "valid.csv": ["step", "epoch", "eval_loss"]}
 
 
-def _append(path: Path, fields: list[str], row: dict) -> None:
+def append_row(path: Path, fields: list[str], row: dict) -> None:
     new = not path.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", newline="", encoding="utf-8") as fh:
@@ -300,14 +300,14 @@ def _csv_logger(plots: Path):
                 if fields[-1] in logs:
                     row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4),
                            **{k: logs[k] for k in fields[2:] if k in logs}}
-                    _append(plots / name, fields, row)
+                    append_row(plots / name, fields, row)
 
     return CsvLog()
 
 
-def _trim_logs(plots: Path, step: int) -> None:
+def trim_logs(plots: Path, step: int, spec: dict[str, list[str]] = PLOTS) -> None:
     """Drop logged rows after ``step``: a resume logs them again; step 0 = a fresh run."""
-    for name, fields in PLOTS.items():
+    for name, fields in spec.items():
         path = plots / name
         if path.exists():
             with open(path, newline="", encoding="utf-8") as fh:
@@ -381,7 +381,7 @@ def train_run(params: dict, ds: str, variant: str, *, out: str | Path | None = N
     resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     plots = out / "plots"
     if rank0:  # a resumed run keeps its curves up to the checkpoint; a fresh run starts new ones
-        _trim_logs(plots, int(Path(resume).name.split("-")[-1]) if resume else 0)
+        trim_logs(plots, int(Path(resume).name.split("-")[-1]) if resume else 0)
     if resume:
         log.info("resuming from %s", resume)
 

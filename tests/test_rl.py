@@ -1,0 +1,258 @@
+"""The RL stage (GRPO): the authors' rewards and advantages on hand-made groups, the loss, one-prefill scoring
+against full-sequence scoring, and a tiny end-to-end run that evaluate loads, interrupted and resumed."""
+
+import csv
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tsrec.cli import main
+from tsrec.config import section
+from tsrec.data import load_index, load_split
+from tsrec.decoding import SidTrie, beam_search, left_pad
+from tsrec.errors import ParamError
+from tsrec.rl import (RLConfig, completion_logps, group_advantages, group_rewards, grpo_loss, ranking_reward,
+                      ranking_weights, rl_run, rule_reward, sid_tokens)
+
+from test_decoding import encode, random_prompts, sid_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_train import make_params  # noqa: E402
+
+
+# ---------------------------------------------------------------- rewards
+def test_ranking_weights_are_the_authors_ndcg_rewards():
+    # train/rl.py: ndcg_rewards = [-1/log2(i+2)]; ndcg_rewards = [-e/sum(ndcg_rewards)] -- over all 16 positions
+    theirs = [-1.0 / math.log2(i + 2) for i in range(16)]
+    theirs = [-e / sum(theirs) for e in theirs]
+    w = ranking_weights(16)
+    assert [-x for x in w] == pytest.approx(theirs, abs=1e-15)
+    assert sum(w) == pytest.approx(1.0) and w == sorted(w, reverse=True) and w[0] == pytest.approx(1 / sum(
+        1 / math.log2(i + 2) for i in range(16)))
+
+
+W = ranking_weights(4)
+
+
+@pytest.mark.parametrize("group,rule,ranking", [
+    (["T", "a", "b", "c"], [1, 0, 0, 0], [0, -W[1], -W[2], -W[3]]),        # target first
+    (["a", "b", "c", "T"], [0, 0, 0, 1], [-W[0], -W[1], -W[2], 0]),        # target last
+    (["a", "b", "c", "d"], [0, 0, 0, 0], [0, 0, 0, 0]),                    # target absent: 0 everywhere
+    (["a", "T", "a", "T"], [0, 1, 0, 1], [-W[0], 0, -W[2], 0]),            # duplicates: each copy judged alone
+])
+def test_rule_and_ranking_rewards_on_hand_made_groups(group, rule, ranking):
+    assert rule_reward(group, "T") == rule
+    assert ranking_reward(group, "T") == pytest.approx(ranking)
+    total, parts = group_rewards(group, "T", "ranking")
+    assert total == pytest.approx([r + k for r, k in zip(rule, ranking)])
+    assert parts == {"rule": rule_reward(group, "T"), "ranking": ranking_reward(group, "T")}
+    assert group_rewards(group, "T", "rule")[0] == rule
+    assert group_rewards(group, "T", "ranking_only")[0] == pytest.approx(ranking)
+
+
+def test_group_advantages():
+    r = torch.tensor([[1.0, 0.0, 0.0, 0.0],     # target first, rule only: mean 1/4, unbiased std 1/2
+                      [0.0, 0.0, 0.0, 0.0],     # target absent: nothing to learn
+                      [1.0 - 0.0, -0.3, -0.2, -0.1]])
+    a = group_advantages(r)
+    assert a[0].tolist() == pytest.approx([0.75 / (0.5 + 1e-4)] + [-0.25 / (0.5 + 1e-4)] * 3)
+    assert a[1].tolist() == [0.0] * 4
+    assert a[2].tolist() == pytest.approx(((r[2] - r[2].mean()) / (r[2].std() + 1e-4)).tolist())
+    assert a.sum(-1).abs().max() < 1e-5  # zero-mean per group
+    # groups are independent: a row's advantages do not depend on the other rows
+    assert torch.equal(group_advantages(r[2:]), a[2:])
+
+
+def test_grpo_loss_value_gradient_and_kl():
+    g = torch.Generator().manual_seed(0)
+    logp = (-torch.rand(2, 3, 4, generator=g)).requires_grad_()
+    adv = torch.randn(2, 3, generator=g)
+    loss, kl = grpo_loss(logp, logp.detach().clone(), adv, beta=1e-3)
+    assert kl.item() == 0.0 and loss.item() == pytest.approx(-adv.mean().item(), abs=1e-6)  # ratio 1, no KL
+    loss.backward()
+    torch.testing.assert_close(logp.grad, -adv[..., None].expand(2, 3, 4) / 24)  # mean over 2*3 groups x 4 tokens
+    ref = logp.detach() - 0.5
+    d = ref - logp.detach()
+    _, kl = grpo_loss(logp, ref, adv, beta=1e-3)
+    assert kl.item() == pytest.approx((torch.exp(d) - d - 1).mean().item()) and kl.item() > 0
+
+
+# ---------------------------------------------------------------- scoring
+@pytest.fixture(scope="module")
+def tiny_sid(tiny_backbone):
+    return sid_model(tiny_backbone, codes=4)
+
+
+def _naive_logps(model, prompts, completions):
+    """One full forward per (prompt, completion): the log-prob of each completion token."""
+    out = torch.zeros(completions.shape)
+    for i, p in enumerate(prompts):
+        for j, c in enumerate(completions[i].tolist()):
+            ids = torch.tensor([p + c])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+            out[i, j] = logp[len(p) - 1:-1].gather(1, torch.tensor(c)[:, None])[:, 0]
+    return out
+
+
+def test_one_prefill_scoring_equals_full_sequences_and_the_beam_scores(tiny_sid):
+    model, tok = tiny_sid
+    index = {i: [f"<a_{i // 16}>", f"<b_{i // 4 % 4}>", f"<c_{i % 4}>"] for i in range(40)}
+    trie = SidTrie.from_index(index, tok)
+    prompts = encode(tok, random_prompts(tok, 3, seed=1))
+    ids, mask = left_pad(prompts, tok.pad_token_id)
+    res = beam_search(model, ids, mask, trie, 6)
+    comp = sid_tokens(trie, res.sid_ids)
+    assert comp.shape == (3, 6, 4) and (comp[..., -1] == tok.eos_token_id).all()
+    with torch.no_grad():
+        shared = completion_logps(model, ids, mask, comp, shared_prefix=True)
+        copied = completion_logps(model, ids, mask, comp, shared_prefix=False)
+        naive = _naive_logps(model, prompts, comp)
+    torch.testing.assert_close(shared, naive, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(copied, naive, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(shared.sum(-1), res.scores, atol=2e-5, rtol=1e-5)  # the decoder's beam scores
+
+
+def test_one_prefill_scoring_gradients_equal_full_sequences(tiny_sid):
+    model, tok = tiny_sid
+    prompts = encode(tok, random_prompts(tok, 2, seed=2))
+    ids, mask = left_pad(prompts, tok.pad_token_id)
+    sid_vocab = [tok.convert_tokens_to_ids(f"<{lv}_{c}>") for lv in "abc" for c in range(4)]
+    g = torch.Generator().manual_seed(3)
+    comp = torch.tensor(sid_vocab)[torch.randint(0, 12, (2, 5, 4), generator=g)]
+    weights = torch.randn(2, 5, 4, generator=g)
+    grads = []
+    for fn in (lambda: completion_logps(model, ids, mask, comp, shared_prefix=True),
+               lambda: completion_logps(model, ids, mask, comp, shared_prefix=False),
+               lambda: _naive_logps_grad(model, prompts, comp)):
+        model.zero_grad()
+        (fn() * weights).sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def _naive_logps_grad(model, prompts, completions):
+    rows = []
+    for i, p in enumerate(prompts):
+        for c in completions[i].tolist():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([p + c])).logits[0].float(), -1)
+            rows.append(logp[len(p) - 1:-1].gather(1, torch.tensor(c)[:, None])[:, 0])
+    return torch.stack(rows).view(completions.shape)
+
+
+# ---------------------------------------------------------------- params
+@pytest.mark.parametrize("raw,field", [
+    ({"num_generations": 1}, "rl"),
+    ({"reward_type": "ndcg"}, "rl.reward_type"),
+    ({"batch_sise": 8}, "rl"),
+    ({"tasks": {"seqrec": 0.0}}, "rl.tasks"),
+    ({"variants": ["sft_rl"]}, "rl"),
+    ({"train_prompts": 0}, "rl"),
+    ({"lr": "1e-5"}, "rl.lr"),
+])
+def test_bad_params_give_one_param_error_naming_the_field(raw, field):
+    with pytest.raises(ParamError) as exc:
+        section({"rl": raw, "_path": "p.yaml"}, "rl", RLConfig)
+    assert exc.value.field == field and str(exc.value.file) == "p.yaml"
+
+
+def test_repo_params_rl_section_loads():
+    from tsrec.config import load_params
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    cfg = section(params, "rl", RLConfig)
+    assert cfg.num_generations == 16 and cfg.beta == 1e-3 and cfg.lr == 1e-5 and cfg.reward_type == "ranking"
+    ev = params["evaluate"]["variants"]
+    assert set(params["train"]["variants"]) <= set(ev) and {v + "_rl" for v in cfg.variants} <= set(ev)
+
+
+# ---------------------------------------------------------------- end to end
+RL = {"train_prompts": 24, "epochs": 1.0, "batch_size": 4, "num_generations": 16, "eval_steps": 2,
+      "valid_rows": 8, "valid_beams": 10, "ref_sync_steps": 2, "lr": 1e-3, "threads": 1, "precision": "fp32"}
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory, tiny_backbone):
+    from tsrec.synthetic import make_dataset
+    from tsrec.train import train_run
+
+    root = tmp_path_factory.mktemp("rl")
+    params = make_params(root, make_dataset(root / "data" / "tiny"), tiny_backbone, max_steps=2)
+    train_run(params, "tiny", "sft")
+    params["rl"] = {**RL, "variants": ["sft"]}
+    return root, params
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_tiny_rl_run_writes_a_run_evaluate_loads(sft_run, capsys):
+    import yaml
+
+    root, params = sft_run
+    (root / "params.yaml").write_text(yaml.safe_dump({k: v for k, v in params.items() if k != "_path"}))
+    pfile = str(root / "params.yaml")
+    assert main(["--params", pfile, "rl", "--dataset", "tiny", "--variant", "sft",
+                 "--results", str(root / "results")]) == 0
+    run = root / "artifacts" / "tiny" / "runs" / "sft_rl"
+    assert (run / "final" / "tsrec_meta.json").is_file() and not (run / "checkpoints").exists()
+    steps = math.ceil(24 / 4)
+    log = _rows(root / "results" / "tiny" / "sft_rl" / "rl.csv")
+    assert [int(r["step"]) for r in log] == list(range(1, steps + 1))
+    for r in log:
+        rule, ranking = float(r["reward_rule"]), float(r["reward_ranking"])
+        assert 0 <= rule <= 1 / 16 and -1 / 16 < ranking <= 0 and float(r["kl"]) >= 0
+        assert float(r["reward"]) == pytest.approx(rule + ranking)
+    assert [int(r["step"]) for r in _rows(run / "plots" / "rl_valid.csv")] == [0, 2, 4, 6]
+    summary = __import__("json").loads((root / "results" / "tiny" / "sft_rl" / "rl_summary.json").read_text())
+    assert summary["rl"]["steps"] == steps and summary["rl"]["rollout_tokens_per_s"] > 0
+    assert summary["rl"]["update_tokens_per_s"] > 0 and summary["base"]["variant"] == "sft"
+    # the policy moved away from the SFT model
+    base = load_file(root / "artifacts" / "tiny" / "runs" / "sft" / "final" / "model.safetensors")
+    new = load_file(run / "final" / "model.safetensors")
+    assert set(base) == set(new) and any(not torch.equal(base[k], new[k]) for k in base)
+    # evaluate loads it like any other variant
+    assert main(["--params", pfile, "evaluate", "--dataset", "tiny", "--variant", "sft_rl", "--beams", "20",
+                 "--results", str(root / "results"), "--artifacts", str(root / "artifacts")]) == 0
+    assert "tiny/sft_rl test n=40" in capsys.readouterr().out
+    assert (root / "results" / "tiny" / "sft_rl" / "metrics.json").is_file()
+
+
+class Stop(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_model(sft_run, tmp_path):
+    root, params = sft_run
+    full = rl_run(params, "tiny", "sft", out=tmp_path / "full")
+
+    def stop_at_4(step, row):
+        if step == 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        rl_run(params, "tiny", "sft", out=tmp_path / "cut", callbacks=[stop_at_4])
+    assert (tmp_path / "cut" / "checkpoints" / "checkpoint-4").is_dir()
+    resumed = rl_run(params, "tiny", "sft", out=tmp_path / "cut")
+    assert resumed["rl"]["resumed_from"] == "checkpoint-4" and resumed["rl"]["steps"] == full["rl"]["steps"]
+    a, b = (load_file(tmp_path / d / "final" / "model.safetensors") for d in ("full", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("rl.csv", "rl_valid.csv"):
+        assert (tmp_path / "cut" / "plots" / name).read_text() == (tmp_path / "full" / "plots" / name).read_text()
+
+
+def test_unknown_variant_is_one_clear_error(sft_run, capsys):
+    root, params = sft_run
+    import yaml
+
+    (root / "p2.yaml").write_text(yaml.safe_dump({k: v for k, v in params.items() if k != "_path"}))
+    assert main(["--params", str(root / "p2.yaml"), "rl", "--dataset", "tiny", "--variant", "tsrec"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("tsrec rl: error:") and "rl.variants" in err
