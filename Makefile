@@ -19,7 +19,7 @@ $(VENV)/.installed: requirements.txt requirements-models.txt pyproject.toml
 
 # the LLM rows of the default tables (not the optional `teachers` caches, not the sweep; the baseline
 # grid is `make baselines`: hours of CPU, its committed results are what the tables read)
-REPRO_STAGES ?= data embed codebook keywords backbone train evaluate
+REPRO_STAGES ?= data embed codebook keywords backbone train rl evaluate
 repro: setup
 	$(DVC) repro $(REPRO_STAGES)
 	$(DVC) repro --single-item report  # its deps (results/) would pull in the sweep and the optional teachers
@@ -32,9 +32,9 @@ teachers: setup
 tables: setup
 	$(DVC) repro --single-item report
 
-# TS-Rec and its ablations (train + evaluate each variant), as a DVC experiment, then the tables
+# TS-Rec and its ablations (train + evaluate each variant, no RL), as a DVC experiment, then the tables
 ablations: setup
-	$(DVC) exp run -S 'train.variants=$(ABLATIONS)' evaluate report
+	$(DVC) exp run -S 'train.variants=$(ABLATIONS)' -S 'evaluate.variants=$(ABLATIONS)' evaluate report
 
 # Optuna sweep over SA-Init pooling and the TS-Align weight (study in sweep.storage; resumable)
 sweep: setup

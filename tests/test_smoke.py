@@ -33,7 +33,8 @@ def second_run(tmp_path_factory, first_run):
 def test_smoke_pipeline_reproduces_the_expected_metrics(first_run):
     dest, out = first_run
     for stage in ("data@synthetic", "embed@synthetic", "codebook@synthetic", "keywords@synthetic", "backbone",
-                  "train@synthetic-tsrec", "train@synthetic-sft", "evaluate@synthetic-tsrec", "baseline@synthetic-pop",
+                  "train@synthetic-tsrec", "train@synthetic-sft", "evaluate@synthetic-tsrec", "rl@synthetic-sft",
+                  "rl@synthetic-tsrec", "evaluate@synthetic-sft_rl", "baseline@synthetic-pop",
                   "baseline@synthetic-gru4rec", "report"):
         assert f"Running stage '{stage}'" in out["log"], stage
     assert out["log"].rfind("Running stage 'report'") > max(out["log"].rfind(f"Running stage '{s}'")
@@ -65,7 +66,7 @@ def _numbers(path):
 
 def test_two_runs_from_scratch_are_identical(first_run, second_run):
     one, two = first_run[0], second_run
-    for variant in ("tsrec", "sft"):
+    for variant in ("tsrec", "sft", "sft_rl", "tsrec_rl"):
         m1, m2 = (d / "results" / "synthetic" / variant / "metrics.json" for d in (one, two))
         assert _numbers(m1) == _numbers(m2) and "HR@10" in _numbers(m1)
         r1, r2 = (d / "artifacts" / "synthetic" / "eval" / variant / "ranks.parquet" for d in (one, two))

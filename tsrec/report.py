@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 METHODS = [*ROWS,
            ("TS-Rec w/o SA-Init (no_sainit)", "variant:no_sainit"),
            ("TS-Rec w/o TS-Align (no_tsalign)", "variant:no_tsalign"),
-           ("TS-Rec (tsrec)", "variant:tsrec")]
+           ("TS-Rec (tsrec)", "variant:tsrec"),
+           ("TS-Rec + GRPO (tsrec_rl)", "variant:tsrec_rl")]
 
 
 @dataclasses.dataclass

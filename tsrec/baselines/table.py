@@ -27,7 +27,7 @@ ROWS = [
     ("BIGRec", None),
     ("D3", None),
     ("S-DPO", None),
-    ("MiniOneRec-GRPO", None),
+    ("MiniOneRec-GRPO (= our sft_rl: sft + GRPO)", "variant:sft_rl"),
 ]
 
 # MiniOneRec Table 1 (Qwen2.5, 8 GPUs, official train split), copied from REFERENCE.md section 6.
