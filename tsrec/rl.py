@@ -340,7 +340,7 @@ def rl_run(params: dict, ds: str, variant: str, *, base: str | Path | None = Non
             "params": {**base_meta.get("params", {}), "rl": dataclasses.asdict(cfg), "seed": seed},
             "inputs_sha256": {s: sha256_file(data_dir / f"{s}.parquet") for s in ("items", "train", "valid")}}
     ckpt_dir, plots = out / "checkpoints", out / "plots"
-    same_run = {k: v for k, v in dataclasses.asdict(cfg).items()  # what does not change the numbers
+    same_run = {k: v for k, v in dataclasses.asdict(cfg).items()  # less the keys that leave the numbers as they are
                 if k not in ("variants", "threads", "keep_checkpoints", "eval_batch_size")}
     fingerprint = sha256_json({"rl": same_run, **{k: meta[k] for k in ("base", "inputs_sha256", "index_sha256")}})
     fp_file = ckpt_dir / "fingerprint.json"
