@@ -156,14 +156,15 @@ def test_torchrun_two_cpu_processes(params, tmp_path):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "tsrec", "--params", params["_path"],
-           "train", "--dataset", "tiny", "--variant", "sft", "--results", str(tmp_path / "results")]
+           "train", "--dataset", "tiny", "--variant", "sft", "--seed", "3", "--results", str(tmp_path / "results")]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = tmp_path / "artifacts" / "tiny" / "runs" / "sft"
+    run = tmp_path / "artifacts" / "tiny" / "runs" / "sft" / "seed3"
     meta = json.loads((run / "final" / "tsrec_meta.json").read_text())
     assert meta["train"]["world_size"] == 2 and meta["train"]["steps"] == 4
-    assert (tmp_path / "results" / "tiny" / "sft" / "valid.csv").is_file()
-    summary = json.loads((tmp_path / "results" / "tiny" / "sft" / "train_summary.json").read_text())
+    assert (tmp_path / "results" / "tiny" / "sft" / "seed3" / "valid.csv").is_file()
+    summary = json.loads((tmp_path / "results" / "tiny" / "sft" / "seed3" / "train_summary.json").read_text())
+    assert summary["seed"] == meta["seed"] == 3
     assert "train --dataset tiny --variant sft" in summary["command"] and summary["train"]["world_size"] == 2
 
 
