@@ -149,7 +149,7 @@ def test_migrate_moves_files_adds_seed_and_slim_ranks(tmp_path, monkeypatch):
     assert rec["row_ranks"] == {"path": "results/DS/tsrec/seed42/ranks.parquet",
                                 "sha256": sha256_file(new / "ranks.parquet")}
     assert pd.read_parquet(new / "ranks.parquet").equals(full[["row", "target", "rank"]])
-    assert rec["migrated"]["by"] == "tsrec migrate-seed-layout"
+    assert rec["migrated"]["by"] == "tsrec migrate-seed-layout" and rec["seed"] == 42
     assert list(yaml.safe_load(lock.read_text())["stages"]) == ["data@DS"]
     assert migrate("results", "artifacts", ["DS"], 42) == []  # done: nothing left to move
     # the migrated run is what the report and the paired comparison read

@@ -8,6 +8,7 @@ the run record (with a ``migrated`` note). The seed each run recorded must be N,
 
     tsrec migrate-seed-layout [--seed 42] [--dataset DS ...]   # then, as it prints:
     dvc commit -f train@<DS>-<V>-<N> evaluate@<DS>-<V>-<N> ...  # record the moved outputs in dvc.lock
+    dvc repro --single-item report                               # the tables read the new folders
     git add -A results dvc.lock && git commit
 
 It also drops the old stages' entries (``train@<DS>-<V>``, ``evaluate@<DS>-<V>``) from ``--dvc-lock``.
@@ -79,6 +80,7 @@ def _update_records(dest: Path, old_run: Path, new_run: Path, old_eval: Path, ne
         source = (rec.get("model") or {}).get("source") or {}
         if source.get("path") == str(old_run):
             source["path"] = str(new_run)
+        rec.setdefault("seed", seed)
         rec["migrated"] = {"by": "tsrec migrate-seed-layout", "from": str(dest.parent),
                            "runs_from": str(old_run), "eval_from": str(old_eval)}
         if record_file != mfile:
