@@ -6,6 +6,8 @@ export TSREC_MIRROR ?= ../shared/datasets
 .PHONY: setup repro teachers test bench tables ablations sweep clean-venv
 DVC := PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc
 ABLATIONS ?= [tsrec,no_sainit,no_tsalign,sft]
+ABLATION_SEEDS ?= [42,43,44]
+ABLATION_DATASETS ?= [Industrial_and_Scientific,Office_Products]
 
 setup: $(VENV)/.installed
 
@@ -32,9 +34,13 @@ teachers: setup
 tables: setup
 	$(DVC) repro --single-item report
 
-# TS-Rec and its ablations (train + evaluate each variant), as a DVC experiment, then the tables
+# TS-Rec and its ablations: train + evaluate each dataset x variant x seed as a DVC experiment (runs already
+# made are skipped: the train stage's params leave out the matrix lists), then the tables and plots. Run
+# `git add -A results dvc.lock params.yaml` afterwards, or `dvc exp apply` the experiment first.
 ablations: setup
-	$(DVC) exp run -S 'train.variants=$(ABLATIONS)' evaluate report
+	$(DVC) exp run -S 'train.variants=$(ABLATIONS)' -S 'train.seeds=$(ABLATION_SEEDS)' \
+		-S 'train.datasets=$(ABLATION_DATASETS)' evaluate
+	$(DVC) repro --single-item report  # its deps (results/) would pull in the sweep and the optional teachers
 
 # Optuna sweep over SA-Init pooling and the TS-Align weight (study in sweep.storage; resumable)
 sweep: setup
