@@ -8,7 +8,6 @@ made by the same configuration), ``plots/{train,valid}.csv`` (loss + lr, valid l
 
 from __future__ import annotations
 
-import copy
 import csv
 import dataclasses
 import json
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 
 from tsrec.backbone import backbone_path, index_tokens
 from tsrec.codebook import index_path
-from tsrec.config import section
+from tsrec.config import deep_merge, section
 from tsrec.data import DataConfig, load_index
 from tsrec.errors import ParamError, TsrecError
 from tsrec.io import atomic_dir, atomic_file, sha256_file, sha256_json, write_json
@@ -84,13 +83,6 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------- variants
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
-
 def variant_params(params: dict, variant: str) -> dict:
     """params with the variant's overrides (``variants.<name>``: a mapping of section -> overrides) applied."""
     variants = params.get("variants") or {}
@@ -101,7 +93,7 @@ def variant_params(params: dict, variant: str) -> dict:
     if not isinstance(over, dict) or set(over) - set(VARIANT_SECTIONS):
         raise ParamError(f"a variant overrides only {list(VARIANT_SECTIONS)}, got {over!r}",
                          file=params.get("_path"), field=f"variants.{variant}")
-    return _merge(params, over)
+    return deep_merge(params, over)
 
 
 # ---------------------------------------------------------------- inputs
