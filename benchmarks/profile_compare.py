@@ -11,7 +11,6 @@ Run: OMP_WAIT_POLICY=PASSIVE flock /tmp/tsrec-cpu.lock python benchmarks/profile
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import shlex
 import subprocess
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+
+from tsrec.config import deep_merge
 
 REPO = Path(__file__).resolve().parents[1]
 DS, VARIANT, VALID_ROWS, TEST_ROWS = "Industrial_and_Scientific", "sft", 500, 4533
@@ -40,13 +41,6 @@ PROFILES = {  # name -> overrides of params.yaml. The old default (8 layers, lr 
 }
 
 
-def merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def sh(cmd: list[str], log: Path) -> float:
     t0 = time.perf_counter()
     with open(log, "a", encoding="utf-8") as fh:
@@ -61,7 +55,7 @@ def run_profile(name: str, over: dict) -> dict:
     res = REPO / "results" / "profiles" / name
     root.mkdir(parents=True, exist_ok=True)
     res.mkdir(parents=True, exist_ok=True)
-    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), over)
+    params = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()), over)
     pfile = res / "params.yaml"
     pfile.write_text(yaml.safe_dump(params, sort_keys=False))
     tsrec = [sys.executable, "-m", "tsrec", "--params", str(pfile.relative_to(REPO))]

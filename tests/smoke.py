@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from tsrec.config import deep_merge
+
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "smoke.yaml"
 EXPECTED = "results/smoke/expected.json"
@@ -51,12 +53,6 @@ def tsrec(copy: Path, *args: str, check: bool = False) -> subprocess.CompletedPr
     return sh(copy, sys.executable, "-m", "tsrec", *args, check=check)
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
-    return out
-
 
 def make_copy(dest: Path, overrides: dict | None = None) -> Path:
     """A git repo at ``dest`` with this repo's files and the smoke params (``overrides`` merged in)."""
@@ -69,7 +65,7 @@ def make_copy(dest: Path, overrides: dict | None = None) -> Path:
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dest / rel)
-    params = _merge(yaml.safe_load(PROFILE.read_text()), overrides or {})
+    params = deep_merge(yaml.safe_load(PROFILE.read_text()), overrides or {})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.name=smoke", "-c", "user.email=smoke@localhost", "-c", "commit.gpgsign=false"]
     sh(dest, "git", "init", "-q")

@@ -3,6 +3,7 @@ against full-sequence scoring, and a tiny end-to-end run that evaluate loads, in
 
 import csv
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,13 +16,16 @@ from tsrec.config import section
 from tsrec.data import load_index, load_split
 from tsrec.decoding import SidTrie, beam_search, left_pad
 from tsrec.errors import ParamError
-from tsrec.rl import (RLConfig, completion_logps, group_advantages, group_rewards, grpo_loss, ranking_reward,
-                      ranking_weights, rl_run, rule_reward, sid_tokens)
+from tsrec import layout
+from tsrec.rl import (MATRIX_KEYS, RLConfig, completion_logps, group_advantages, group_rewards, grpo_loss,
+                      ranking_reward, ranking_weights, rl_run, rule_reward, sid_tokens)
 
 from test_decoding import encode, random_prompts, sid_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_train import make_params  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------- rewards
@@ -167,8 +171,63 @@ def test_repo_params_rl_section_loads():
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     cfg = section(params, "rl", RLConfig)
     assert cfg.num_generations == 16 and cfg.beta == 1e-3 and cfg.lr == 1e-5 and cfg.reward_type == "ranking"
-    ev = params["evaluate"]["variants"]
-    assert set(params["train"]["variants"]) <= set(ev) and {v + "_rl" for v in cfg.variants} <= set(ev)
+    assert set(cfg.variants) <= set(params["train"]["variants"])  # the default pipeline trains the SFT runs rl needs
+
+
+# ---------------------------------------------------------------- the DVC stages
+def _stages() -> dict:
+    import yaml
+
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.mark.parametrize("profile", [REPO / "params.yaml", *sorted((REPO / "profiles").glob("*.yaml"))],
+                         ids=lambda p: p.name)
+def test_rl_stage_tracks_every_rl_setting_but_the_matrix_list(profile):
+    """As the train stage (tests/test_seeds.py): adding a variant, seed or dataset reruns no RL run already
+    made, so the rl stage lists the rl keys one by one, leaving out rl.variants; DVC fails on a listed key a
+    profile lacks, so every profile carries every rl key."""
+    import yaml
+
+    params = _stages()["rl"]["params"]
+    listed = {p.split(".", 1)[1] for p in params if p.startswith("rl.")}
+    keys = set(yaml.safe_load(profile.read_text())["rl"])
+    assert "rl" not in params and not listed & set(MATRIX_KEYS)
+    assert listed == keys - set(MATRIX_KEYS), (f"{profile.name}: rl keys {sorted(keys - set(MATRIX_KEYS))} vs "
+                                               f"dvc.yaml rl params {sorted(listed)}")
+    assert listed == {f.name for f in __import__("dataclasses").fields(RLConfig)} - set(MATRIX_KEYS)
+
+
+def test_rl_stages_run_one_per_dataset_variant_seed_into_seed_folders(tmp_path):
+    import shutil
+
+    import yaml
+
+    shutil.copy(REPO / "dvc.yaml", tmp_path)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"].update(seeds=[42, 43])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q", "--no-scm"], cwd=tmp_path, check=True)
+    from dvc.repo import Repo
+
+    with Repo(str(tmp_path)) as repo:
+        stages = {s.name: s for s in repo.index.stages}
+    ds = "Industrial_and_Scientific"
+    assert {n for n in stages if n.startswith(("rl@", "evaluate_rl@"))} == {
+        f"{st}@{ds}-{v}-{s}" for st in ("rl", "evaluate_rl") for v in ("sft", "tsrec") for s in (42, 43)}
+    # `dvc repro evaluate` (make repro) scores the SFT runs only: no evaluate stage needs an RL run
+    assert not any("_rl" in n for n in stages if n.startswith("evaluate@"))
+    rl, ev = stages[f"rl@{ds}-sft-43"], stages[f"evaluate_rl@{ds}-sft-43"]
+    assert rl.cmd == f"tsrec rl --dataset {ds} --variant sft --seed 43"
+    assert ev.cmd == f"tsrec evaluate --dataset {ds} --variant sft_rl --seed 43"
+    run = str(layout.train_run_dir("artifacts", ds, "sft_rl", 43) / "final")
+    res = layout.results_dir("results", ds, "sft_rl", 43)
+    assert str(layout.train_run_dir("artifacts", ds, "sft", 43) / "final") in {d.def_path for d in rl.deps}
+    assert {o.def_path for o in rl.outs} == {run, *(str(res / f) for f in ("rl_summary.json", "rl.csv",
+                                                                          "rl_valid.csv"))}
+    assert run in {d.def_path for d in ev.deps}
+    assert {o.def_path for o in ev.outs} == {str(layout.eval_dir("artifacts", ds, "sft_rl", 43)),
+                                             *(str(res / f) for f in ("run.json", "ranks.parquet", "metrics.json"))}
 
 
 # ---------------------------------------------------------------- end to end
@@ -201,28 +260,38 @@ def test_tiny_rl_run_writes_a_run_evaluate_loads(sft_run, capsys):
     pfile = str(root / "params.yaml")
     assert main(["--params", pfile, "rl", "--dataset", "tiny", "--variant", "sft",
                  "--results", str(root / "results")]) == 0
-    run = root / "artifacts" / "tiny" / "runs" / "sft_rl"
+    seed = params["seed"]  # no --seed: the top-level seed, as tsrec train
+    run = layout.train_run_dir(root / "artifacts", "tiny", "sft_rl", seed)
+    res = layout.results_dir(root / "results", "tiny", "sft_rl", seed)
     assert (run / "final" / "tsrec_meta.json").is_file() and not (run / "checkpoints").exists()
     steps = math.ceil(24 / 4)
-    log = _rows(root / "results" / "tiny" / "sft_rl" / "rl.csv")
+    log = _rows(res / "rl.csv")
     assert [int(r["step"]) for r in log] == list(range(1, steps + 1))
     for r in log:
         rule, ranking = float(r["reward_rule"]), float(r["reward_ranking"])
         assert 0 <= rule <= 1 / 16 and -1 / 16 < ranking <= 0 and float(r["kl"]) >= 0
         assert float(r["reward"]) == pytest.approx(rule + ranking)
     assert [int(r["step"]) for r in _rows(run / "plots" / "rl_valid.csv")] == [0, 2, 4, 6]
-    summary = __import__("json").loads((root / "results" / "tiny" / "sft_rl" / "rl_summary.json").read_text())
+    summary = __import__("json").loads((res / "rl_summary.json").read_text())
     assert summary["rl"]["steps"] == steps and summary["rl"]["rollout_tokens_per_s"] > 0
     assert summary["rl"]["update_tokens_per_s"] > 0 and summary["base"]["variant"] == "sft"
+    assert summary["seed"] == seed and summary["base"]["seed"] == seed and "variants" not in summary["params"]
+    base_run = layout.train_run_dir(root / "artifacts", "tiny", "sft", seed)
+    assert summary["base"]["run"] == str(base_run)
     # the policy moved away from the SFT model
-    base = load_file(root / "artifacts" / "tiny" / "runs" / "sft" / "final" / "model.safetensors")
+    base = load_file(base_run / "final" / "model.safetensors")
     new = load_file(run / "final" / "model.safetensors")
     assert set(base) == set(new) and any(not torch.equal(base[k], new[k]) for k in base)
     # evaluate loads it like any other variant
     assert main(["--params", pfile, "evaluate", "--dataset", "tiny", "--variant", "sft_rl", "--beams", "20",
                  "--results", str(root / "results"), "--artifacts", str(root / "artifacts")]) == 0
     assert "tiny/sft_rl test n=40" in capsys.readouterr().out
-    assert (root / "results" / "tiny" / "sft_rl" / "metrics.json").is_file()
+    assert (res / "metrics.json").is_file() and (res / "ranks.parquet").is_file()
+    # another seed starts from that seed's SFT run: none here, one clear error naming its folder
+    assert main(["--params", pfile, "rl", "--dataset", "tiny", "--variant", "sft", "--seed", str(seed + 1),
+                 "--results", str(root / "results")]) == 2
+    err = capsys.readouterr().err
+    assert "no trained SFT run" in err and str(layout.train_run_dir(root / "artifacts", "tiny", "sft", seed + 1)) in err
 
 
 class Stop(Exception):

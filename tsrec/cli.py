@@ -26,8 +26,9 @@ STAGES = {
     "sweep": ("tsrec.sweep", "Optuna sweep over SA-Init pooling and the TS-Align weight"),
     "report": ("tsrec.report", "Recall/NDCG tables from the metrics files"),
     "check": ("tsrec.check", "compare the metrics files with a committed expected file (regression check)"),
+    "migrate-seed-layout": ("tsrec.migrate", "move runs made before per-seed folders into seed<N>/ (no retraining)"),
 }
-NOT_STAGES = {"check"}  # checking commands, run after `dvc repro`, not pipeline stages
+NOT_STAGES = {"check", "migrate-seed-layout"}  # commands run by hand around `dvc repro`, not pipeline stages
 
 log = logging.getLogger("tsrec")
 

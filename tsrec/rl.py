@@ -1,9 +1,12 @@
 """rl: GRPO after SFT, the RL stage of MiniOneRec and of the TS-Rec authors' code (``train/rl.py``,
 ``train/trainer/minionerec_trainer.py``, ``scripts/rl.sh``).
 
-Starts from a trained SFT run (``runs/<variant>/final``, variant ``sft`` or ``tsrec``) and writes the run
-``runs/<variant>_rl/`` (same layout: ``final/``, ``checkpoints/``, ``plots/``) that ``tsrec evaluate
---variant <variant>_rl`` loads like any other. One optimizer step, for ``batch_size`` prompts:
+Starts from a trained SFT run of seed N (``runs/<variant>/seed<N>/final``, variant ``sft`` or ``tsrec``) and
+writes the run ``runs/<variant>_rl/seed<N>/`` (same layout: ``final/``, ``checkpoints/``, ``plots/``;
+tsrec.layout) that ``tsrec evaluate --variant <variant>_rl --seed N`` loads like any other; its curves and
+summary go to ``results/<DS>/<variant>_rl/seed<N>/``. The seed N (default: the top-level ``seed``) seeds
+what the run draws: the prompt subsample, the batch order and the valid subsample. One optimizer step, for
+``batch_size`` prompts:
 
   rollouts    the project's constrained beam search (``tsrec.decoding.beam_search``): per prompt the
               ``num_generations`` (16) best distinct SIDs + EOS, best first (authors: HF beam search over the
@@ -49,11 +52,13 @@ from tsrec.decoding import (SHARED_PREFIX_ATTN, SharedPrefix, SidTrie, _attentio
                             _supports_shared_prefix, beam_search, left_pad)
 from tsrec.errors import ParamError, TsrecError
 from tsrec.io import atomic_dir, sha256_file, sha256_json, write_json
+from tsrec.layout import results_dir
 from tsrec.precision import Precision, autocast, resolve as resolve_precision
 
 log = logging.getLogger(__name__)
 
 SUFFIX = "_rl"           # runs/<variant>_rl: the RL run of SFT variant <variant>
+MATRIX_KEYS = ("variants",)  # rl keys that list runs (the DVC matrix, with train.datasets/seeds), not settings of one
 SID_TASKS = ("seqrec", "item2sid", "title_hist2sid")  # the SFT tasks whose response is a SID
 PLOTS = {"rl.csv": ["step", "epoch", "learning_rate", "loss", "kl", "reward", "reward_rule", "reward_ranking",
                     "reward_std", "target_in_group"],
@@ -277,15 +282,17 @@ def sync_ref(policy, ref, alpha: float) -> None:
 
 
 # ---------------------------------------------------------------- the run
-def base_dir(params: dict, ds: str, variant: str) -> Path:
+def base_dir(params: dict, ds: str, variant: str, seed: int | None = None) -> Path:
+    """``<train.out>/<DS>/runs/<variant>/seed<N>`` (default seed: the top-level ``seed``; tsrec.layout)."""
     from tsrec.train import run_dir
 
-    return run_dir(params, ds, variant)
+    return run_dir(params, ds, variant, seed)
 
 
-def rl_run(params: dict, ds: str, variant: str, *, base: str | Path | None = None, out: str | Path | None = None,
-           callbacks: Sequence[Callable[[int, dict], None]] = ()) -> dict:
-    """GRPO from the SFT run of ``variant``; writes ``<out>/final`` (default runs/<variant>_rl); returns its meta.
+def rl_run(params: dict, ds: str, variant: str, *, seed: int | None = None, base: str | Path | None = None,
+           out: str | Path | None = None, callbacks: Sequence[Callable[[int, dict], None]] = ()) -> dict:
+    """GRPO from the SFT run of ``variant`` and ``seed`` (default: the top-level ``seed``); writes
+    ``<out>/final`` (default runs/<variant>_rl/seed<N>); returns its meta.
 
     ``callbacks(step, row)`` run after each step (its checkpoint included), e.g. to interrupt a test run.
     """
@@ -296,11 +303,11 @@ def rl_run(params: dict, ds: str, variant: str, *, base: str | Path | None = Non
     from tsrec.train import META, append_row, load_trained, save_final, trim_logs
 
     cfg = rl_config(params)
-    seed = int(params.get("seed", 42))
+    seed = int(params.get("seed", 42)) if seed is None else int(seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    base = Path(base) if base else base_dir(params, ds, variant)
-    out = Path(out) if out else base_dir(params, ds, rl_variant(variant))
+    base = Path(base) if base else base_dir(params, ds, variant, seed)
+    out = Path(out) if out else base_dir(params, ds, rl_variant(variant), seed)
     data_dir = Path(section(params, "data", DataConfig).out) / ds
     if not (base / "final" / META).is_file():
         raise TsrecError(f"no trained SFT run of variant {variant!r} here (run `tsrec train`)", file=base / "final")
@@ -335,13 +342,16 @@ def rl_run(params: dict, ds: str, variant: str, *, base: str | Path | None = Non
     meta = {**{k: base_meta[k] for k in ("dataset", "index_path", "index_sha256", "backbone", "backbone_id")
                if k in base_meta},
             "variant": rl_variant(variant), "seed": seed,
-            "base": {"variant": variant, "run": str(base), "meta_sha256": sha256_file(base / "final" / META),
+            "base": {"variant": variant, "seed": base_meta.get("seed"), "run": str(base),
+                     "meta_sha256": sha256_file(base / "final" / META),
                      "model_sha256": sha256_file(base / "final" / "model.safetensors")},
-            "params": {**base_meta.get("params", {}), "rl": dataclasses.asdict(cfg), "seed": seed},
+            # rl.variants lists runs (the DVC matrix), not a setting of this one: left out, as train.seeds is
+            "params": {**base_meta.get("params", {}), "seed": seed,
+                       "rl": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in MATRIX_KEYS}},
             "inputs_sha256": {s: sha256_file(data_dir / f"{s}.parquet") for s in ("items", "train", "valid")}}
     ckpt_dir, plots = out / "checkpoints", out / "plots"
     same_run = {k: v for k, v in dataclasses.asdict(cfg).items()  # less the keys that leave the numbers as they are
-                if k not in ("variants", "threads", "keep_checkpoints", "eval_batch_size")}
+                if k not in (*MATRIX_KEYS, "threads", "keep_checkpoints", "eval_batch_size")}
     fingerprint = sha256_json({"rl": same_run, **{k: meta[k] for k in ("base", "inputs_sha256", "index_sha256")}})
     fp_file = ckpt_dir / "fingerprint.json"
     if ckpt_dir.exists() and (not fp_file.exists() or json.loads(fp_file.read_text()) != fingerprint):
@@ -468,10 +478,15 @@ def rl_run(params: dict, ds: str, variant: str, *, base: str | Path | None = Non
 # ---------------------------------------------------------------- CLI
 def add_arguments(p) -> None:
     p.add_argument("--dataset", required=True)
-    p.add_argument("--variant", required=True, help="the SFT variant to start from (writes runs/<variant>_rl)")
-    p.add_argument("--base-dir", default=None, help="SFT run folder (default <train.out>/<DS>/runs/<variant>)")
-    p.add_argument("--out", default=None, help="run folder (default <train.out>/<DS>/runs/<variant>_rl)")
-    p.add_argument("--results", default="results", help="copy the curves to <results>/<DS>/<variant>_rl/")
+    p.add_argument("--variant", required=True,
+                   help="the SFT variant to start from (writes runs/<variant>_rl/seed<N>)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the SFT run to start from and of this run (default: the top-level seed)")
+    p.add_argument("--base-dir", default=None,
+                   help="SFT run folder (default <train.out>/<DS>/runs/<variant>/seed<N>)")
+    p.add_argument("--out", default=None, help="run folder (default <train.out>/<DS>/runs/<variant>_rl/seed<N>)")
+    p.add_argument("--results", default="results",
+                   help="copy the curves and the summary to <results>/<DS>/<variant>_rl/seed<N>/")
 
 
 def run(args, params: dict) -> None:
@@ -480,9 +495,10 @@ def run(args, params: dict) -> None:
         raise ParamError(f"variant {args.variant!r} is not in rl.variants {cfg.variants}", file=params.get("_path"),
                          field="rl.variants")
     name = rl_variant(args.variant)
-    meta = rl_run(params, args.dataset, args.variant, base=args.base_dir, out=args.out)
-    out = Path(args.out) if args.out else base_dir(params, args.dataset, name)
-    dest = Path(args.results) / args.dataset / name
+    seed = int(params.get("seed", 42)) if args.seed is None else args.seed
+    meta = rl_run(params, args.dataset, args.variant, seed=seed, base=args.base_dir, out=args.out)
+    out = Path(args.out) if args.out else base_dir(params, args.dataset, name, seed)
+    dest = results_dir(args.results, args.dataset, name, seed)
     dest.mkdir(parents=True, exist_ok=True)
     for plot in PLOTS:
         shutil.copyfile(out / "plots" / plot, dest / plot)

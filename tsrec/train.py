@@ -1,6 +1,6 @@
 """train: multi-task SFT of the backbone with SID tokens (one run per variant), HF Trainer.
 
-Run folder ``artifacts/<DS>/runs/<variant>/``: ``checkpoints/`` (safetensors, resumed when present and
+Run folder ``artifacts/<DS>/runs/<variant>/seed<N>/`` (tsrec.layout): ``checkpoints/`` (safetensors, resumed when present and
 made by the same configuration), ``plots/{train,valid}.csv`` (loss + lr, valid loss: DVC plots),
 ``final/`` (merged plain model + tokenizer + ``tsrec_meta.json``). Works unchanged under
 ``torchrun``/``accelerate launch`` (DDP; gloo on CPU).
@@ -8,7 +8,6 @@ made by the same configuration), ``plots/{train,valid}.csv`` (loss + lr, valid l
 
 from __future__ import annotations
 
-import copy
 import csv
 import dataclasses
 import json
@@ -25,11 +24,12 @@ import torch.nn.functional as F
 
 from tsrec.backbone import backbone_path, index_tokens
 from tsrec.codebook import index_path
-from tsrec.config import section
+from tsrec.config import deep_merge, section
 from tsrec.data import DataConfig, load_index
 from tsrec.errors import ParamError, TsrecError
 from tsrec.io import atomic_dir, atomic_file, sha256_file, sha256_json, write_json
 from tsrec.keywords import cache_path
+from tsrec.layout import results_dir, train_run_dir
 from tsrec.precision import Precision, resolve as resolve_precision
 from tsrec.tasks import IGNORE, build_examples, load_corpus, seqrec_examples, tasks_config
 
@@ -38,12 +38,14 @@ log = logging.getLogger(__name__)
 META = "tsrec_meta.json"
 FINGERPRINT = "fingerprint.json"
 VARIANT_SECTIONS = ("sainit", "tasks", "train", "backbone")  # what a variant may override
+MATRIX_KEYS = ("datasets", "variants", "seeds")  # train keys that list runs (the DVC matrix), not settings of one
 
 
 @dataclasses.dataclass
 class TrainConfig:
     datasets: list[str] = dataclasses.field(default_factory=lambda: ["Industrial_and_Scientific"])
     variants: list[str] = dataclasses.field(default_factory=lambda: ["tsrec", "sft"])
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [42])  # one run per seed (DVC matrix)
     out: str = "artifacts"
     epochs: float = 1.0
     max_steps: int = -1             # > 0 overrides epochs
@@ -76,16 +78,11 @@ class TrainConfig:
             raise ValueError("epochs must be > 0 (or max_steps > 0)")
         if self.threads < 0:
             raise ValueError("threads must be >= 0")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
 
 
 # ---------------------------------------------------------------- variants
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
-
 def variant_params(params: dict, variant: str) -> dict:
     """params with the variant's overrides (``variants.<name>``: a mapping of section -> overrides) applied."""
     variants = params.get("variants") or {}
@@ -96,7 +93,7 @@ def variant_params(params: dict, variant: str) -> dict:
     if not isinstance(over, dict) or set(over) - set(VARIANT_SECTIONS):
         raise ParamError(f"a variant overrides only {list(VARIANT_SECTIONS)}, got {over!r}",
                          file=params.get("_path"), field=f"variants.{variant}")
-    return _merge(params, over)
+    return deep_merge(params, over)
 
 
 # ---------------------------------------------------------------- inputs
@@ -319,16 +316,22 @@ def trim_logs(plots: Path, step: int, spec: dict[str, list[str]] = PLOTS) -> Non
 
 
 # ---------------------------------------------------------------- the run
-def run_dir(params: dict, ds: str, variant: str) -> Path:
-    return Path(section(params, "train", TrainConfig).out) / ds / "runs" / variant
+def run_dir(params: dict, ds: str, variant: str, seed: int | None = None) -> Path:
+    """``<train.out>/<DS>/runs/<variant>/seed<N>`` (default seed: the top-level ``seed``)."""
+    seed = int(params.get("seed", 42)) if seed is None else seed
+    return train_run_dir(section(params, "train", TrainConfig).out, ds, variant, seed)
 
 
-def train_run(params: dict, ds: str, variant: str, *, out: str | Path | None = None,
+def train_run(params: dict, ds: str, variant: str, *, seed: int | None = None, out: str | Path | None = None,
               callbacks: list | None = None) -> dict:
-    """Train one variant on one dataset; returns the meta written to ``final/tsrec_meta.json``."""
+    """Train one variant on one dataset with ``seed`` (default: the top-level ``seed``), which seeds
+    everything the run draws (weights, task sampling, valid subsample, batch order); returns the meta
+    written to ``final/tsrec_meta.json``."""
     from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
+    if seed is not None:
+        params = {**params, "seed": int(seed)}
     vp = variant_params(params, variant)
     cfg = section(vp, "train", TrainConfig)
     precision = resolve_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
@@ -355,7 +358,7 @@ def train_run(params: dict, ds: str, variant: str, *, out: str | Path | None = N
         "dataset": ds, "variant": variant, "seed": seed,
         "index_path": str(ipath), "index_sha256": sha256_file(ipath),
         "backbone": str(bpath), "backbone_id": backbone_id(bpath), "sainit": sainit_report,
-        "params": {k: vp.get(k) for k in (*VARIANT_SECTIONS, "seed") if k in vp},
+        "params": _recorded_params(vp),
         "keywords": str(keywords), "inputs_sha256": run_inputs(vp, data_dir, ipath, keywords),
     }
     ckpt_dir = out / "checkpoints"
@@ -439,6 +442,15 @@ def train_run(params: dict, ds: str, variant: str, *, out: str | Path | None = N
     return meta
 
 
+def _recorded_params(vp: dict) -> dict:
+    """The settings of this run (meta, resume fingerprint). ``train.seeds`` lists runs: left out, so a run's
+    fingerprint does not depend on which other seeds are planned (and equals the one before seeds existed)."""
+    out = {k: vp.get(k) for k in (*VARIANT_SECTIONS, "seed") if k in vp}
+    if isinstance(out.get("train"), dict):
+        out["train"] = {k: v for k, v in out["train"].items() if k != "seeds"}
+    return out
+
+
 def save_final(model, tokenizer, meta: dict, final: Path) -> None:
     """Merge LoRA (if any) into a plain model and write it with the tokenizer and meta, atomically."""
     if hasattr(model, "merge_and_unload"):
@@ -482,15 +494,18 @@ def load_trained(run_dir: str | Path, *, index_path: str | Path | None = None,
 def add_arguments(p) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--variant", required=True)
-    p.add_argument("--out", default=None, help="run folder (default artifacts/<DS>/runs/<variant>)")
-    p.add_argument("--results", default="results", help="copy the loss curve to <results>/<DS>/<variant>/")
+    p.add_argument("--seed", type=int, default=None, help="training seed (default: the top-level seed)")
+    p.add_argument("--out", default=None, help="run folder (default artifacts/<DS>/runs/<variant>/seed<N>)")
+    p.add_argument("--results", default="results",
+                   help="copy the loss curves to <results>/<DS>/<variant>/seed<N>/")
 
 
 def run(args, params: dict) -> None:
-    meta = train_run(params, args.dataset, args.variant, out=args.out)
+    seed = int(params.get("seed", 42)) if args.seed is None else args.seed
+    meta = train_run(params, args.dataset, args.variant, seed=seed, out=args.out)
     if int(os.environ.get("RANK", "0")) == 0 and args.results:
-        out = Path(args.out) if args.out else run_dir(params, args.dataset, args.variant)
-        dest = Path(args.results) / args.dataset / args.variant
+        out = Path(args.out) if args.out else run_dir(params, args.dataset, args.variant, seed)
+        dest = results_dir(args.results, args.dataset, args.variant, seed)
         dest.mkdir(parents=True, exist_ok=True)
         for name in PLOTS:
             shutil.copyfile(out / "plots" / name, dest / name)
