@@ -4,9 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export TSREC_MIRROR ?= ../shared/datasets
 
-.PHONY: setup repro teachers test bench tables ablations sweep clean-venv profile
+.PHONY: setup repro rl teachers test bench tables ablations sweep clean-venv profile
 DVC := PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc
 ABLATIONS ?= [tsrec,no_sainit,no_tsalign,sft]
+ABLATION_SEEDS ?= [42,43,44]
+ABLATION_DATASETS ?= [Industrial_and_Scientific,Office_Products]
 
 setup: $(VENV)/.installed
 
@@ -18,7 +20,8 @@ $(VENV)/.installed: requirements.txt requirements-models.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-# the LLM rows of the default tables (not the optional `teachers` caches, not the sweep; the baseline
+# the LLM rows of the default tables: the stages listed here and what they depend on, nothing else (not the
+# optional `teachers` caches, not the sweep, not the RL stages rl + evaluate_rl: `make rl`, ~1 h; the baseline
 # grid is `make baselines`: hours of CPU, its committed results are what the tables read)
 REPRO_STAGES ?= data embed codebook keywords backbone train evaluate
 repro: setup
@@ -33,9 +36,19 @@ teachers: setup
 tables: setup
 	$(DVC) repro --single-item report
 
-# TS-Rec and its ablations (train + evaluate each variant), as a DVC experiment, then the tables
+# TS-Rec and its ablations: train + evaluate each dataset x variant x seed as a DVC experiment (runs already
+# made are skipped: the train stage's params leave out the matrix lists), then the tables and plots. Run
+# `git add -A results dvc.lock params.yaml` afterwards, or `dvc exp apply` the experiment first.
 ablations: setup
-	$(DVC) exp run -S 'train.variants=$(ABLATIONS)' evaluate report
+	$(DVC) exp run -S 'train.variants=$(ABLATIONS)' -S 'train.seeds=$(ABLATION_SEEDS)' \
+		-S 'train.datasets=$(ABLATION_DATASETS)' evaluate
+	$(DVC) repro --single-item report  # its deps (results/) would pull in the sweep and the optional teachers
+
+# GRPO after SFT (dvc stage rl: train.datasets x rl.variants x train.seeds, ~30 min per run on 2 cores) and
+# the RL runs' evaluation (stage evaluate_rl; it pulls in rl and, where not done, the SFT runs), then the tables
+rl: setup
+	$(DVC) repro rl evaluate_rl
+	$(DVC) repro --single-item report  # its deps (results/) would pull in the sweep and the optional teachers
 
 # Optuna sweep over SA-Init pooling and the TS-Align weight (study in sweep.storage; resumable)
 sweep: setup
@@ -58,4 +71,4 @@ clean-venv:
 .PHONY: baselines
 baselines: setup
 	$(DVC) repro baseline
-	$(DVC) repro report
+	$(DVC) repro --single-item report  # its deps (results/) would pull in the sweep, the teachers and rl

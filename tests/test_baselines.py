@@ -186,6 +186,13 @@ def test_cli_pop_run_and_table(tiny_dataset, tmp_path, monkeypatch):
     assert read_metrics(out / "tiny" / "baselines" / "pop.json") == {k: summary[k] for k in keys}
     assert summary["n_runs"] == 1 and summary["ci95"]["NDCG@10"] is None
     assert rec["rows"]["test"] == 40 and rec["ranking"] == "full ranking over all items"
+    # the row ranks beside the seed file give back its SID-level metrics (paired tests in tsrec report)
+    ranks = pd.read_parquet(out / "tiny" / "baselines" / "pop" / "seed3.ranks.parquet")
+    assert list(ranks["row"]) == list(range(40)) and list(ranks["target"]) == list(pd.read_parquet(
+        tiny_dataset / "test.parquet")["target"])
+    from tsrec.metrics import from_ranks
+
+    assert from_ranks(ranks["rank"].tolist()) == {k: rec[k] for k in keys}
     assert main(["--params", str(pfile), "baseline", "--table", "--dataset", "tiny", "--out", str(out)]) == 0
     md = (out / "baselines.md").read_text()
     assert "| Pop" in md and "not run" in md and "published" in md.lower()
@@ -205,9 +212,11 @@ def test_cli_learned_model_one_file_per_seed_with_t_interval(tiny_dataset, tmp_p
     out = tmp_path / "results"
     (out / "tiny" / "baselines" / "gru4rec").mkdir(parents=True)
     (out / "tiny" / "baselines" / "gru4rec" / "seed99.json").write_text("{}")  # stale: removed
+    (out / "tiny" / "baselines" / "gru4rec" / "seed99.ranks.parquet").write_text("")  # stale: removed
     assert main(["--params", str(pfile), "baseline", "--model", "gru4rec", "--dataset", "tiny", "--out", str(out)]) == 0
     folder = out / "tiny" / "baselines" / "gru4rec"
     assert sorted(f.name for f in folder.glob("*.json")) == ["seed5.json", "seed6.json", "seed7.json"]
+    assert sorted(f.name for f in folder.glob("*.parquet")) == [f"seed{s}.ranks.parquet" for s in (5, 6, 7)]
     recs = [json.loads((folder / f"seed{s}.json").read_text()) for s in (5, 6, 7)]
     for r in recs:
         assert r["stopped"] in ("patience", "max_epochs") and r["curve"] and r["epochs"] == len(r["curve"])
@@ -250,7 +259,7 @@ def test_table_sanity_flags_a_model_below_pop(tmp_path):
                    {**metrics, "valid_NDCG@10": ndcg, "ci95": {"NDCG@10": 0.001}, "n_runs": 3, "seeds": []})
 
     sft = {f"{n}@{k}": 0.1 for k in (1, 3, 5, 10, 20) for n in ("HR", "NDCG")}
-    write_json(tmp_path / "d" / "sft" / "metrics.json", sft)
+    write_json(tmp_path / "d" / "sft" / "seed42" / "metrics.json", sft)
     df = our_rows(tmp_path, "d")
     assert sanity(df) == ["Caser"]
     assert below_floor(df) == ["Caser"]

@@ -12,6 +12,8 @@ def _results(root, hr10=0.25, with_sft=True):
     if with_sft:
         write_json(root / "DS" / "sft" / "metrics.json", {"HR@10": 0.2, "NDCG@10": 0.1, "n_rows": 40})
     write_json(root / "DS" / "baselines" / "pop.json", {"metrics": {"HR@10": 0.1}, "command": "x"})  # older scheme
+    write_json(root / "DS" / "no_sainit" / "seed43" / "metrics.json", {"seed": 43, "HR@10": 0.3})  # per-seed layout
+    write_json(root / "DS" / "no_sainit" / "seed43" / "run.json", {"command": "tsrec evaluate --seed 43"})
 
 
 def test_write_then_check_passes(tmp_path, capsys):
@@ -21,9 +23,11 @@ def test_write_then_check_passes(tmp_path, capsys):
     saved = json.loads(exp.read_text())
     assert saved["metrics"]["DS/tsrec/metrics.json"] == {"HR@10": 0.25, "NDCG@10": 0.125, "n_rows": 40}
     assert saved["metrics"]["DS/baselines/pop.json"] == {"HR@10": 0.1} and "DS/tsrec/run.json" not in saved["metrics"]
+    assert saved["metrics"]["DS/no_sainit/seed43/metrics.json"] == {"HR@10": 0.3}
+    assert "DS/no_sainit/seed43/run.json" not in saved["metrics"]
     capsys.readouterr()
     assert main(["check", "--results", str(tmp_path / "r"), "--expected", str(exp)]) == 0
-    assert "check ok: 7 metrics in 3 files" in capsys.readouterr().out
+    assert "check ok: 8 metrics in 4 files" in capsys.readouterr().out
 
 
 def test_regression_missing_metric_and_higher_value_fail_with_a_table(tmp_path, capsys):
@@ -38,7 +42,7 @@ def test_regression_missing_metric_and_higher_value_fail_with_a_table(tmp_path, 
     assert lines[0].split() == ["Path", "Metric", "Expected", "Got", "Change", "Status"]
     assert ["DS/tsrec/metrics.json", "HR@10", "0.25", "0.2", "-0.05", "REGRESSION"] in [ln.split() for ln in lines]
     assert ["DS/sft/metrics.json", "HR@10", "0.2", "-", "-", "MISSING", "FILE"] in [ln.split() for ln in lines]
-    assert "4 of 7 metrics" in err and "REGRESSION" in err
+    assert "4 of 8 metrics" in err and "REGRESSION" in err
     # within the tolerance: fine; higher than expected fails unless --allow-better
     _results(tmp_path / "better", hr10=0.3)
     assert main(["check", "--results", str(tmp_path / "better"), "--expected", str(exp), "--tolerance", "0.1"]) == 0

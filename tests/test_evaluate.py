@@ -88,10 +88,18 @@ def test_cli_writes_metrics_and_ranks(tiny_dataset, tiny_eval_model, tmp_path):
                "--model-dir", str(model_dir), "--data-dir", str(tiny_dataset), "--subsample", "25",
                "--results", str(tmp_path / "results"), "--artifacts", str(tmp_path / "artifacts")])
     assert rc == 0
-    m = json.loads((tmp_path / "results/Industrial_and_Scientific/tiny/metrics.json").read_text())
-    r = json.loads((tmp_path / "results/Industrial_and_Scientific/tiny/run.json").read_text())
-    ranks = pd.read_parquet(tmp_path / "artifacts/Industrial_and_Scientific/eval/tiny/ranks.parquet")
+    res = tmp_path / "results/Industrial_and_Scientific/tiny/seed42"  # the run's seed: the top-level one
+    m = json.loads((res / "metrics.json").read_text())
+    r = json.loads((res / "run.json").read_text())
+    ranks = pd.read_parquet(tmp_path / "artifacts/Industrial_and_Scientific/eval/tiny/seed42/ranks.parquet")
     assert m["n_rows"] == len(ranks) == 25 and m["n_rows_split"] == 40
+    assert m["seed"] == r["seed"] == 42
+    # the git-tracked slim ranks beside the metrics: the same rows and ranks
+    slim = pd.read_parquet(res / "ranks.parquet")
+    assert list(slim.columns) == ["row", "target", "rank"] and slim.equals(ranks[["row", "target", "rank"]])
+    from tsrec.io import sha256_file
+
+    assert r["row_ranks"]["sha256"] == sha256_file(res / "ranks.parquet")
     assert r["subsample"] == {"n": 25, "seed": 42} and r["split"] == "test" and r["beams"] == 20
     assert r["model"]["source"]["kind"].startswith("plain_model_UNTRAINED")
     # the metrics file holds numbers only (dvc metrics show/diff); provenance is in the run record
@@ -105,11 +113,12 @@ def test_cli_writes_metrics_and_ranks(tiny_dataset, tiny_eval_model, tmp_path):
                "--model-dir", str(model_dir), "--data-dir", str(tiny_dataset), "--split", "valid",
                "--results", str(tmp_path / "results"), "--artifacts", str(tmp_path / "artifacts")])
     assert rc == 0
-    mv = json.loads((tmp_path / "results/Industrial_and_Scientific/tiny/metrics_valid.json").read_text())
-    rv = json.loads((tmp_path / "results/Industrial_and_Scientific/tiny/run_valid.json").read_text())
+    mv = json.loads((res / "metrics_valid.json").read_text())
+    rv = json.loads((res / "run_valid.json").read_text())
     assert rv["split"] == "valid" and rv["subsample"] is None and mv["n_rows"] == 40
-    assert sorted(p.name for p in (tmp_path / "artifacts/Industrial_and_Scientific/eval/tiny").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "artifacts/Industrial_and_Scientific/eval/tiny/seed42").iterdir()) == [
         "ranks.parquet", "ranks_valid.parquet"]
+    assert (res / "ranks_valid.parquet").is_file() and (res / "ranks.parquet").is_file()
 
 
 def test_cli_errors_are_one_line(tiny_dataset, tmp_path, capsys):
@@ -126,22 +135,22 @@ def test_cli_evaluates_a_trained_run(tmp_path, tiny_dataset, tiny_backbone):
     from tsrec.train import train_run
 
     params = make_params(tmp_path, tiny_dataset, tiny_backbone, max_steps=2)
-    run = tmp_path / "artifacts" / "tiny" / "runs" / "sft"
-    train_run(params, "tiny", "sft", out=run)
-    rc = main(["--params", params["_path"], "evaluate", "--dataset", "tiny", "--variant", "sft",
-               "--run-dir", str(run), "--results", str(tmp_path / "results"),
-               "--artifacts", str(tmp_path / "artifacts")])
+    train_run(params, "tiny", "sft", seed=5)  # the default run folder: artifacts/tiny/runs/sft/seed5
+    rc = main(["--params", params["_path"], "evaluate", "--dataset", "tiny", "--variant", "sft", "--seed", "5",
+               "--results", str(tmp_path / "results"), "--artifacts", str(tmp_path / "artifacts")])
     assert rc == 0
-    m = json.loads((tmp_path / "results/tiny/sft/metrics.json").read_text())
-    r = json.loads((tmp_path / "results/tiny/sft/run.json").read_text())
+    m = json.loads((tmp_path / "results/tiny/sft/seed5/metrics.json").read_text())
+    r = json.loads((tmp_path / "results/tiny/sft/seed5/run.json").read_text())
     assert r["model"]["source"]["kind"] == "trained_run" and r["model"]["meta"]["variant"] == "sft"
+    assert r["model"]["source"]["path"] == str(tmp_path / "artifacts/tiny/runs/sft/seed5")
+    assert m["seed"] == r["model"]["meta"]["seed"] == 5
     assert m["n_rows"] == 40 and r["subsample"] is None and m["invalid_outputs"] == 0
     assert r["index"]["sha256"] == r["model"]["meta"]["index_sha256"]
-    assert (tmp_path / "artifacts/tiny/eval/sft/ranks.parquet").is_file()
+    assert (tmp_path / "artifacts/tiny/eval/sft/seed5/ranks.parquet").is_file()
 
 
 def test_paired_comparison():
-    from tsrec.evaluate import paired
+    from tsrec.stats import paired
 
     rows = list(range(200))
     a = pd.DataFrame({"row": rows, "rank": [0] * 60 + [-1] * 140})
@@ -159,18 +168,26 @@ def test_paired_comparison():
 
 
 def test_cli_paired(tmp_path, capsys):
-    for v, ranks in (("x", [0, 1, -1, 3]), ("y", [-1, 1, -1, 12])):
-        d = tmp_path / "artifacts/DS/eval" / v
+    runs = {("x", 1): [0, 1, -1, 3], ("y", 1): [-1, 1, -1, 12], ("x", 2): [0, 1, -1, 3], ("y", 3): [0, 0, 0, 0]}
+    for (v, seed), ranks in runs.items():
+        d = tmp_path / "results/DS" / v / f"seed{seed}"
         d.mkdir(parents=True)
         pd.DataFrame({"row": [0, 1, 2, 3], "rank": ranks}).to_parquet(d / "ranks.parquet")
+        (d / "metrics.json").write_text(json.dumps({"seed": seed, "HR@10": 0.5}))
     params = tmp_path / "params.yaml"
     params.write_text("seed: 1\n")
     rc = main(["--params", str(params), "evaluate", "--dataset", "DS", "--variant", "x", "--paired", "y",
                "--results", str(tmp_path / "results"), "--artifacts", str(tmp_path / "artifacts")])
     assert rc == 0
     out = json.loads((tmp_path / "results/DS/paired/x_vs_y.json").read_text())
+    # only seed 1 is common: one pair (seeds 2 and 3 have no partner)
     assert out["a"] == "x" and out["b"] == "y" and out["rows"] == 4 and out["HR@10_only_a"] == 2
+    assert out["seeds"] == [[1, 1]] and out["pairs"] == 1
     assert "--paired y" in out["command"]
+    # no common seed on either side and more than one run: nothing to pair
+    assert main(["--params", str(params), "evaluate", "--dataset", "DS", "--variant", "x", "--paired", "y",
+                 "--seed", "2", "--results", str(tmp_path / "results")]) == 2
+    assert "no evaluated runs to pair" in capsys.readouterr().err
 
 
 def test_metrics_and_ranks_commit_together(tiny_dataset, tiny_eval_model, tmp_path, monkeypatch):
@@ -178,7 +195,8 @@ def test_metrics_and_ranks_commit_together(tiny_dataset, tiny_eval_model, tmp_pa
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"seed": 42, "evaluate": {"beams": 20, "batch_size": 8}}))
     res, art = tmp_path / "results", tmp_path / "artifacts"
-    mfile, rfile = res / "DS/tiny/metrics.json", art / "DS/eval/tiny/ranks.parquet"
+    mfile, rfile = res / "DS/tiny/seed42/metrics.json", art / "DS/eval/tiny/seed42/ranks.parquet"
+    slim = res / "DS/tiny/seed42/ranks.parquet"
 
     def evaluate(n):
         return main(["--params", str(params), "evaluate", "--dataset", "DS", "--variant", "tiny", "--model-dir",
@@ -188,7 +206,7 @@ def test_metrics_and_ranks_commit_together(tiny_dataset, tiny_eval_model, tmp_pa
     assert evaluate(10) == 0
     from tsrec.io import sha256_file
 
-    assert json.loads((res / "DS/tiny/run.json").read_text())["ranks"]["sha256"] == sha256_file(rfile)
+    assert json.loads((res / "DS/tiny/seed42/run.json").read_text())["ranks"]["sha256"] == sha256_file(rfile)
     old_ranks = rfile.read_bytes()
 
     def killed(*a, **kw):  # stands in for a kill while the ranks are written
@@ -201,9 +219,10 @@ def test_metrics_and_ranks_commit_together(tiny_dataset, tiny_eval_model, tmp_pa
     assert not mfile.exists() and rfile.read_bytes() == old_ranks  # no metrics of 20 rows beside ranks of 10
     # ranks changed behind the metrics' back are refused by the paired comparison
     assert evaluate(10) == 0
-    other = art / "DS/eval/other/ranks.parquet"
+    other = res / "DS/other/seed42/ranks.parquet"
     other.parent.mkdir(parents=True)
-    other.write_bytes(rfile.read_bytes())
-    pd.read_parquet(rfile).head(3).to_parquet(rfile)
+    other.write_bytes(slim.read_bytes())
+    (other.parent / "metrics.json").write_text(json.dumps({"seed": 42}))
+    pd.read_parquet(slim).head(3).to_parquet(slim)
     assert main(["--params", str(params), "evaluate", "--dataset", "DS", "--variant", "tiny", "--paired", "other",
                  "--results", str(res), "--artifacts", str(art)]) == 2

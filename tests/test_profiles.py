@@ -237,14 +237,17 @@ def test_authors_profile_trains_and_evaluates_end_to_end(tmp_path, tiny_dataset,
     params["train"].update(schedule="linear", group_by_length=False)
     params["variants"]["authors_tsrec"] = {}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({k: v for k, v in params.items() if k != "_path"}))
-    run = tmp_path / "artifacts" / "tiny" / "runs" / "authors_tsrec"
+    from tsrec.layout import results_dir, train_run_dir
+
+    run = train_run_dir(tmp_path / "artifacts", "tiny", "authors_tsrec", params["seed"])
     meta = train_run(params, "tiny", "authors_tsrec", out=run)
     assert meta["sainit"]["rescale_target"] == "current_table"
     assert main(["--params", params["_path"], "evaluate", "--dataset", "tiny", "--variant", "authors_tsrec",
                  "--run-dir", str(run), "--results", str(tmp_path / "results"),
                  "--artifacts", str(tmp_path / "artifacts")]) == 0
-    r = json.loads((tmp_path / "results/tiny/authors_tsrec/run.json").read_text())
-    m = json.loads((tmp_path / "results/tiny/authors_tsrec/metrics.json").read_text())
+    res = results_dir(tmp_path / "results", "tiny", "authors_tsrec", params["seed"])
+    r = json.loads((res / "run.json").read_text())
+    m = json.loads((res / "metrics.json").read_text())
     assert r["prompt"]["kind"] == "paraphrase" and r["prompt"]["eos_suffix"] == "\n"
     header, body = r["prompt"]["first_row"]
     assert header.startswith(AUTHORS_HEADER) and body.startswith("### User Input: \nCan you predict the next")

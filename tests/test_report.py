@@ -1,28 +1,173 @@
+"""tsrec report on tiny hand-made results: 1 and 3 seeds, baselines old and new, missing runs, CSV, plots."""
+
 import json
+import math
+import re
 
+import pandas as pd
 import pytest
+import yaml
 
+from tsrec.cli import main
 from tsrec.errors import TsrecError
 from tsrec.metrics import read_metrics
-from tsrec.report import dataset_table, gain_line, render
+from tsrec.report import dataset_table
+
+DS = "Industrial_and_Scientific"
+T95_2 = 4.302652729911275  # Student t, 0.975 quantile, 2 dof
+KEYS = [f"{n}@{k}" for k in (1, 3, 5, 10, 20) for n in ("HR", "NDCG")]
 
 
-def _write(path, obj):
+def _json(path, obj):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj))
 
 
-def test_table_marks_missing_rows_not_run(tmp_path):
-    _write(tmp_path / "DS/baselines/pop.json", {"metrics": {"HR@10": 0.01, "NDCG@10": 0.005}, "command": "x"})
-    _write(tmp_path / "DS/tsrec/metrics.json", {"HR@10": 0.02, "NDCG@10": 0.01})
-    df = dataset_table(tmp_path, "DS", [10])
-    pop = df[df.method == "Pop"].iloc[0]
-    assert pop["NDCG@10"] == 0.005 and pop.source.endswith("pop.json")
-    assert df[df.method == "SASRec"].iloc[0].source == "not run"
-    text = render(df)
-    assert "not run" in text and "0.0050" in text
-    assert gain_line(df) == "TS-Rec vs best other method (Pop) on NDCG@10: 0.0100 vs 0.0050, +100.0%"
-    assert gain_line(df, versus="SASRec") is None
+def _metrics(ndcg10, **over):
+    return {**{k: round(ndcg10 / 2, 6) for k in KEYS}, "NDCG@10": ndcg10, **over}
+
+
+def _ranks(path, ranks):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"row": range(len(ranks)), "target": [7] * len(ranks), "rank": ranks}).to_parquet(path)
+
+
+def variant(root, v, seed, ndcg10, ranks=None, curve=None, ds=DS):
+    d = root / ds / v / f"seed{seed}"
+    _json(d / "metrics.json", {"seed": seed, **_metrics(ndcg10, **{"HR@10": ndcg10 * 1.5})})
+    if ranks is not None:
+        _ranks(d / "ranks.parquet", ranks)
+    if curve is not None:
+        pd.DataFrame({"step": [10, 20, 30][:len(curve)], "epoch": 0.1, "eval_loss": curve}).to_csv(
+            d / "valid.csv", index=False)
+
+
+def baseline(root, model, seeds_ndcg, ranks=None, deterministic=False, ds=DS):
+    seeds = list(seeds_ndcg)
+    b = root / ds / "baselines"
+    vals = list(seeds_ndcg.values())
+    _json(b / f"{model}.json", {**_metrics(sum(vals) / len(vals)), "seeds": seeds, "n_runs": len(seeds),
+                                 "deterministic": deterministic})
+    for s, v in seeds_ndcg.items():
+        _json(b / model / f"seed{s}.json", {"seed": s, **_metrics(v)})
+        if ranks is not None:
+            _ranks(b / model / f"seed{s}.ranks.parquet", ranks)
+
+
+TSREC_RANKS = {42: [0, -1, 2, -1], 43: [0, 5, -1, -1], 44: [0, -1, -1, 15]}
+SFT_RANKS = {42: [-1, -1, 2, 0], 43: [1, -1, -1, -1], 44: [-1, -1, -1, -1]}
+
+
+@pytest.fixture()
+def three_seeds(tmp_path):
+    root = tmp_path / "results"
+    for (s, a), b in zip({42: 0.10, 43: 0.12, 44: 0.14}.items(), (0.09, 0.10, 0.12)):
+        variant(root, "tsrec", s, a, TSREC_RANKS[s], curve=[3.0 + s / 100, 2.5, 2.4])
+        variant(root, "sft", s, b, SFT_RANKS[s], curve=[3.2, 2.9])
+    baseline(root, "pop", {42: 0.03}, ranks=[-1, -1, -1, 0], deterministic=True)
+    baseline(root, "sasrec", {42: 0.05, 43: 0.06, 44: 0.07})  # no row ranks
+    _json(root / DS / "baselines" / "gru4rec.json", {"metrics": _metrics(0.04), "seed": 42})  # older format
+    _json(root / DS / "no_tsalign" / "metrics.json", _metrics(0.5))  # before seed folders
+    return root
+
+
+def _row(table, prefix):
+    return next(r for r in table.shown.to_dict("records") if r["method"].startswith(prefix))
+
+
+def test_three_seeds_mean_ci_gains_and_tests_by_hand(three_seeds):
+    table = dataset_table(three_seeds, DS, [5, 10], variants=["tsrec", "sft", "no_sainit", "no_tsalign"])
+    ours = _row(table, "TS-Rec (`tsrec`)")
+    half = T95_2 * 0.02 / math.sqrt(3)  # sd of 0.10, 0.12, 0.14 is 0.02
+    assert ours["runs"] == "n=3 (42, 43, 44)" and ours["NDCG@10"] == f"0.1200 ± {half:.4f}" == "0.1200 ± 0.0497"
+    assert ours["tsrec gain NDCG@10"] == "" and ours["seed test"] == ""
+    csv = table.numeric.set_index("method")
+    assert csv.loc["TS-Rec (`tsrec`)", "NDCG@10"] == pytest.approx(0.12)
+    assert csv.loc["TS-Rec (`tsrec`)", "NDCG@10 ci95"] == pytest.approx(half)
+
+    sft = _row(table, "LC-Rec / MiniOneRec-SFT")
+    assert sft["tsrec gain NDCG@10"] == f"{100 * (0.12 / (0.31 / 3) - 1):+.1f} %" == "+16.1 %"
+    # paired t over seeds: differences 0.01, 0.02, 0.02 -> t = 5 with 2 dof, p = 1 - t / sqrt(2 + t^2)
+    p = 1 - 5 / math.sqrt(27)
+    assert sft["seed test"] == f"paired t p={p:.2g} (n=3)"
+    assert csv.loc[sft["method"], "seed test p"] == pytest.approx(p)
+    # rows pooled over the 3 seed pairs: HR@10 hits per row (tsrec 3,1,1,0 vs sft 1,0,1,1) -> 2 rows for
+    # tsrec, 1 for sft, sign p = 2 * P(X <= 1 | n=3) = 1.0; NDCG@10 differences averaged per row
+    c = table.comparisons[sft["method"]]["paired"]
+    assert (c["HR@10_only_a"], c["HR@10_only_b"], c["HR@10_sign_test_p"], c["pairs"]) == (2, 1, 1.0, 3)
+    g = lambda r: 1 / math.log2(r + 2) if 0 <= r < 10 else 0.0  # noqa: E731
+    per_row = [sum(g(TSREC_RANKS[s][i]) - g(SFT_RANKS[s][i]) for s in TSREC_RANKS) / 3 for i in range(4)]
+    assert c["NDCG@10_diff"] == pytest.approx(sum(per_row) / 4)
+    assert sft["paired test (rows)"].startswith(f"Δ {sum(per_row) / 4:+.4f} [") and "3 run pairs, 4 rows" in sft[
+        "paired test (rows)"]
+
+    best = _row(table, "SASRec")
+    assert best["method"] == "SASRec (best baseline)" and best["tsrec gain NDCG@10"] == "+100.0 %"
+    assert best["paired test (rows)"] == "n/a (no row ranks)"
+    t = 0.06 / (0.01 / math.sqrt(3))  # tsrec - sasrec per seed: 0.05, 0.06, 0.07
+    assert best["seed test"] == f"paired t p={1 - t / math.sqrt(2 + t * t):.2g} (n=3)"
+    pop = _row(table, "Pop")
+    assert pop["runs"] == "n=1 (deterministic)" and pop["NDCG@10"] == "0.0300"
+    assert "3 run pairs" in pop["paired test (rows)"]  # its one run against every seed of tsrec
+    t = (0.12 - 0.03) / (0.02 / math.sqrt(3))
+    assert pop["seed test"] == f"one-sample t p={1 - t / math.sqrt(2 + t * t):.2g} (n=3)"
+    gru = _row(table, "GRU4Rec")
+    assert gru["runs"] == "n=1 (42)" and gru["NDCG@10"] == "0.0400" and gru["seed test"] == "n/a (n=1)"
+    assert _row(table, "TS-Rec w/o SA-Init")["NDCG@10"] == "not run"
+    assert "migrate-seed-layout" in _row(table, "TS-Rec w/o TS-Align")["runs"]
+    assert _row(table, "HSTU")["runs"] == "not run" and _row(table, "BIGRec")["runs"].startswith("not run")
+
+
+def test_one_seed_shows_value_and_n1(tmp_path):
+    root = tmp_path / "results"
+    variant(root, "tsrec", 42, 0.1, TSREC_RANKS[42])
+    variant(root, "sft", 42, 0.08, SFT_RANKS[42])
+    table = dataset_table(root, DS, [10])
+    ours, sft = _row(table, "TS-Rec (`tsrec`)"), _row(table, "LC-Rec")
+    assert ours["runs"] == "n=1 (42)" and ours["NDCG@10"] == "0.1000" and "±" not in ours["HR@10"]
+    assert sft["seed test"] == "n/a (n=1)" and sft["tsrec gain NDCG@10"] == "+25.0 %"
+    assert "1 run pair, 4 rows" in sft["paired test (rows)"]
+    # one pair: the pooled test is the single-run paired comparison of tsrec.stats (McNemar on rows)
+    c = table.comparisons[sft["method"]]["paired"]
+    assert (c["HR@10_only_a"], c["HR@10_only_b"]) == (1, 1)
+
+
+def test_rows_of_different_subsamples_are_not_paired(tmp_path):
+    root = tmp_path / "results"
+    variant(root, "tsrec", 42, 0.1, [0, 1, 2])
+    variant(root, "sft", 42, 0.08, [0, 1, 2, 3])
+    sft = _row(dataset_table(root, DS, [10]), "LC-Rec")
+    assert sft["paired test (rows)"].startswith("n/a (") and "different rows" in sft["paired test (rows)"]
+
+
+def test_cli_writes_tables_csv_plots_and_survives_missing_runs(three_seeds, tmp_path):
+    params = tmp_path / "params.yaml"
+    out = three_seeds / "tables.md"
+    params.write_text(yaml.safe_dump({
+        "seed": 42, "data": {"datasets": [DS, "Office_Products"]},
+        "report": {"results": str(three_seeds), "out": str(out), "ks": [1, 3, 5, 10, 20]},
+        "variants": {"tsrec": {}, "sft": {}, "no_sainit": {}, "no_tsalign": {}, "tsrec+rl": {}}}))
+    assert main(["--params", str(params), "report"]) == 0
+    md = out.read_text()
+    assert md.count("\n## Office_Products\n") == 1 and "published, official split, Qwen2.5-1.5B, not comparable in " \
+                                                     "absolute terms" in md
+    assert "TS-Rec variant `tsrec+rl`" in md  # declared, not run
+    assert "paired over rows, ranks pooled over seeds" in md and "paired t-test over seeds" in md  # tests named
+    office = md.split("\n## Office_Products\n")[1]
+    assert re.search(r"\| TS-Rec \(`tsrec`\) +\| not run +\|", office)
+    assert re.search(r"\| TS-Rec \(`tsrec`\) +\| n=3 \(42, 43, 44\) .*\| Industrial_and_Scientific/tsrec/seed\{42,43,44\}"
+                     r"/metrics.json +\|", md)
+    for ds in (DS, "Office_Products"):
+        for name in ("valid_loss.png", "hr_at_k.png"):
+            assert (three_seeds / ds / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+        assert f"({ds}/plots/valid_loss.png)" in md
+    csv = pd.read_csv(three_seeds / DS / "table.csv")
+    assert set(csv["kind"]) == {"baseline", "not ours", "variant", "published"}
+    pub = csv[csv["kind"] == "published"].set_index("method")
+    assert pub.loc["MiniOneRec (published, official split, Qwen2.5-1.5B, not comparable in absolute terms)",
+                   "NDCG@10"] == 0.1167
+    assert csv.set_index("method").loc["TS-Rec (`tsrec`)", "n_runs"] == 3
+    assert (three_seeds / "baselines.md").is_file()
 
 
 def test_bad_metrics_files(tmp_path):

@@ -152,18 +152,35 @@ def test_bad_params_refused(params):
         train_run(params, "tiny", "tsrec")
 
 
+def test_seed_option_is_the_top_level_seed_of_that_run(params, tmp_path):
+    """train_run(seed=N) trains exactly as params with ``seed: N`` (weights, task draws, valid subsample, batch
+    order all follow it), into its own seed folder; another seed gives another run."""
+    a = train_run(params, "tiny", "sft", seed=5)
+    b = train_run({**params, "seed": 5}, "tiny", "sft", out=tmp_path / "b")
+    c = train_run(params, "tiny", "sft", seed=6)
+    run = tmp_path / "artifacts" / "tiny" / "runs" / "sft"
+    assert sorted(p.name for p in run.iterdir()) == ["seed5", "seed6"]
+    assert a["seed"] == b["seed"] == a["params"]["seed"] == 5 and a["params"] == b["params"]
+    curve = lambda d: (d / "plots" / "valid.csv").read_text()  # noqa: E731
+    assert curve(run / "seed5") == curve(tmp_path / "b") != curve(run / "seed6")
+    wa, wb = (load_file(d / "final" / "model.safetensors") for d in (run / "seed5", tmp_path / "b"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a["train"]["train_loss"] == b["train"]["train_loss"] != c["train"]["train_loss"]
+
+
 def test_torchrun_two_cpu_processes(params, tmp_path):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "tsrec", "--params", params["_path"],
-           "train", "--dataset", "tiny", "--variant", "sft", "--results", str(tmp_path / "results")]
+           "train", "--dataset", "tiny", "--variant", "sft", "--seed", "3", "--results", str(tmp_path / "results")]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = tmp_path / "artifacts" / "tiny" / "runs" / "sft"
+    run = tmp_path / "artifacts" / "tiny" / "runs" / "sft" / "seed3"
     meta = json.loads((run / "final" / "tsrec_meta.json").read_text())
     assert meta["train"]["world_size"] == 2 and meta["train"]["steps"] == 4
-    assert (tmp_path / "results" / "tiny" / "sft" / "valid.csv").is_file()
-    summary = json.loads((tmp_path / "results" / "tiny" / "sft" / "train_summary.json").read_text())
+    assert (tmp_path / "results" / "tiny" / "sft" / "seed3" / "valid.csv").is_file()
+    summary = json.loads((tmp_path / "results" / "tiny" / "sft" / "seed3" / "train_summary.json").read_text())
+    assert summary["seed"] == meta["seed"] == 3
     assert "train --dataset tiny --variant sft" in summary["command"] and summary["train"]["world_size"] == 2
 
 

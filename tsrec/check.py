@@ -36,8 +36,10 @@ DEFAULT_TOLERANCE = 1e-9  # same seed, precision and threads -> the same numbers
 
 
 def metrics_files(results: Path) -> list[Path]:
-    """The recommendation metrics files under ``results``: ``<DS>/<variant>/metrics.json``, ``<DS>/baselines/*.json``."""
-    files = [*results.glob("*/*/metrics.json"), *results.glob("*/baselines/*.json")]
+    """The recommendation metrics files under ``results``: ``<DS>/<variant>/seed<N>/metrics.json`` (and
+    ``<DS>/<variant>/metrics.json`` of the layout before seed folders), ``<DS>/baselines/*.json``."""
+    files = [*results.glob("*/*/seed*/metrics.json"), *results.glob("*/*/metrics.json"),
+             *results.glob("*/baselines/*.json")]
     return sorted(f for f in files if not is_run_record(f))
 
 

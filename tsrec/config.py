@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import types
@@ -36,7 +37,7 @@ def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
 
 # every top-level key some stage reads (a typo such as ``sede:`` or ``trian:`` would be silently ignored)
 SECTIONS = ("seed", "data", "raw", "report", "embed", "backbone", "sainit", "tasks", "train", "variants",
-            "baselines", "sweep", "evaluate", "codebook", "keywords")
+            "baselines", "sweep", "evaluate", "codebook", "keywords", "rl")
 
 
 def _key_lines(path: Path) -> dict[str, int]:
@@ -130,16 +131,14 @@ def from_dict(cls: type[T], raw: Any, where: str, file: str = DEFAULT_PARAMS) ->
     return obj
 
 
-def deep_merge(base: dict, over: dict) -> dict:
-    """``base`` with ``over`` merged in (mappings recursively, anything else replaced); inputs untouched."""
-    import copy
+def section(params: dict[str, Any], name: str, cls: type[T]) -> T:
+    """Typed view of ``params[name]``; a ``validate()`` method on ``cls`` may raise ValueError."""
+    return from_dict(cls, params.get(name), name, params.get("_path", DEFAULT_PARAMS))
 
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """A copy of ``base`` with ``over`` merged in: nested mappings merge key by key, other values replace."""
     out = copy.deepcopy(base)
     for k, v in over.items():
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
-
-
-def section(params: dict[str, Any], name: str, cls: type[T]) -> T:
-    """Typed view of ``params[name]``; a ``validate()`` method on ``cls`` may raise ValueError."""
-    return from_dict(cls, params.get(name), name, params.get("_path", DEFAULT_PARAMS))

@@ -162,28 +162,32 @@ class SharedPrefix:
 
 def shared_prefix_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
                             scaling: float | None = None, shared_prefix: SharedPrefix | None = None, **kwargs):
-    """One decode step of K beams per prompt: attend to the prompt's shared KV + the beam's own new KV.
+    """K beams per prompt: attend to the prompt's shared KV + the beam's own KV (causal among its tokens).
 
-    ``query`` [n*K, H, 1, d]; ``key``/``value`` [n*K, kv_heads, t, d] hold only the t tokens generated so
+    ``query`` [n*K, H, q, d] holds the beam's last q tokens (q = 1 in decoding; the whole completion when
+    ``tsrec.rl`` scores it); ``key``/``value`` [n*K, kv_heads, t, d] hold only the t >= q tokens generated so
     far (a separate small cache). Same maths as SDPA over the concatenated keys, without materialising them.
     """
-    if shared_prefix is None or query.shape[2] != 1:
-        raise RuntimeError("shared-prefix attention needs shared_prefix= and one query token per beam")
+    if shared_prefix is None:
+        raise RuntimeError("shared-prefix attention needs shared_prefix=")
     pk, pv = shared_prefix.keys[module.layer_idx], shared_prefix.values[module.layer_idx]
     n, hkv, L, d = pk.shape
-    N, H = query.shape[:2]
+    N, H, q_len = query.shape[:3]
     K, g, t = N // n, H // hkv, key.shape[2]
     scaling = scaling if scaling is not None else d ** -0.5
-    q = query.reshape(n, K, hkv, g, d).transpose(1, 2)                    # [n, hkv, K, g, d]
-    s_prompt = torch.matmul(q.reshape(n, hkv, K * g, d), pk.transpose(-1, -2)) * scaling
+    q = query.reshape(n, K, hkv, g * q_len, d).transpose(1, 2)           # [n, hkv, K, g*q, d]
+    s_prompt = torch.matmul(q.reshape(n, hkv, K * g * q_len, d), pk.transpose(-1, -2)) * scaling
     s_prompt = s_prompt.masked_fill(~shared_prefix.mask[:, None, None, :], float("-inf"))
     kb = key.reshape(n, K, hkv, t, d).transpose(1, 2)                     # [n, hkv, K, t, d]
     vb = value.reshape(n, K, hkv, t, d).transpose(1, 2)
-    s_beam = torch.matmul(q, kb.transpose(-1, -2)) * scaling              # [n, hkv, K, g, t]
-    probs = torch.softmax(torch.cat([s_prompt, s_beam.reshape(n, hkv, K * g, t)], dim=-1), dim=-1)
-    out = torch.matmul(probs[..., :L], pv).reshape(n, hkv, K, g, d)
-    out = out + torch.matmul(probs[..., L:].reshape(n, hkv, K, g, t), vb)
-    return out.permute(0, 2, 1, 3, 4).reshape(N, 1, H, d), None          # [N, q=1, H, d], as SDPA returns
+    s_beam = (torch.matmul(q, kb.transpose(-1, -2)) * scaling).view(n, hkv, K, g, q_len, t)
+    future = torch.ones(q_len, t, dtype=torch.bool, device=query.device).triu(t - q_len + 1)
+    s_beam = s_beam.masked_fill(future, float("-inf")).reshape(n, hkv, K * g * q_len, t)
+    probs = torch.softmax(torch.cat([s_prompt, s_beam], dim=-1), dim=-1)
+    out = torch.matmul(probs[..., :L], pv).reshape(n, hkv, K, g * q_len, d)
+    out = out + torch.matmul(probs[..., L:].reshape(n, hkv, K, g * q_len, t), vb)
+    out = out.view(n, hkv, K, g, q_len, d).permute(0, 2, 4, 1, 3, 5)     # [n, K, q, hkv, g, d]
+    return out.reshape(N, q_len, H, d), None                             # as SDPA returns
 
 
 AttentionInterface.register(SHARED_PREFIX_ATTN, shared_prefix_attention)

@@ -3,13 +3,18 @@
 For each row the model reads ``tsrec.tasks.seqrec_prompt(history SIDs, prompts, kind)`` and generates the
 top-B distinct SIDs (``tsrec.decoding``). ``prompts`` is the prompt text the run was trained with (its
 ``tsrec_meta.json``), so a SID is followed by the same suffix and EOS as in training; ``kind`` is
-``evaluate.prompt``: ``train`` (the training seqrec prompt) or ``paraphrase`` (the authors' test prompt); the row's rank is the 0-based position of the TARGET'S SID in that list (a SID
-stands for all items sharing it, as in the reference implementations), -1 if absent.
+``evaluate.prompt``: ``train`` (the training seqrec prompt) or ``paraphrase`` (the authors' test prompt).
+The row's rank is the 0-based position of the TARGET'S SID in that list (a SID stands for all items
+sharing it, as in the reference implementations), -1 if absent.
 
-Outputs (test split; the valid split writes ``metrics_valid.json`` / ``ranks_valid.parquet``):
-  results/<DS>/<variant>/metrics.json        dvc metrics: HR@K/NDCG@K, row and output counts, timing (numbers only)
-  results/<DS>/<variant>/run.json            its run record: split, subsample, beams, precision, model, index, command
-  artifacts/<DS>/eval/<variant>/ranks.parquet  one row per evaluated row (for paired tests)
+Outputs of the run trained with seed N (test split; the valid split writes ``metrics_valid.json`` /
+``run_valid.json`` / ``ranks_valid.parquet``; layout: tsrec.layout):
+  results/<DS>/<variant>/seed<N>/metrics.json   dvc metrics: seed, HR@K/NDCG@K, row and output counts, timing
+  results/<DS>/<variant>/seed<N>/run.json       its run record: split, subsample, beams, precision, model, index, command
+  results/<DS>/<variant>/seed<N>/ranks.parquet  row, target, rank per evaluated row (git-tracked: paired tests)
+  artifacts/<DS>/eval/<variant>/seed<N>/ranks.parquet  the same rows with the ranked SIDs and their scores
+The subsample (``evaluate.subsample``) is drawn with the top-level ``seed``, not the run's: every run of a
+dataset is scored on the same rows.
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import platform
 import shlex
@@ -37,6 +41,7 @@ from tsrec.data import load_index, load_split
 from tsrec.decoding import SidTrie, search_batches
 from tsrec.errors import TsrecError
 from tsrec.io import atomic_dir, sha256_file, write_json
+from tsrec.layout import eval_dir as eval_folder, results_dir, split_suffix, variant_seeds, write_row_ranks
 from tsrec.precision import Precision, autocast, resolve as resolve_precision
 
 log = logging.getLogger(__name__)
@@ -123,37 +128,6 @@ def evaluate_rows(model, tokenizer, trie: SidTrie, index: dict[int, list[str]], 
     return out, summary
 
 
-def paired(ranks_a: pd.DataFrame, ranks_b: pd.DataFrame, *, k: int = 10, n_boot: int = 2000,
-           seed: int = 42) -> dict:
-    """Paired comparison of two evaluations of the same rows: NDCG@k difference with a bootstrap 95% CI,
-    HR@k discordant rows with an exact two-sided sign (McNemar) test."""
-    a, b = ranks_a.set_index("row")["rank"], ranks_b.set_index("row")["rank"]
-    if len(a) != len(b) or not a.index.equals(b.index):
-        raise TsrecError("the two rank files cover different rows (same split and subsample needed)")
-    ra, rb = a.to_numpy(), b.to_numpy()
-
-    def ndcg(r: np.ndarray) -> np.ndarray:
-        hit = (r >= 0) & (r < k)
-        return np.where(hit, 1.0 / np.log2(np.where(hit, r, 0) + 2.0), 0.0)
-
-    d = ndcg(ra) - ndcg(rb)
-    rng = np.random.default_rng(seed)
-    boot = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(n_boot)])
-    ha, hb = (ra >= 0) & (ra < k), (rb >= 0) & (rb < k)
-    only_a, only_b = int((ha & ~hb).sum()), int((~ha & hb).sum())
-    n = only_a + only_b
-    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2 ** n if n else 1.0
-    return {
-        "rows": len(d), "k": k,
-        f"NDCG@{k}_a": float(ndcg(ra).mean()), f"NDCG@{k}_b": float(ndcg(rb).mean()),
-        f"NDCG@{k}_diff": float(d.mean()),
-        f"NDCG@{k}_diff_ci95": [float(x) for x in np.percentile(boot, [2.5, 97.5])],
-        "bootstrap": {"resamples": n_boot, "seed": seed},
-        f"HR@{k}_only_a": only_a, f"HR@{k}_only_b": only_b,
-        f"HR@{k}_sign_test_p": min(1.0, 2 * tail),
-    }
-
-
 # ---------------------------------------------------------------- model / index / prompt plumbing
 def load_plain(model_dir: Path):
     """(model, tokenizer, meta) of a plain HF folder, e.g. an UNTRAINED backbone with SID tokens added."""
@@ -193,7 +167,7 @@ def run_prompts(params: dict, meta: dict):
 def command_line(args, params) -> str:
     """The equivalent ``tsrec evaluate`` command line (explicit options only)."""
     parts = ["tsrec", "--params", params.get("_path", "params.yaml"), "evaluate"]
-    for key in ("dataset", "variant", "run_dir", "model_dir", "index", "split", "subsample", "beams",
+    for key in ("dataset", "variant", "seed", "run_dir", "model_dir", "index", "split", "subsample", "beams",
                 "batch_size", "prompt", "data_dir", "results", "artifacts", "paired"):
         value = getattr(args, key, None)
         if value is not None:
@@ -203,9 +177,9 @@ def command_line(args, params) -> str:
 
 def commit_outputs(metrics_file: Path, numbers: dict, record: dict, eval_dir: Path, ranks_name: str,
                    ranks_df) -> None:
-    """metrics.json is the commit record of all outputs: it goes first, the ranks are written, then the run
-    record (holding the ranks' sha256) and the metrics come back. A kill in between leaves no metrics (DVC
-    reruns), never a mismatched pair."""
+    """metrics.json is the commit record of all outputs: it goes first, the ranks are written (the full ones
+    under ``eval_dir``, the slim ones beside the metrics), then the run record (holding both sha256) and the
+    metrics come back. A kill in between leaves no metrics (DVC reruns), never a mismatched pair."""
     metrics_file.unlink(missing_ok=True)
     eval_dir.parent.mkdir(parents=True, exist_ok=True)
     keep = [p for p in eval_dir.glob("ranks*.parquet") if p.name != ranks_name] if eval_dir.is_dir() else []
@@ -213,17 +187,19 @@ def commit_outputs(metrics_file: Path, numbers: dict, record: dict, eval_dir: Pa
         for p in keep:  # the other split's ranks survive
             (tmp / p.name).write_bytes(p.read_bytes())
         ranks_df.to_parquet(tmp / ranks_name, index=False)
-    record = {**record, "ranks": {"path": str(eval_dir / ranks_name), "sha256": sha256_file(eval_dir / ranks_name)}}
+    record = {**record, "ranks": {"path": str(eval_dir / ranks_name), "sha256": sha256_file(eval_dir / ranks_name)},
+              "row_ranks": write_row_ranks(metrics_file.parent / ranks_name, ranks_df)}
     metrics.write_metrics(metrics_file, numbers, record)
 
 
-def check_ranks(ranks_file: Path, metrics_file: Path) -> None:
-    """Refuse ranks that are not the ones their metrics file was committed with (sha256 in its run record)."""
+def check_ranks(ranks_file: Path, metrics_file: Path, key: str = "row_ranks") -> None:
+    """Refuse ranks that are not the ones their metrics file was committed with (sha256 under ``key`` in its
+    run record: ``row_ranks`` for the slim file beside the metrics, ``ranks`` for the full one)."""
     if not metrics_file.is_file():
         return
     record = metrics.run_path(metrics_file)
     source = record if record.is_file() else metrics_file
-    want = (json.loads(source.read_text(encoding="utf-8")).get("ranks") or {}).get("sha256")
+    want = (json.loads(source.read_text(encoding="utf-8")).get(key) or {}).get("sha256")
     if want and sha256_file(ranks_file) != want:
         raise TsrecError(f"ranks differ from the ones {metrics_file} was written with (rerun tsrec evaluate)",
                          file=ranks_file, field="sha256")
@@ -232,7 +208,9 @@ def check_ranks(ranks_file: Path, metrics_file: Path) -> None:
 def add_arguments(p) -> None:
     p.add_argument("--dataset", required=True, help="dataset folder name under data.out")
     p.add_argument("--variant", required=True, help="trained variant (artifacts/<DS>/runs/<variant>) = results label")
-    p.add_argument("--run-dir", help="trained run folder (default: <train.out>/<DS>/runs/<variant>)")
+    p.add_argument("--seed", type=int, help="training seed of the run (default: the top-level seed); names "
+                   "its folders (seed<N>); with --paired: compare only this seed's runs")
+    p.add_argument("--run-dir", help="trained run folder (default: <train.out>/<DS>/runs/<variant>/seed<N>)")
     p.add_argument("--model-dir", help="evaluate a plain HF model folder instead of a trained run "
                                        "(e.g. an untrained backbone with SID tokens); labelled as such")
     p.add_argument("--index", help="SID index JSON (default: the one the run was trained with)")
@@ -245,7 +223,8 @@ def add_arguments(p) -> None:
     p.add_argument("--results", default="results", help="results root (metrics JSON)")
     p.add_argument("--artifacts", default="artifacts", help="artifacts root (per-row ranks)")
     p.add_argument("--paired", metavar="OTHER", help="no decoding: compare the saved ranks of --variant with "
-                   "those of variant OTHER (same split) -> <results>/<DS>/paired/<variant>_vs_<OTHER>.json")
+                   "those of variant OTHER (same split), pooled over the seeds both have "
+                   "-> <results>/<DS>/paired/<variant>_vs_<OTHER>.json")
 
 
 def run(args, params) -> None:
@@ -253,24 +232,14 @@ def run(args, params) -> None:
                  if getattr(args, k) is not None}
     raw = {**(params.get("evaluate") or {}), **overrides}
     cfg = section({**params, "evaluate": raw}, "evaluate", EvaluateConfig)
-    seed = int(params.get("seed", 42))
+    seed = int(params.get("seed", 42))  # the subsample's and the bootstrap's: the same for every run
+    run_seed = seed if args.seed is None else args.seed
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ds, variant = args.dataset, args.variant
-    suffix = "" if cfg.split == "test" else f"_{cfg.split}"
+    suffix = split_suffix(cfg.split)
     if args.paired:
-        files = [Path(args.artifacts) / ds / "eval" / v / f"ranks{suffix}.parquet" for v in (variant, args.paired)]
-        for f in files:
-            if not f.is_file():
-                raise TsrecError("no saved ranks (run tsrec evaluate for this variant first)", file=f)
-            check_ranks(f, Path(args.results) / ds / f.parent.name / f"metrics{suffix}.json")
-        out = {"dataset": ds, "split": cfg.split, "a": variant, "b": args.paired,
-               **paired(*(pd.read_parquet(f) for f in files), seed=seed),
-               "inputs": [str(f) for f in files], "command": command_line(args, params)}
-        dest = Path(args.results) / ds / "paired" / f"{variant}_vs_{args.paired}{suffix}.json"
-        write_json(dest, out)
-        print(json.dumps({k: v for k, v in out.items() if k not in ("inputs", "command")}))
-        return
+        return run_paired(args, params, cfg.split, seed)
     data_dir = Path(args.data_dir or Path((params.get("data") or {}).get("out", "data")) / ds)
     if args.model_dir:
         model, tokenizer, meta = load_plain(Path(args.model_dir))
@@ -279,7 +248,7 @@ def run(args, params) -> None:
     else:
         from tsrec.train import load_trained, run_dir as default_run_dir
 
-        run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(params, ds, variant)
+        run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(params, ds, variant, run_seed)
         if not run_dir.is_dir():
             raise TsrecError("trained run folder not found (run `tsrec train` or pass --run-dir)", file=run_dir)
         index_file = Path(args.index) if args.index else run_index(params, ds, run_dir)
@@ -315,12 +284,13 @@ def run(args, params) -> None:
         log.error("invalid or duplicate outputs: %d / %d", summary["invalid_outputs"], summary["duplicate_outputs"])
     # metrics file: numbers a user compares (dvc metrics show/diff); the run record beside it: the rest
     numbers = {
+        "seed": run_seed,
         **summary["metrics"],
         "n_rows": len(rows), "n_rows_split": len(split_df),
         **{k: summary[k] for k in METRIC_COUNTS},
     }
     result = {
-        "dataset": ds, "variant": variant, "split": cfg.split,
+        "dataset": ds, "variant": variant, "seed": run_seed, "split": cfg.split,
         "subsample": None if len(rows) == len(split_df) else {"n": len(rows), "seed": seed},
         "beams": cfg.beams, "batch_size": cfg.batch_size, "precision_requested": cfg.precision,
         "prompt": {"kind": cfg.prompt, "eos_suffix": prompts.eos_suffix,
@@ -336,9 +306,38 @@ def run(args, params) -> None:
                 if k in os.environ},
         "command": command_line(args, params),
     }
-    metrics_file = Path(args.results) / ds / variant / f"metrics{suffix}.json"
-    commit_outputs(metrics_file, numbers, result, Path(args.artifacts) / ds / "eval" / variant,
+    metrics_file = results_dir(args.results, ds, variant, run_seed) / f"metrics{suffix}.json"
+    commit_outputs(metrics_file, numbers, result, eval_folder(args.artifacts, ds, variant, run_seed),
                    f"ranks{suffix}.parquet", ranks_df)
     m = summary["metrics"]
     print(f"{ds}/{variant} {cfg.split} n={len(rows)}" + (" (SUBSAMPLE)" if numbers["n_rows"] < len(split_df) else "") + ": "
           + " ".join(f"{k}={m[k]:.4f}" for k in m) + f" | {summary['rows_per_s']} rows/s -> {metrics_file}")
+
+
+def run_paired(args, params, split: str, seed: int) -> None:
+    """``--paired OTHER``: the saved row ranks of --variant vs OTHER, pooled over the seeds both have."""
+    from tsrec.stats import paired_pooled, seed_pairs
+
+    ds, suffix = args.dataset, split_suffix(split)
+    runs = {v: variant_seeds(args.results, ds, v, split) for v in (args.variant, args.paired)}
+    if args.seed is not None:
+        runs = {v: {s: d for s, d in r.items() if s == args.seed} for v, r in runs.items()}
+    pairs = seed_pairs(list(runs[args.variant]), list(runs[args.paired]))
+    if not pairs:
+        raise TsrecError(f"no evaluated runs to pair (seeds {args.variant}: {sorted(runs[args.variant])}, "
+                         f"{args.paired}: {sorted(runs[args.paired])}; run tsrec evaluate first)",
+                         file=Path(args.results) / ds)
+    files = []
+    for sa, sb in pairs:
+        pair = [runs[args.variant][sa] / f"ranks{suffix}.parquet", runs[args.paired][sb] / f"ranks{suffix}.parquet"]
+        for f in pair:
+            if not f.is_file():
+                raise TsrecError("no saved ranks beside the metrics (rerun tsrec evaluate)", file=f)
+            check_ranks(f, f.parent / f"metrics{suffix}.json")
+        files.append(pair)
+    out = {"dataset": ds, "split": split, "a": args.variant, "b": args.paired, "seeds": [list(p) for p in pairs],
+           **paired_pooled([tuple(pd.read_parquet(f) for f in pair) for pair in files], seed=seed),
+           "inputs": [[str(f) for f in pair] for pair in files], "command": command_line(args, params)}
+    dest = Path(args.results) / ds / "paired" / f"{args.variant}_vs_{args.paired}{suffix}.json"
+    write_json(dest, out)
+    print(json.dumps({k: v for k, v in out.items() if k not in ("inputs", "command")}))

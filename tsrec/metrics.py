@@ -128,20 +128,15 @@ def write_metrics(path: str | os.PathLike, metrics: Mapping[str, Any], run: Mapp
     return rec
 
 
-def _merge(a: dict, b: Mapping) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, Mapping) else v
-    return out
-
-
 def read_with_run(path: str | os.PathLike) -> dict[str, Any]:
     """A metrics file merged (deeply) with its run record, if any: the full record of one run."""
     path = Path(path)
     merged = json.loads(path.read_text(encoding="utf-8"))
     rec = run_path(path)
     if rec.is_file():
-        merged = _merge(merged, json.loads(rec.read_text(encoding="utf-8")))
+        from tsrec.config import deep_merge
+
+        merged = deep_merge(merged, json.loads(rec.read_text(encoding="utf-8")))
     return merged
 
 

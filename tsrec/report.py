@@ -1,7 +1,16 @@
-"""report: one Recall/NDCG table per dataset from the metrics files under results/ (pandas + tabulate).
+"""report: the main table per dataset (Markdown + CSV) and its plots, from the files under results/.
 
-Rows are TS-Rec, its ablations and the baselines; a method without a metrics file is shown as
-"not run", never filled in. Each row names the file its numbers come from.
+Per dataset ``<DS>``:
+  results/tables.md              every dataset's table (``report.out``), with the published rows for context
+  results/<DS>/table.csv         the same rows as numbers (mean, 95 % half-width, tests)
+  results/<DS>/plots/valid_loss.png   valid loss of the TS-Rec variants (mean over seeds, min-max band)
+  results/<DS>/plots/hr_at_k.png      HR@K vs K of every method that ran (mean over seeds, 95 % CI bars)
+
+Rows: the baselines (mean over ``baselines.seeds``), then TS-Rec and its ablations (mean over ``train.seeds``).
+Cells are mean ± the half-width of the 95 % Student-t interval over seeds; one run shows its value and n=1.
+A method without files is "not run", never filled in. The extra columns compare ``tsrec`` with each row:
+relative gain on NDCG@10, a paired test on per-row ranks pooled over seeds, and a seed-level test
+(tsrec.stats). Also writes results/baselines.md (tsrec.baselines.table).
 """
 
 from __future__ import annotations
@@ -12,18 +21,28 @@ from pathlib import Path
 
 import pandas as pd
 
+from tsrec import layout, stats
+from tsrec.baselines.table import PUBLISHED_COLUMNS, PUBLISHED_LABEL, ROWS, published_rows, write_table
 from tsrec.config import section
+from tsrec.errors import TsrecError
 from tsrec.io import atomic_file
-from tsrec.baselines.table import ROWS, source_path, write_table
-from tsrec.metrics import KS, read_metrics
+from tsrec.metrics import KS
 
 log = logging.getLogger(__name__)
 
-# (row label, source): the baselines table's rows, then TS-Rec and its ablations; order = table order
-METHODS = [*ROWS,
-           ("TS-Rec w/o SA-Init (no_sainit)", "variant:no_sainit"),
-           ("TS-Rec w/o TS-Align (no_tsalign)", "variant:no_tsalign"),
-           ("TS-Rec (tsrec)", "variant:tsrec")]
+OURS = "tsrec"
+MAIN = "NDCG@10"                 # the metric of the gain column and of the tests
+PAIRED_K = 10
+N_BOOT = 2000
+VARIANTS = {  # variant -> row label, in table order; other variants found follow
+    "sft": "LC-Rec / MiniOneRec-SFT (= our `sft` variant)",
+    "sft_rl": "MiniOneRec-GRPO (= our `sft_rl`: sft + GRPO)",
+    "no_sainit": "TS-Rec w/o SA-Init (`no_sainit`)",
+    "no_tsalign": "TS-Rec w/o TS-Align (`no_tsalign`)",
+    "tsrec": "TS-Rec (`tsrec`)",
+    "tsrec_rl": "TS-Rec + GRPO (`tsrec_rl`)",
+}
+CURVE_VARIANTS = ("tsrec", "no_sainit", "no_tsalign", "sft")
 
 
 @dataclasses.dataclass
@@ -37,39 +56,272 @@ class ReportConfig:
             raise ValueError(f"ks must be a non-empty subset of {list(KS)}")
 
 
-def dataset_table(results: Path, ds: str, ks: list[int]) -> pd.DataFrame:
-    cols = [f"{m}@{k}" for k in ks for m in ("HR", "NDCG")]
+@dataclasses.dataclass
+class Row:
+    label: str
+    kind: str                     # baseline | variant | not ours (never run here)
+    runs: layout.Runs | None
+    status: str = "not run"
+
+
+def method_rows(results: Path, ds: str, variants: list[str]) -> list[Row]:
+    """Baselines (table.ROWS order), the methods we do not run, then the variants (VARIANTS order, then any
+    other declared or found)."""
     rows = []
-    for label, src in METHODS:
-        path = source_path(results, ds, src) if src else None
-        if path is not None and path.is_file():
-            m = read_metrics(path)
-            rows.append({"method": label, **{c: m.get(c) for c in cols}, "source": str(path)})
-        else:
-            rows.append({"method": label, **{c: None for c in cols}, "source": "not run"})
-    return pd.DataFrame(rows)
+    for label, src in ROWS:
+        kind, _, name = (src or "").partition(":")
+        if kind == "baseline":
+            runs = layout.load_baseline(results, ds, name)
+            rows.append(Row(label, "baseline", runs, "ok" if runs else "not run"))
+        elif not src:
+            rows.append(Row(label, "not ours", None, "not run (not implemented here)"))
+    names = list(dict.fromkeys([*VARIANTS, *variants, *layout.found_variants(results, ds)]))
+    for v in names:
+        runs = layout.load_variant(results, ds, v)
+        status = "ok" if runs else ("not run (old layout: run `tsrec migrate-seed-layout`)"
+                                    if layout.old_layout(results, ds, v) else "not run")
+        if status.startswith("not run (old"):
+            log.warning("%s/%s: files without a seed folder; run `tsrec migrate-seed-layout`", ds, v)
+        rows.append(Row(VARIANTS.get(v, f"TS-Rec variant `{v}`"), "variant", runs, status))
+    return rows
 
 
-def render(df: pd.DataFrame) -> str:
-    shown = df.copy()
-    metric_cols = [c for c in shown.columns if "@" in c]
-    for c in metric_cols:
-        shown[c] = shown[c].map(lambda v: "not run" if pd.isna(v) else f"{v:.4f}")
-    return shown.to_markdown(index=False)
+def best_baseline(rows: list[Row]) -> Row | None:
+    ran = [r for r in rows if r.kind == "baseline" and r.runs and r.runs.mean_ci(MAIN)[0] is not None]
+    return max(ran, key=lambda r: r.runs.mean_ci(MAIN)[0]) if ran else None
 
 
-def gain_line(df: pd.DataFrame, col: str = "NDCG@10", versus: str | None = None) -> str | None:
-    """TS-Rec's relative gain on ``col`` over the best non-TS-Rec row (or over the row ``versus``)."""
-    if col not in df:
+def compare(ours: layout.Runs, other: layout.Runs, seed: int = 42) -> dict:
+    """tsrec vs ``other``: gain on MAIN, the paired row test (pooled over seed pairs) and the seed-level test."""
+    a, b = ours.mean_ci(MAIN)[0], other.mean_ci(MAIN)[0]
+    out: dict = {"gain": a / b - 1 if a is not None and b else None}
+    pairs = stats.seed_pairs(list(ours.ranks), list(other.ranks), deterministic_b=other.deterministic)
+    if not pairs:
+        out["paired_note"] = "no row ranks" if not (ours.ranks and other.ranks) else "no seeds to pair"
+    else:
+        try:
+            frames = [(pd.read_parquet(ours.ranks[sa]), pd.read_parquet(other.ranks[sb])) for sa, sb in pairs]
+            out["paired"] = stats.paired_pooled(frames, k=PAIRED_K, n_boot=N_BOOT, seed=seed)
+        except TsrecError as exc:
+            out["paired_note"] = str(exc)
+    out["seed"] = stats.seed_test(ours.values(MAIN), other.values(MAIN), deterministic_b=other.deterministic)
+    return out
+
+
+def _cell(mean, ci) -> str:
+    if mean is None:
+        return ""
+    return f"{mean:.4f}" + ("" if ci is None else f" ± {ci:.4f}")
+
+
+def _runs_cell(row: Row) -> str:
+    if not row.runs:
+        return ""
+    seeds = row.runs.seeds
+    what = "deterministic" if row.runs.deterministic else ", ".join(str(s) for s in seeds)
+    return f"n={len(seeds)} ({what})"
+
+
+def _source_cell(runs: layout.Runs | None, results: Path) -> str:
+    """The files a row reads, relative to the results root; several seeds as ``seed{42,43,44}``."""
+    if not runs:
+        return ""
+    paths = [p.relative_to(results).as_posix() if p.is_relative_to(results) else str(p) for p in runs.sources]
+    first = layout.seed_dir(runs.seeds[0])
+    if len(paths) > 1 and all(p == paths[0].replace(first, layout.seed_dir(s), 1)
+                              for p, s in zip(paths, runs.seeds)):
+        return paths[0].replace(first, "seed{" + ",".join(map(str, runs.seeds)) + "}", 1)
+    return "; ".join(paths)
+
+
+def _paired_cell(c: dict) -> str:
+    if "paired" not in c:
+        return f"n/a ({c.get('paired_note', 'no row ranks')})"
+    p = c["paired"]
+    lo, hi = p[f"NDCG@{PAIRED_K}_diff_ci95"]
+    return (f"Δ {p[f'NDCG@{PAIRED_K}_diff']:+.4f} [{lo:+.4f}, {hi:+.4f}]; "
+            f"sign p={p[f'HR@{PAIRED_K}_sign_test_p']:.2g} ({p['pairs']} run pair{'s' * (p['pairs'] != 1)}, "
+            f"{p['rows']} rows)")
+
+
+def _seed_cell(c: dict) -> str:
+    t = c["seed"]
+    if t["test"] == "n/a":
+        return f"n/a (n={t['n']})"
+    return f"{t['test']} p={t['p']:.2g} (n={t['n']})" if t["p"] is not None else f"{t['test']}: no spread (n={t['n']})"
+
+
+@dataclasses.dataclass
+class Table:
+    shown: pd.DataFrame           # Markdown cells
+    numeric: pd.DataFrame         # the CSV (published rows included)
+    comparisons: dict[str, dict]  # row label -> tsrec vs that row (``compare``)
+    rows: list[Row]
+
+
+def dataset_table(results: Path, ds: str, ks: list[int], variants: list[str] | None = None,
+                  seed: int = 42) -> Table:
+    metrics = [f"{m}@{k}" for k in ks for m in ("HR", "NDCG")]
+    rows = method_rows(results, ds, variants or [])
+    ours = next((r.runs for r in rows if r.kind == "variant" and r.runs and r.runs.name == OURS), None)
+    best = best_baseline(rows)
+    shown, numeric, comparisons = [], [], {}
+    for r in rows:
+        label = r.label + (" (best baseline)" if r is best else "")
+        c = compare(ours, r.runs, seed) if ours and r.runs and r.runs is not ours else None
+        if c:
+            comparisons[label] = c
+        cis = {m: r.runs.mean_ci(m) if r.runs else (None, None) for m in metrics}
+        shown.append({"method": label, "runs": _runs_cell(r) or r.status,
+                      **{m: _cell(*cis[m]) or "not run" for m in metrics},
+                      f"tsrec gain {MAIN}": "" if not c or c["gain"] is None else f"{100 * c['gain']:+.1f} %",
+                      "paired test (rows)": _paired_cell(c) if c else "",
+                      "seed test": _seed_cell(c) if c else "",
+                      "source": _source_cell(r.runs, results) or r.status})
+        p = (c or {}).get("paired") or {}
+        t = (c or {}).get("seed") or {}
+        numeric.append({"method": label, "kind": r.kind, "name": r.runs.name if r.runs else None,
+                        "status": r.status, "n_runs": len(r.runs.seeds) if r.runs else 0,
+                        "seeds": " ".join(map(str, r.runs.seeds)) if r.runs else "",
+                        **{k: v for m in metrics for k, v in ((m, cis[m][0]), (f"{m} ci95", cis[m][1]))},
+                        f"tsrec gain {MAIN}": (c or {}).get("gain"),
+                        f"paired {MAIN} diff": p.get(f"NDCG@{PAIRED_K}_diff"),
+                        f"paired {MAIN} diff lo": (p.get(f"NDCG@{PAIRED_K}_diff_ci95") or [None])[0],
+                        f"paired {MAIN} diff hi": (p.get(f"NDCG@{PAIRED_K}_diff_ci95") or [None, None])[1],
+                        f"paired HR@{PAIRED_K} sign p": p.get(f"HR@{PAIRED_K}_sign_test_p"),
+                        "paired run pairs": p.get("pairs"), "seed test": t.get("test"), "seed test n": t.get("n"),
+                        "seed test p": t.get("p"), "source": _source_cell(r.runs, results)})
+    pub = published_rows(ds)
+    for rec in pub.to_dict("records"):
+        numeric.append({"method": f"{rec['model']} ({PUBLISHED_LABEL})", "kind": "published", "status": "published",
+                        **{m: rec.get(m) for m in metrics}, "source": "MiniOneRec Table 1 (REFERENCE.md section 6)"})
+    return Table(pd.DataFrame(shown), pd.DataFrame(numeric), comparisons, rows)
+
+
+def published_md(ds: str, ks: list[int]) -> str | None:
+    pub = published_rows(ds)
+    if not len(pub):
         return None
-    ours = df.loc[df.method == "TS-Rec (tsrec)", col].dropna()
-    pool = df.method == versus if versus else ~df.method.str.startswith("TS-Rec")  # ablations are not baselines
-    others = df.loc[pool, col].dropna()
-    if ours.empty or others.empty:
-        return None
-    best = df.loc[others.idxmax(), "method"]
-    what = f"vs {best}" if versus else f"vs best other method ({best})"
-    return f"TS-Rec {what} on {col}: {ours.iloc[0]:.4f} vs {others.max():.4f}, {100 * (ours.iloc[0] / others.max() - 1):+.1f}%"
+    cols = [f"{m}@{k}" for k in ks for m in ("HR", "NDCG")]
+    shown = pd.DataFrame({"method": pub["model"],
+                          **{c: [f"{v:.4f}" for v in pub[c]] if c in PUBLISHED_COLUMNS else "—" for c in cols}})
+    return shown.to_markdown(index=False, disable_numparse=True)
+
+
+def summary_lines(comparisons: dict, shown: pd.DataFrame) -> list[str]:
+    """One line each for tsrec vs sft and tsrec vs the best baseline."""
+    out = []
+    for label in shown["method"]:
+        if label.startswith(VARIANTS["sft"]) or label.endswith("(best baseline)"):
+            c = comparisons.get(label)
+            if c is None:
+                out.append(f"- TS-Rec vs {label}: not available (a side has not run).")
+            else:
+                gain = "n/a" if c["gain"] is None else f"{100 * c['gain']:+.1f} %"
+                out.append(f"- TS-Rec vs {label}: {MAIN} {gain}; paired rows: {_paired_cell(c)}; "
+                           f"seeds: {_seed_cell(c)}.")
+    return out
+
+
+# ---------------------------------------------------------------- plots
+def _save(fig, path: Path) -> Path:
+    with atomic_file(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    return path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def read_curves(results: Path, ds: str, variant: str) -> pd.DataFrame:
+    """step x seed table of valid loss from ``seed<N>/valid.csv`` (empty when none)."""
+    base = results / ds / variant
+    cols = {}
+    for d in sorted(base.glob("seed*")):
+        f, seed = d / "valid.csv", layout.seed_of(d)
+        if seed is not None and f.is_file():
+            df = pd.read_csv(f)
+            if {"step", "eval_loss"} <= set(df.columns) and len(df):
+                cols[seed] = df.groupby("step")["eval_loss"].last()
+    return pd.DataFrame(cols).sort_index()
+
+
+def plot_valid_loss(results: Path, ds: str, variants: list[str], dest: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    missing = []
+    for v in variants:
+        curves = read_curves(results, ds, v)
+        if curves.empty:
+            missing.append(v)
+            continue
+        mean = curves.mean(axis=1)
+        line, = ax.plot(mean.index, mean.values, label=f"{v} (n={curves.shape[1]})")
+        if curves.shape[1] > 1:
+            ax.fill_between(curves.index, curves.min(axis=1), curves.max(axis=1), color=line.get_color(), alpha=0.2)
+    ax.set(xlabel="step", ylabel="valid loss", title=f"{ds}: valid loss, mean over seeds (band: min-max)")
+    if len(ax.lines):
+        ax.legend(fontsize=8)
+    if missing:
+        fig.text(0.01, -0.02, "not run: " + ", ".join(missing), fontsize=8, color="gray", va="top")
+    _save(fig, dest)
+    plt.close(fig)
+    return dest
+
+
+def plot_hr_at_k(rows: list[Row], ks: list[int], ds: str, dest: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    missing = []
+    for r in rows:
+        if r.kind == "not ours":
+            continue
+        if not r.runs:
+            missing.append(r.label)
+            continue
+        pts = [(k, *r.runs.mean_ci(f"HR@{k}")) for k in ks]
+        pts = [(k, m, ci or 0.0) for k, m, ci in pts if m is not None]
+        style = "-" if r.kind == "variant" else "--"
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt=style, marker="o",
+                    markersize=3, capsize=2, label=f"{r.label} (n={len(r.runs.seeds)})")
+    ax.set(xlabel="K", ylabel="HR@K (SID level)", xticks=ks,
+           title=f"{ds}: HR@K, mean over seeds (bars: 95 % t-interval)")
+    if ax.containers:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if missing:
+        fig.text(0.01, -0.02, "not run: " + ", ".join(missing), fontsize=7, color="gray", va="top", wrap=True)
+    _save(fig, dest)
+    plt.close(fig)
+    return dest
+
+
+# ---------------------------------------------------------------- the stage
+def write_dataset(results: Path, ds: str, ks: list[int], variants: list[str], seed: int = 42) -> list[str]:
+    """CSV + plots of one dataset; returns its Markdown section."""
+    table = dataset_table(results, ds, ks, variants, seed)
+    shown = table.shown
+    with atomic_file(results / ds / "table.csv") as fh:
+        table.numeric.to_csv(fh, index=False)
+    plots = results / ds / "plots"
+    plot_valid_loss(results, ds, list(CURVE_VARIANTS), plots / "valid_loss.png")
+    plot_hr_at_k(table.rows, ks, ds, plots / "hr_at_k.png")
+    parts = [f"## {ds}", "",
+             f"SID level, test split, full ranking. CSV: `{ds}/table.csv`. Plots: [valid loss]({ds}/plots/valid_loss.png), "
+             f"[HR@K vs K]({ds}/plots/hr_at_k.png).", "",
+             shown.to_markdown(index=False, disable_numparse=True), ""]
+    parts += summary_lines(table.comparisons, shown) + [""]
+    pub = published_md(ds, ks)
+    if pub:
+        parts += [f"### {ds}: {PUBLISHED_LABEL}", "",
+                  "MiniOneRec Table 1 (REFERENCE.md section 6); not our runs, context only "
+                  "(— = not published).", "", pub, ""]
+    return parts
 
 
 def add_arguments(p) -> None:
@@ -79,19 +331,23 @@ def add_arguments(p) -> None:
 def run(args, params) -> None:
     cfg = section(params, "report", ReportConfig)
     datasets = args.dataset or (params.get("data") or {}).get("datasets") or []
+    variants = list((params.get("variants") or {}).keys())
+    seed = int(params.get("seed", 42))
+    results = Path(cfg.results)
     parts = ["# Results tables", "",
-             "Generated by `tsrec report` from the metrics files under `results/`; each row names its source file,",
-             "whose JSON records the command and profile that produced it. Test split, full ranking.",
-             "All numbers here are SID level (a generated SID is a hit for every item sharing it, the authors'",
-             "protocol); baseline rows are means over seeds. Item-level numbers and 95 % t-intervals over",
-             "seeds: results/baselines.md.", ""]
+             "Generated by `tsrec report` from the files under `results/`; each row names its source files, whose",
+             "run records say which command and profile produced them. Test split, full ranking.", "",
+             "* **Granularity**: every number here is SID level (a generated SID is a hit for every item sharing "
+             "it, the authors' protocol). Item-level numbers of the baselines: results/baselines.md.",
+             "* **Cells**: mean over seeds ± half-width of the 95 % Student-t interval (n - 1 dof); `runs` says n "
+             "and the seeds; one run shows its value (n=1). \"not run\" = no files, never filled in.",
+             f"* **tsrec gain {MAIN}**: mean {MAIN} of `tsrec` / the row's - 1.",
+             f"* **paired test (rows)**: {stats.ROW_TEST.format(k=PAIRED_K, n_boot=N_BOOT)}. Runs are paired by "
+             "seed; a method with one run (deterministic) is paired with every seed of `tsrec`.",
+             f"* **seed test**: {stats.SEED_TEST} on {MAIN}; n/a with fewer than 2 seeds.", ""]
     for ds in datasets:
-        df = dataset_table(Path(cfg.results), ds, cfg.ks)
-        parts += [f"## {ds}", "", render(df), ""]
-        for line in (gain_line(df), gain_line(df, versus="LC-Rec (= our sft variant)")):
-            if line:
-                parts += [line, ""]
+        parts += write_dataset(results, ds, cfg.ks, variants, seed)
     with atomic_file(cfg.out) as fh:
         fh.write("\n".join(parts))
-    log.info("wrote %s and %s", cfg.out, write_table(Path(cfg.results), datasets))
+    log.info("wrote %s and %s", cfg.out, write_table(results, datasets))
     print("\n".join(parts))

@@ -1,6 +1,6 @@
 """train: multi-task SFT of the backbone with SID tokens (one run per variant), HF Trainer.
 
-Run folder ``artifacts/<DS>/runs/<variant>/``: ``checkpoints/`` (safetensors, resumed when present and
+Run folder ``artifacts/<DS>/runs/<variant>/seed<N>/`` (tsrec.layout): ``checkpoints/`` (safetensors, resumed when present and
 made by the same configuration), ``plots/{train,valid}.csv`` (loss + lr, valid loss: DVC plots),
 ``final/`` (merged plain model + tokenizer + ``tsrec_meta.json``). Works unchanged under
 ``torchrun``/``accelerate launch`` (DDP; gloo on CPU).
@@ -30,6 +30,7 @@ from tsrec.data import DataConfig, load_index
 from tsrec.errors import ParamError, TsrecError
 from tsrec.io import atomic_dir, atomic_file, sha256_file, sha256_json, write_json
 from tsrec.keywords import cache_path
+from tsrec.layout import results_dir, train_run_dir
 from tsrec.precision import Precision, resolve as resolve_precision
 from tsrec.tasks import IGNORE, build_examples, load_corpus, seqrec_examples, tasks_config
 
@@ -37,13 +38,15 @@ log = logging.getLogger(__name__)
 
 META = "tsrec_meta.json"
 FINGERPRINT = "fingerprint.json"
-VARIANT_SECTIONS = ("sainit", "tasks", "train", "backbone")  # what a variant may override  # what a variant may override
+VARIANT_SECTIONS = ("sainit", "tasks", "train", "backbone")  # what a variant may override
+MATRIX_KEYS = ("datasets", "variants", "seeds")  # train keys that list runs (the DVC matrix), not settings of one
 
 
 @dataclasses.dataclass
 class TrainConfig:
     datasets: list[str] = dataclasses.field(default_factory=lambda: ["Industrial_and_Scientific"])
     variants: list[str] = dataclasses.field(default_factory=lambda: ["tsrec", "sft"])
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [42])  # one run per seed (DVC matrix)
     out: str = "artifacts"
     epochs: float = 1.0
     max_steps: int = -1             # > 0 overrides epochs
@@ -81,6 +84,8 @@ class TrainConfig:
             raise ValueError("epochs must be > 0 (or max_steps > 0)")
         if self.threads < 0:
             raise ValueError("threads must be >= 0")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
 
 
 def accumulation(cfg: TrainConfig, world_size: int, file: str | None = None) -> int:
@@ -279,7 +284,7 @@ def _trainer_class():
 PLOTS = {"train.csv": ["step", "epoch", "learning_rate", "loss"], "valid.csv": ["step", "epoch", "eval_loss"]}
 
 
-def _append(path: Path, fields: list[str], row: dict) -> None:
+def append_row(path: Path, fields: list[str], row: dict) -> None:
     new = not path.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", newline="", encoding="utf-8") as fh:
@@ -309,14 +314,14 @@ def _csv_logger(plots: Path):
                 if fields[-1] in logs:
                     row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4),
                            **{k: logs[k] for k in fields[2:] if k in logs}}
-                    _append(plots / name, fields, row)
+                    append_row(plots / name, fields, row)
 
     return CsvLog()
 
 
-def _trim_logs(plots: Path, step: int) -> None:
+def trim_logs(plots: Path, step: int, spec: dict[str, list[str]] = PLOTS) -> None:
     """Drop logged rows after ``step``: a resume logs them again; step 0 = a fresh run."""
-    for name, fields in PLOTS.items():
+    for name, fields in spec.items():
         path = plots / name
         if path.exists():
             with open(path, newline="", encoding="utf-8") as fh:
@@ -328,16 +333,22 @@ def _trim_logs(plots: Path, step: int) -> None:
 
 
 # ---------------------------------------------------------------- the run
-def run_dir(params: dict, ds: str, variant: str) -> Path:
-    return Path(section(params, "train", TrainConfig).out) / ds / "runs" / variant
+def run_dir(params: dict, ds: str, variant: str, seed: int | None = None) -> Path:
+    """``<train.out>/<DS>/runs/<variant>/seed<N>`` (default seed: the top-level ``seed``)."""
+    seed = int(params.get("seed", 42)) if seed is None else seed
+    return train_run_dir(section(params, "train", TrainConfig).out, ds, variant, seed)
 
 
-def train_run(params: dict, ds: str, variant: str, *, out: str | Path | None = None,
+def train_run(params: dict, ds: str, variant: str, *, seed: int | None = None, out: str | Path | None = None,
               callbacks: list | None = None) -> dict:
-    """Train one variant on one dataset; returns the meta written to ``final/tsrec_meta.json``."""
+    """Train one variant on one dataset with ``seed`` (default: the top-level ``seed``), which seeds
+    everything the run draws (weights, task sampling, valid subsample, batch order); returns the meta
+    written to ``final/tsrec_meta.json``."""
     from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
+    if seed is not None:
+        params = {**params, "seed": int(seed)}
     vp = variant_params(params, variant)
     cfg = section(vp, "train", TrainConfig)
     precision = resolve_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
@@ -365,7 +376,7 @@ def train_run(params: dict, ds: str, variant: str, *, out: str | Path | None = N
         "dataset": ds, "variant": variant, "seed": seed,
         "index_path": str(ipath), "index_sha256": sha256_file(ipath),
         "backbone": str(bpath), "backbone_id": backbone_id(bpath), "sainit": sainit_report,
-        "params": {k: vp.get(k) for k in (*VARIANT_SECTIONS, "seed") if k in vp},
+        "params": _recorded_params(vp),
         "keywords": str(keywords), "inputs_sha256": run_inputs(vp, data_dir, ipath, keywords),
     }
     ckpt_dir = out / "checkpoints"
@@ -391,7 +402,7 @@ def train_run(params: dict, ds: str, variant: str, *, out: str | Path | None = N
     resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     plots = out / "plots"
     if rank0:  # a resumed run keeps its curves up to the checkpoint; a fresh run starts new ones
-        _trim_logs(plots, int(Path(resume).name.split("-")[-1]) if resume else 0)
+        trim_logs(plots, int(Path(resume).name.split("-")[-1]) if resume else 0)
     if resume:
         log.info("resuming from %s", resume)
 
@@ -449,6 +460,15 @@ def train_run(params: dict, ds: str, variant: str, *, out: str | Path | None = N
     return meta
 
 
+def _recorded_params(vp: dict) -> dict:
+    """The settings of this run (meta, resume fingerprint). ``train.seeds`` lists runs: left out, so a run's
+    fingerprint does not depend on which other seeds are planned (and equals the one before seeds existed)."""
+    out = {k: vp.get(k) for k in (*VARIANT_SECTIONS, "seed") if k in vp}
+    if isinstance(out.get("train"), dict):
+        out["train"] = {k: v for k, v in out["train"].items() if k != "seeds"}
+    return out
+
+
 def save_final(model, tokenizer, meta: dict, final: Path) -> None:
     """Merge LoRA (if any) into a plain model and write it with the tokenizer and meta, atomically."""
     if hasattr(model, "merge_and_unload"):
@@ -489,16 +509,19 @@ def load_trained(run_dir: str | Path, *, index_path: str | Path | None = None,
 
 
 # ---------------------------------------------------------------- dry run
-def dry_run(params: dict, ds: str, variant: str, *, tokenizer: str | Path | None = None,
+def dry_run(params: dict, ds: str, variant: str, *, seed: int | None = None, tokenizer: str | Path | None = None,
             world_size: int = 1, tokens_per_s: float | None = None) -> dict:
-    """What ``train_run`` would train, without loading the model: resolved config, examples, tokens and
-    label tokens per task, steps. ``tokenizer``: another tokenizer folder than the backbone's (recorded)."""
+    """What ``train_run`` would train (with ``seed``, default: the top-level ``seed``), without loading the
+    model: resolved config, examples, tokens and label tokens per task, steps. ``tokenizer``: another
+    tokenizer folder than the backbone's (recorded)."""
     import yaml
     from transformers import AutoTokenizer
 
     from tsrec import sainit
     from tsrec.backbone import add_sid_tokens_to_tokenizer, config as backbone_config
 
+    if seed is not None:
+        params = {**params, "seed": int(seed)}
     vp = variant_params(params, variant)
     cfg = section(vp, "train", TrainConfig)
     tcfg = tasks_config(vp)
@@ -599,8 +622,10 @@ def format_dry_run(r: dict) -> str:
 def add_arguments(p) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--variant", required=True)
-    p.add_argument("--out", default=None, help="run folder (default artifacts/<DS>/runs/<variant>)")
-    p.add_argument("--results", default="results", help="copy the loss curve to <results>/<DS>/<variant>/")
+    p.add_argument("--seed", type=int, default=None, help="training seed (default: the top-level seed)")
+    p.add_argument("--out", default=None, help="run folder (default artifacts/<DS>/runs/<variant>/seed<N>)")
+    p.add_argument("--results", default="results",
+                   help="copy the loss curves to <results>/<DS>/<variant>/seed<N>/")
     p.add_argument("--dry-run", action="store_true", help="train nothing: print the resolved config, examples, "
                    "tokens and label tokens per task, and the steps")
     p.add_argument("--report", help="--dry-run: also write the report as JSON here")
@@ -610,19 +635,20 @@ def add_arguments(p) -> None:
 
 
 def run(args, params: dict) -> None:
+    seed = int(params.get("seed", 42)) if args.seed is None else args.seed
     if args.dry_run:
         world = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
-        report = dry_run(params, args.dataset, args.variant, tokenizer=args.tokenizer, world_size=world,
+        report = dry_run(params, args.dataset, args.variant, seed=seed, tokenizer=args.tokenizer, world_size=world,
                          tokens_per_s=args.tokens_per_s)
         report["command"] = "tsrec " + " ".join(sys.argv[1:])
         if args.report:
             write_json(args.report, report)
         print(format_dry_run(report), end="")
         return
-    meta = train_run(params, args.dataset, args.variant, out=args.out)
+    meta = train_run(params, args.dataset, args.variant, seed=seed, out=args.out)
     if int(os.environ.get("RANK", "0")) == 0 and args.results:
-        out = Path(args.out) if args.out else run_dir(params, args.dataset, args.variant)
-        dest = Path(args.results) / args.dataset / args.variant
+        out = Path(args.out) if args.out else run_dir(params, args.dataset, args.variant, seed)
+        dest = results_dir(args.results, args.dataset, args.variant, seed)
         dest.mkdir(parents=True, exist_ok=True)
         for name in PLOTS:
             shutil.copyfile(out / "plots" / name, dest / name)

@@ -13,6 +13,8 @@ Protocol of one (dataset, model) run (``run_model``):
   3. Files: ``results/<DS>/baselines/<model>/seed<N>.json`` per seed (metrics, learning curve, stopping reason,
      configs tried) and ``results/<DS>/baselines/<model>.json``: mean over seeds with the 95 % Student-t
      interval (``ci95``: half-widths). Deterministic models (Pop, Transition) run once (one seed file).
+     Beside each seed file, ``seed<N>.ranks.parquet``: row, target, SID-level rank of every test row (paired
+     tests in ``tsrec report``).
 Metric keys everywhere: top-level ``HR@K`` / ``NDCG@K`` = SID level, ``item/HR@K`` / ``item/NDCG@K`` = item level
 (``tsrec.metrics``). ``tsrec baseline --table`` / ``tsrec report`` write ``results/baselines.md``.
 """
@@ -28,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from tsrec.baselines.generative import TIGER, TigerConfig
@@ -37,7 +40,8 @@ from tsrec.baselines.trainer import VALID_METRIC, Recommender, SeqData, TrainCon
 from tsrec.config import from_dict, section
 from tsrec.codebook import index_path
 from tsrec.errors import ParamError, TsrecError
-from tsrec.io import write_json
+from tsrec.io import atomic_file, write_json
+from tsrec.layout import baseline_ranks, baseline_seed_file
 from tsrec.metrics import ITEM_PREFIX, mean_ci
 
 log = logging.getLogger(__name__)
@@ -178,10 +182,10 @@ def _train(model: str, data: SeqData, cfg: BaselinesConfig, knobs: dict, seed: i
 
 def run_model(cfg: BaselinesConfig, params: dict, ds: str, model: str, *, command: str,
               max_rows: int | None = None, seeds: list[int] | None = None,
-              configs: list[int] | None = None) -> tuple[list[dict], dict]:
+              configs: list[int] | None = None) -> tuple[list[dict], dict, dict[int, pd.DataFrame]]:
     """Tune on valid with the first seed, train the chosen config per seed, test each once.
 
-    Returns (one record per seed, the summary over seeds). ``seeds`` / ``configs`` (indices into the grid)
+    Returns (one record per seed, the summary over seeds, seed -> test row ranks). ``seeds`` / ``configs`` (indices into the grid)
     restrict a run for smoke tests and checks; both are recorded and flagged in the table.
     """
     seeds = list(seeds or cfg.seeds)
@@ -211,12 +215,15 @@ def run_model(cfg: BaselinesConfig, params: dict, ds: str, model: str, *, comman
     card = json.loads((data_dir / "card.json").read_text()) if (data_dir / "card.json").is_file() else {}
     tuning = {"seed": seeds[0], "rule": f"best valid {VALID_METRIC} (SID level)", "grid_size": len(grid),
               "restricted_to": configs, "chosen": best[1]["index"], "configs": tried}
-    records = []
+    records, row_ranks = [], {}
     for seed in seeds:
         rec, entry = best if seed == seeds[0] else _train(model, data, cfg, knobs, seed, cfg.topk)
         valid_metrics, _ = evaluate(rec, *data.rows("valid"), cfg.topk, rec.eval_batch)  # all rows, for the record
         t0 = time.monotonic()
         test_metrics, test_ranks = evaluate(rec, *data.rows("test"), cfg.topk, rec.eval_batch)
+        test_df = data.splits["test"]
+        row_ranks[seed] = pd.DataFrame({"row": test_df.index.to_numpy(), "target": test_df["target"].to_numpy(),
+                                        "rank": test_ranks["sid"], "item_rank": test_ranks["item"]})
         records.append({
             "model": model, "dataset": ds, "split": "test", "seed": seed, "protocol": card.get("protocol"),
             **test_metrics,
@@ -248,7 +255,7 @@ def run_model(cfg: BaselinesConfig, params: dict, ds: str, model: str, *, comman
             "sid_index": str(data.index_file), "max_rows": max_rows,
             "torch_threads": torch.get_num_threads(), "git_commit": commit,
         })
-    return records, summarise(records, command)
+    return records, summarise(records, command), row_ranks
 
 
 def summarise(records: list[dict], command: str) -> dict:
@@ -277,16 +284,22 @@ def summarise(records: list[dict], command: str) -> dict:
     return out
 
 
-def write_results(out: Path, ds: str, model: str, records: list[dict], summary: dict) -> Path:
-    """Seed files under ``<out>/<ds>/baselines/<model>/`` (stale seed files removed), then the summary."""
+def write_results(out: Path, ds: str, model: str, records: list[dict], summary: dict,
+                  row_ranks: dict[int, pd.DataFrame] | None = None) -> Path:
+    """Seed files (and their row ranks) under ``<out>/<ds>/baselines/<model>/`` (stale ones removed), then the
+    summary."""
     folder = out / ds / "baselines" / model
-    keep = {f"seed{r['seed']}.json" for r in records}
+    keep = {p.name for r in records for p in (baseline_seed_file(out, ds, model, r["seed"]),
+                                              baseline_ranks(out, ds, model, r["seed"]))}
     if folder.is_dir():
-        for stale in folder.glob("seed*.json"):
+        for stale in [*folder.glob("seed*.json"), *folder.glob("seed*.ranks.parquet")]:
             if stale.name not in keep:
                 stale.unlink()
     for r in records:
-        write_json(folder / f"seed{r['seed']}.json", r)
+        write_json(baseline_seed_file(out, ds, model, r["seed"]), r)
+        if row_ranks and r["seed"] in row_ranks:
+            with atomic_file(baseline_ranks(out, ds, model, r["seed"]), "wb") as fh:
+                row_ranks[r["seed"]].to_parquet(fh, index=False)
     summary["runs"] = [str(folder / f"seed{r['seed']}.json") for r in records]
     path = out / ds / "baselines" / f"{model}.json"
     write_json(path, summary)
@@ -322,9 +335,9 @@ def run(args, params) -> None:
             for flag, values in (("--max-rows", [args.max_rows] if args.max_rows else []),
                                  ("--seed", args.seed or []), ("--config", args.config or [])):
                 command += "".join(f" {flag} {v}" for v in values)
-            records, summary = run_model(cfg, params, ds, model, command=command, max_rows=args.max_rows,
-                                         seeds=args.seed, configs=args.config)
-            path = write_results(out, ds, model, records, summary)
+            records, summary, row_ranks = run_model(cfg, params, ds, model, command=command,
+                                                    max_rows=args.max_rows, seeds=args.seed, configs=args.config)
+            path = write_results(out, ds, model, records, summary, row_ranks)
             ci = summary["ci95"]
             fmt = lambda k: f"{summary[k]:.4f}" + (f" +- {ci[k]:.4f}" if ci.get(k) is not None else "")  # noqa: E731
             print(f"{ds} {model}: test NDCG@10={fmt('NDCG@10')} item/NDCG@10={fmt('item/NDCG@10')} "

@@ -10,10 +10,11 @@ from pathlib import Path
 import pandas as pd
 
 from tsrec.io import atomic_file
+from tsrec.layout import baseline_seed_file, baseline_summary, load_variant
 from tsrec.metrics import ITEM_PREFIX, KS, read_item_metrics, read_metrics
 
 # (display name, source): "baseline:<model>" reads results/<DS>/baselines/<model>.json, "variant:<v>" reads
-# results/<DS>/<v>/metrics.json, None = not run by us (never filled from a paper).
+# results/<DS>/<v>/seed<N>/metrics.json (every seed; tsrec.layout), None = not run by us (never filled from a paper).
 ROWS = [
     ("Pop", "baseline:pop"),
     ("Transition (floor)", "baseline:transition"),
@@ -27,11 +28,12 @@ ROWS = [
     ("BIGRec", None),
     ("D3", None),
     ("S-DPO", None),
-    ("MiniOneRec-GRPO", None),
+    ("MiniOneRec-GRPO (= our sft_rl: sft + GRPO)", "variant:sft_rl"),
 ]
 
 # MiniOneRec Table 1 (Qwen2.5, 8 GPUs, official train split), copied from REFERENCE.md section 6.
 # Order: HR@3 NDCG@3 HR@5 NDCG@5 HR@10 NDCG@10. Context only: a different split, scale and hardware.
+PUBLISHED_LABEL = "published, official split, Qwen2.5-1.5B, not comparable in absolute terms"
 PUBLISHED_COLUMNS = ["HR@3", "NDCG@3", "HR@5", "NDCG@5", "HR@10", "NDCG@10"]
 PUBLISHED = {
     "Industrial_and_Scientific": {
@@ -67,11 +69,17 @@ NOT_LEARNED = ("Pop", FLOOR)
 
 
 def source_path(results: Path, ds: str, src: str) -> Path:
-    """Metrics file of a row source: ``baseline:<m>`` (the summary over seeds) or ``variant:<v>``."""
+    """Metrics file of a ``baseline:<m>`` row source (the summary over seeds)."""
     kind, _, what = src.partition(":")
-    if kind == "baseline":
-        return results / ds / "baselines" / f"{what}.json"
-    return results / ds / what / "metrics.json"
+    if kind != "baseline":
+        raise ValueError(f"not a baseline source: {src!r}")
+    return baseline_summary(results, ds, what)
+
+
+def published_rows(ds: str) -> pd.DataFrame:
+    """MiniOneRec Table 1 rows of ``ds`` (columns: model + ``PUBLISHED_COLUMNS``); empty if none."""
+    return pd.DataFrame([{"model": m, **dict(zip(PUBLISHED_COLUMNS, v))} for m, v in PUBLISHED.get(ds, {}).items()],
+                        columns=["model", *PUBLISHED_COLUMNS])
 
 
 def _read(path: Path) -> dict:
@@ -84,11 +92,19 @@ def _as_list(value) -> list:
 
 
 def our_rows(results: Path, ds: str) -> pd.DataFrame:
-    """One row per method: SID-level metrics (top-level keys), item-level ones (``item/``), and for baselines
-    the 95 % t half-widths over seeds (``<metric> ci``), valid NDCG@10, epochs and stopping reasons."""
+    """One row per method: SID-level metrics (top-level keys), item-level ones (``item/``), the 95 % t
+    half-widths over seeds (``<metric> ci``), and for baselines valid NDCG@10, epochs and stopping reasons."""
     rows = []
     for name, src in ROWS:
         row: dict = {"model": name, "status": "not run"}
+        if (src or "").startswith("variant:"):
+            runs = load_variant(results, ds, src.split(":")[1])
+            if runs is not None and all(m in runs.metrics[s] for s in runs.seeds for m in METRICS):
+                row.update(status="ok", unit="sid", runs=len(runs.seeds))
+                for m in METRICS:
+                    row[m], row[f"{m} ci"] = runs.mean_ci(m)
+            rows.append(row)
+            continue
         path = source_path(results, ds, src) if src else None
         if path is not None and path.is_file():
             metrics = read_metrics(path)
@@ -98,23 +114,16 @@ def our_rows(results: Path, ds: str) -> pd.DataFrame:
                 rec = _read(path)
                 ci = rec.get("ci95") or {}
                 row.update({f"{k} ci": ci.get(k) for k in [*METRICS, *(ITEM_PREFIX + m for m in METRICS)]})
-                if src.startswith("baseline:"):
-                    row.update({"unit": rec.get("native_unit"), "runs": rec.get("n_runs"),
-                                "valid NDCG@10": rec.get("valid_NDCG@10", rec.get("best_valid_NDCG@10")),
-                                "epochs": "/".join(str(e) for e in _as_list(rec.get("epochs")) if e is not None) or None,
-                                "stopped": "/".join(sorted({s for s in _as_list(rec.get("stopped")) if s})) or None,
-                                "partial": bool(rec.get("max_rows") or rec.get("tuning_restricted_to"))})
-                else:
-                    row.update(unit="sid", runs=1)
+                row.update({"unit": rec.get("native_unit"), "runs": rec.get("n_runs"),
+                            "valid NDCG@10": rec.get("valid_NDCG@10", rec.get("best_valid_NDCG@10")),
+                            "epochs": "/".join(str(e) for e in _as_list(rec.get("epochs")) if e is not None) or None,
+                            "stopped": "/".join(sorted({s for s in _as_list(rec.get("stopped")) if s})) or None,
+                            "partial": bool(rec.get("max_rows") or rec.get("tuning_restricted_to"))})
         rows.append(row)
     cols = ["model", "status", "unit", "runs", *METRICS, *(ITEM_PREFIX + m for m in METRICS),
             *(f"{m} ci" for m in METRICS), *(f"{ITEM_PREFIX}{m} ci" for m in METRICS),
             "valid NDCG@10", "epochs", "stopped", "partial"]
     return pd.DataFrame(rows, columns=cols)
-
-
-def _seed_file(results: Path, ds: str, model: str, seed: int) -> Path:
-    return results / ds / "baselines" / model / f"seed{seed}.json"
 
 
 def _baseline_runs(results: Path, ds: str):
@@ -127,7 +136,7 @@ def _baseline_runs(results: Path, ds: str):
         if not path.is_file():
             continue
         seeds = _read(path).get("seeds") or []
-        recs = [_read(f) for f in (_seed_file(results, ds, model, s) for s in seeds) if f.is_file()]
+        recs = [_read(f) for f in (baseline_seed_file(results, ds, model, s) for s in seeds) if f.is_file()]
         if recs:
             yield name, recs
 
@@ -247,13 +256,13 @@ def render(results: Path, datasets: list[str]) -> str:
         tuning = tuning_rows(results, ds)
         if len(tuning):
             parts += [f"Tuning tried on {ds} (valid split only, first seed; * = chosen):", "", _md(tuning), ""]
-    parts += ["## Published, 8 GPUs, official split (MiniOneRec Table 1; context only, NOT our runs)", "",
+    parts += [f"## MiniOneRec Table 1 ({PUBLISHED_LABEL}; context only, NOT our runs)", "",
               "Qwen2.5 backbones, full official train split, 8 GPUs. Not comparable row-for-row with the "
               "tables above (different train split, model scale and hardware).", ""]
     for ds in datasets:
-        if ds in PUBLISHED:
-            pub = pd.DataFrame([{"model": m, **dict(zip(PUBLISHED_COLUMNS, v))} for m, v in PUBLISHED[ds].items()])
-            parts += [f"### {ds} (published)", "", _md(pub), ""]
+        pub = published_rows(ds)
+        if len(pub):
+            parts += [f"### {ds} ({PUBLISHED_LABEL})", "", _md(pub), ""]
     return "\n".join(parts)
 
 
