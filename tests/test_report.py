@@ -178,3 +178,21 @@ def test_bad_metrics_files(tmp_path):
     p.write_text(json.dumps({"loss": 1}))
     with pytest.raises(TsrecError, match="no HR@K"):
         read_metrics(p)
+
+
+def test_rl_curves_plot_only_where_rl_ran(tmp_path):
+    from tsrec.report import plot_rl, rl_variants
+
+    ds = tmp_path / "DS"
+    (ds / "sft" / "seed42").mkdir(parents=True)
+    assert rl_variants(tmp_path, "DS") == []
+    for seed in (42, 43):
+        d = ds / "sft_rl" / f"seed{seed}"
+        d.mkdir(parents=True)
+        pd.DataFrame({"step": [1, 2, 3], "kl": [0.0, 0.1, 0.2], "reward_rule": [0.0, 0.5, 1.0],
+                      "reward_ranking": [0.0, -0.1, -0.2]}).to_csv(d / "rl.csv", index=False)
+        pd.DataFrame({"step": [0, 3], "NDCG@10": [0.05, 0.06], "HR@10": [0.1, 0.1]}).to_csv(d / "rl_valid.csv",
+                                                                                          index=False)
+    assert rl_variants(tmp_path, "DS") == ["sft_rl"]
+    out = plot_rl(tmp_path, "DS", ["sft_rl"], tmp_path / "rl.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -5,6 +5,7 @@ Per dataset ``<DS>``:
   results/<DS>/table.csv         the same rows as numbers (mean, 95 % half-width, tests)
   results/<DS>/plots/valid_loss.png   valid loss of the TS-Rec variants (mean over seeds, min-max band)
   results/<DS>/plots/hr_at_k.png      HR@K vs K of every method that ran (mean over seeds, 95 % CI bars)
+  results/<DS>/plots/rl.png           GRPO curves (reward parts, KL, valid NDCG@10) of the RL variants, where run
 
 Rows: the baselines (mean over ``baselines.seeds``), then TS-Rec and its ablations (mean over ``train.seeds``).
 Cells are mean ± the half-width of the 95 % Student-t interval over seeds; one run shows its value and n=1.
@@ -301,6 +302,42 @@ def plot_hr_at_k(rows: list[Row], ks: list[int], ds: str, dest: Path) -> Path:
     return dest
 
 
+RL_PANELS = [("reward_rule", "reward: rule"), ("reward_ranking", "reward: ranking"), ("kl", "KL to reference"),
+             ("NDCG@10", "valid NDCG@10")]
+
+
+def rl_variants(results: Path, ds: str) -> list[str]:
+    """Variants with RL curves (``seed<N>/rl.csv``)."""
+    base = results / ds
+    return sorted(d.name for d in base.iterdir() if d.is_dir() and any(d.glob("seed*/rl.csv"))) if base.is_dir() else []
+
+
+def plot_rl(results: Path, ds: str, variants: list[str], dest: Path, smooth: int = 16) -> Path:
+    """GRPO curves per RL variant (seeds averaged): both reward parts and the KL (rolling mean over ``smooth``
+    steps) from ``rl.csv``, valid NDCG@10 from ``rl_valid.csv``."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(RL_PANELS), figsize=(4 * len(RL_PANELS), 3.4))
+    for v in variants:
+        seeds = sorted((results / ds / v).glob("seed*"))
+        for ax, (col, title) in zip(axes, RL_PANELS):
+            name = "rl_valid.csv" if col == "NDCG@10" else "rl.csv"
+            frames = [pd.read_csv(d / name).groupby("step")[col].last() for d in seeds if (d / name).is_file()]
+            if not frames:
+                continue
+            curve = pd.concat(frames, axis=1).mean(axis=1)
+            if name == "rl.csv":
+                curve = curve.rolling(smooth, min_periods=1).mean()
+            ax.plot(curve.index, curve.values, marker="o" if name != "rl.csv" else None, ms=3,
+                    label=f"{v} (n={len(frames)})")
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("RL step", fontsize=8)
+    axes[-1].legend(fontsize=7)
+    fig.suptitle(f"{ds}: GRPO (rewards and KL: rolling mean over {smooth} steps)", fontsize=9)
+    _save(fig, dest)
+    plt.close(fig)
+    return dest
+
+
 # ---------------------------------------------------------------- the stage
 def write_dataset(results: Path, ds: str, ks: list[int], variants: list[str], seed: int = 42) -> list[str]:
     """CSV + plots of one dataset; returns its Markdown section."""
@@ -311,9 +348,14 @@ def write_dataset(results: Path, ds: str, ks: list[int], variants: list[str], se
     plots = results / ds / "plots"
     plot_valid_loss(results, ds, list(CURVE_VARIANTS), plots / "valid_loss.png")
     plot_hr_at_k(table.rows, ks, ds, plots / "hr_at_k.png")
+    with_rl = rl_variants(results, ds)
+    rl_link = ""
+    if with_rl:
+        plot_rl(results, ds, with_rl, plots / "rl.png")
+        rl_link = f", [GRPO curves]({ds}/plots/rl.png)"
     parts = [f"## {ds}", "",
              f"SID level, test split, full ranking. CSV: `{ds}/table.csv`. Plots: [valid loss]({ds}/plots/valid_loss.png), "
-             f"[HR@K vs K]({ds}/plots/hr_at_k.png).", "",
+             f"[HR@K vs K]({ds}/plots/hr_at_k.png){rl_link}.", "",
              shown.to_markdown(index=False, disable_numparse=True), ""]
     parts += summary_lines(table.comparisons, shown) + [""]
     pub = published_md(ds, ks)
