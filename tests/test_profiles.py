@@ -85,10 +85,19 @@ def _keys(d: dict, where: str = "") -> set[str]:
 
 
 def test_cpu_resets_every_knob_the_other_profiles_set():
-    cpu = _keys(profiles.overlay("cpu"))
+    """cpu sets every key the others set, or removes it (its ``absent`` list: keys params.yaml lacks)."""
+    over = profiles.overlay("cpu")
+    absent = over.pop(profiles.ABSENT)
+    cpu = _keys(over)
     for name in ("authors", "paper"):
-        missing = _keys(profiles.overlay(name)) - cpu
+        other = profiles.overlay(name)
+        missing = {k for k in _keys(other) - cpu if not any(k == a or k.startswith(a + ".") for a in absent)}
         assert not missing, f"{name} sets {sorted(missing)} that `make profile P=cpu` would not put back"
+        added = {f"variants.{v}" for v in other.get("variants", {})}
+        assert added <= set(absent), f"{name} adds variants {sorted(added - set(absent))} that P=cpu would keep"
+    # the default declares none of them: `tsrec report` lists every declared variant (a "not run" row each)
+    assert not {f"variants.{v}" for v in PARAMS["variants"]} & set(absent)
+    assert all(k.split(".")[0] == "variants" for k in absent)
 
 
 AUTHORS_HEADER = ("Below is an instruction that describes a task, paired with an input that provides further context. "

@@ -3,7 +3,9 @@
     python -m tsrec.profiles NAME [--params params.yaml] [--dry-run]
 
 writes params.yaml = params.yaml + ``cpu`` (the default: it puts back every knob the other profiles
-change) + the profile (after the profiles it ``extends``). Only the values that change are rewritten;
+change) + the profile (after the profiles it ``extends``). An overlay's ``absent:`` list names dotted keys
+removed before it is merged (``cpu`` removes the variants the other profiles add, which the default
+params.yaml does not declare). Only the values that change are rewritten (and removed keys deleted);
 comments and layout stay (ruamel round trip). The result is validated as strictly as a stage would, so
 DVC records exactly the resolved params. (``profiles/smoke.yaml`` is a complete params file, not an
 overlay: tests/smoke.py puts it in place of params.yaml.)
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 PROFILES = Path(__file__).resolve().parents[1] / "profiles"
 DEFAULT = "cpu"
 OVERLAYS = ("cpu", "authors", "paper")  # smoke.yaml is a complete params file
+ABSENT = "absent"  # overlay key: dotted keys removed before the overlay is merged
 
 
 def overlay(name: str, folder: Path = PROFILES) -> dict[str, Any]:
@@ -47,10 +50,30 @@ def overlay(name: str, folder: Path = PROFILES) -> dict[str, Any]:
     return deep_merge(out, raw)
 
 
+def _without(params: dict[str, Any], dotted: list[str]) -> dict[str, Any]:
+    """A copy of ``params`` without the dotted keys (those not there are ignored)."""
+    out = deep_merge(params, {})
+    for key in dotted:
+        *parents, leaf = str(key).split(".")
+        node = out
+        for k in parents:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
+
+
 def resolve(params: dict[str, Any], name: str, folder: Path = PROFILES) -> dict[str, Any]:
-    """``params`` with the default profile, then profile ``name``, merged in."""
-    base = {k: v for k, v in params.items() if k != "_path"}
-    return deep_merge(deep_merge(base, overlay(DEFAULT, folder)), overlay(name, folder))
+    """``params`` with the default profile, then profile ``name``, merged in (each after its ``absent`` keys
+    are removed)."""
+    out = {k: v for k, v in params.items() if k != "_path"}
+    for prof in (DEFAULT, name):
+        over = overlay(prof, folder)
+        absent = over.pop(ABSENT, [])
+        if not isinstance(absent, list):
+            raise ParamError(f"{ABSENT} must be a list of dotted keys", file=folder / f"{prof}.yaml", field=ABSENT)
+        out = deep_merge(_without(out, absent), over)
+    return out
 
 
 def validate(params: dict[str, Any]) -> None:
@@ -85,19 +108,27 @@ def _float(representer, v: float):
 
 
 def _flow(v: Any) -> Any:
-    """Lists as ``[a, b]`` (the style of params.yaml)."""
-    from ruamel.yaml.comments import CommentedSeq
+    """Lists as ``[a, b]``, new mappings as ``{k: v}`` (the style of params.yaml)."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
     if isinstance(v, list):
         seq = CommentedSeq(v)
         seq.fa.set_flow_style()
         return seq
+    if isinstance(v, dict):
+        node = CommentedMap(v)
+        node.fa.set_flow_style()
+        return node
     return v
 
 
 def _assign(node, new: dict[str, Any], where: str = "") -> list[str]:
-    """Set the leaves of ``new`` that differ in the ruamel mapping ``node``; returns their dotted keys."""
+    """Set the leaves of ``new`` that differ in the ruamel mapping ``node`` and delete its keys ``new`` lacks;
+    returns their dotted keys."""
     changed = []
+    for k in [k for k in node if k not in new]:
+        del node[k]
+        changed.append(f"{where}.{k}" if where else str(k))
     for k, v in new.items():
         key = f"{where}.{k}" if where else str(k)
         if isinstance(v, dict) and isinstance(node.get(k), dict):
