@@ -23,7 +23,10 @@ $(VENV)/.installed: requirements.txt requirements-models.txt pyproject.toml
 # the LLM rows of the default tables: the stages listed here and what they depend on, nothing else (not the
 # optional `teachers` caches, not the sweep, not the RL stages rl + evaluate_rl: `make rl`, ~1 h; the baseline
 # grid is `make baselines`: hours of CPU, its committed results are what the tables read)
-REPRO_STAGES ?= data embed codebook keywords backbone train evaluate
+# the runs `make repro` trains and scores: params repro.runs (<DS>-<variant>-<seed> of the train/evaluate
+# matrix), the default tables' LLM rows. train.variants / train.seeds may list more (the ablation grid); those runs are `make ablations`.
+REPRO_RUNS ?= $(shell $(PY) -c 'import yaml; print(" ".join(yaml.safe_load(open("params.yaml"))["repro"]["runs"]))')
+REPRO_STAGES ?= data embed codebook keywords backbone $(addprefix evaluate@,$(REPRO_RUNS))
 repro: setup
 	$(DVC) repro $(REPRO_STAGES)
 	$(DVC) repro --single-item report  # its deps (results/) would pull in the sweep and the optional teachers

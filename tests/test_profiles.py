@@ -261,3 +261,12 @@ def test_authors_profile_trains_and_evaluates_end_to_end(tmp_path, tiny_dataset,
     header, body = r["prompt"]["first_row"]
     assert header.startswith(AUTHORS_HEADER) and body.startswith("### User Input: \nCan you predict the next")
     assert m["n_rows"] == 40 and m["invalid_outputs"] == 0 and m["prompt_tokens_mean"] > 60
+
+
+@pytest.mark.parametrize("name", profiles.OVERLAYS)
+def test_repro_runs_are_runs_of_the_train_matrix(name):
+    """`make repro` names its stages from repro.runs: each must be one <DS>-<variant>-<seed> of the matrix."""
+    resolved = profiles.resolve(PARAMS, name)
+    t = resolved["train"]
+    matrix = {f"{d}-{v}-{s}" for d in t["datasets"] for v in t["variants"] for s in t["seeds"]}
+    assert resolved["repro"]["runs"] and set(resolved["repro"]["runs"]) <= matrix

@@ -37,7 +37,7 @@ def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
 
 # every top-level key some stage reads (a typo such as ``sede:`` or ``trian:`` would be silently ignored)
 SECTIONS = ("seed", "data", "raw", "report", "embed", "backbone", "sainit", "tasks", "train", "variants",
-            "baselines", "sweep", "evaluate", "codebook", "keywords", "rl")
+            "baselines", "sweep", "evaluate", "codebook", "keywords", "rl", "repro")
 
 
 def _key_lines(path: Path) -> dict[str, int]:
@@ -60,6 +60,14 @@ def check_top_level(params: dict[str, Any], path: str | os.PathLike) -> None:
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise ParamError(f"unknown top-level key {key!r}; {hint}known: {list(SECTIONS)}", file=path,
                          line=_key_lines(Path(path)).get(str(key)), field=str(key))
+    runs = (params.get("repro") or {}).get("runs") or []
+    t = params.get("train") or {}
+    matrix = {f"{d}-{v}-{s}" for d in t.get("datasets") or [] for v in t.get("variants") or []
+              for s in t.get("seeds") or []}
+    stray = [r for r in runs if r not in matrix]
+    if stray and matrix:
+        raise ParamError(f"{stray} not in the train matrix (train.datasets x variants x seeds: <DS>-<variant>-<seed>)",
+                         file=path, line=_key_lines(Path(path)).get("repro"), field="repro.runs")
     seed = params.get("seed", 42)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ParamError(f"must be an integer, got {seed!r}", file=path, line=_key_lines(Path(path)).get("seed"),
