@@ -1,5 +1,6 @@
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +17,7 @@ from tsrec.config import section
 from tsrec.data import rows_frame
 from tsrec.errors import ParamError
 from tsrec.io import write_json
-from tsrec.metrics import mean_ci, read_metrics
+from tsrec.metrics import mean_ci, read_item_metrics, read_metrics, read_with_run, run_path, write_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"batch_size": 32, "max_epochs": 2, "min_epochs": 1, "patience": 1}
@@ -42,6 +43,13 @@ def tiny_params(data_root, **extra) -> dict:
 
 def cfg_of(params) -> BaselinesConfig:
     return section(params, "baselines", BaselinesConfig)
+
+
+def numbers_only(obj) -> bool:
+    """A dvc metrics file's contents: numbers (or null), nested objects of them; no string, list or bool."""
+    if isinstance(obj, dict):
+        return all(numbers_only(v) for v in obj.values())
+    return obj is None or (isinstance(obj, (int, float)) and not isinstance(obj, bool))
 
 
 def test_train_pairs_expand_and_dedupe():
@@ -176,14 +184,24 @@ def test_cli_pop_run_and_table(tiny_dataset, tmp_path, monkeypatch):
     pfile.write_text(yaml.safe_dump(params))
     out = tmp_path / "results"
     assert main(["--params", str(pfile), "baseline", "--model", "pop", "--dataset", "tiny", "--out", str(out)]) == 0
-    summary = json.loads((out / "tiny" / "baselines" / "pop.json").read_text())
-    seed_files = sorted((out / "tiny" / "baselines" / "pop").glob("*.json"))
-    assert [f.name for f in seed_files] == ["seed3.json"]  # deterministic: one run stands for every seed
-    rec = json.loads(seed_files[0].read_text())
+    summary_file = out / "tiny" / "baselines" / "pop.json"
+    summary = read_with_run(summary_file)
+    files = sorted((out / "tiny" / "baselines" / "pop").glob("*.json"))
+    assert [f.name for f in files] == ["seed3.json", "seed3.run.json"]  # deterministic: one run for every seed
+    rec = read_with_run(files[0])
     assert rec["command"] == summary["command"] == "tsrec baseline --model pop --dataset tiny"
     keys = {f"{n}@{k}" for k in (1, 3, 5, 10, 20) for n in ("HR", "NDCG")}
     assert keys | {f"item/{k}" for k in keys} <= set(rec) and keys <= set(summary)
-    assert read_metrics(out / "tiny" / "baselines" / "pop.json") == {k: summary[k] for k in keys}
+    assert read_metrics(summary_file) == {k: summary[k] for k in keys}
+    # the dvc metrics files hold numbers only; the command, config and settings are in the run records
+    for metrics_file in (summary_file, files[0]):
+        numbers, record = (json.loads(f.read_text()) for f in (metrics_file, run_path(metrics_file)))
+        assert numbers_only(numbers) and {"HR@10", "NDCG@10", "item/NDCG@10"} <= set(numbers)
+        assert record["command"] == "tsrec baseline --model pop --dataset tiny" and "HR@10" not in record
+        assert not set(numbers) & set(record)
+    assert json.loads(summary_file.read_text())["n_runs"] == 1
+    assert json.loads(run_path(summary_file).read_text())["seeds"] == [3]
+    assert json.loads(files[0].read_text())["seed"] == 3 and json.loads(files[1].read_text())["config"] == {}
     assert summary["n_runs"] == 1 and summary["ci95"]["NDCG@10"] is None
     assert rec["rows"]["test"] == 40 and rec["ranking"] == "full ranking over all items"
     # the row ranks beside the seed file give back its SID-level metrics (paired tests in tsrec report)
@@ -215,15 +233,26 @@ def test_cli_learned_model_one_file_per_seed_with_t_interval(tiny_dataset, tmp_p
     (out / "tiny" / "baselines" / "gru4rec" / "seed99.ranks.parquet").write_text("")  # stale: removed
     assert main(["--params", str(pfile), "baseline", "--model", "gru4rec", "--dataset", "tiny", "--out", str(out)]) == 0
     folder = out / "tiny" / "baselines" / "gru4rec"
-    assert sorted(f.name for f in folder.glob("*.json")) == ["seed5.json", "seed6.json", "seed7.json"]
+    assert sorted(f.name for f in folder.glob("*.json")) == [f"seed{s}{x}.json" for s in (5, 6, 7)
+                                                            for x in ("", ".run")]
     assert sorted(f.name for f in folder.glob("*.parquet")) == [f"seed{s}.ranks.parquet" for s in (5, 6, 7)]
-    recs = [json.loads((folder / f"seed{s}.json").read_text()) for s in (5, 6, 7)]
-    for r in recs:
+    recs = [read_with_run(folder / f"seed{s}.json") for s in (5, 6, 7)]
+    for s, r in zip((5, 6, 7), recs):
         assert r["stopped"] in ("patience", "max_epochs") and r["curve"] and r["epochs"] == len(r["curve"])
         assert "valid_NDCG@10" in r["curve"][0] and "valid_item/NDCG@10" in r["curve"][0]
         assert len(r["tuning"]["configs"]) == 2 and r["tuning"]["seed"] == 5  # every config tried, recorded
         assert r["config"] == r["tuning"]["configs"][r["tuning"]["chosen"]]["config"]
-    summary = json.loads((out / "tiny" / "baselines" / "gru4rec.json").read_text())
+        numbers = json.loads((folder / f"seed{s}.json").read_text())  # the metrics file alone: numbers
+        assert numbers_only(numbers) and numbers["seed"] == s and numbers["epochs"] == r["epochs"]
+        assert {"NDCG@10", "item/NDCG@10", "valid", "rows", "train_time_s"} <= set(numbers)
+        assert not {"curve", "tuning", "config", "stopped", "command", "params", "git_commit"} & set(numbers)
+    summary = read_with_run(out / "tiny" / "baselines" / "gru4rec.json")
+    numbers = json.loads((out / "tiny" / "baselines" / "gru4rec.json").read_text())
+    assert numbers_only(numbers) and set(numbers["ci95"]) >= {"NDCG@10", "item/NDCG@10", "valid_NDCG@10"}
+    assert {"NDCG@10", "valid_NDCG@10", "n_runs", "tuning_wall_s"} <= set(numbers)
+    record = json.loads((out / "tiny" / "baselines" / "gru4rec.run.json").read_text())
+    assert record["seeds"] == [5, 6, 7] and record["stopped"] == [r["stopped"] for r in recs]
+    assert record["runs"] == [str(folder / f"seed{s}.json") for s in (5, 6, 7)] and "config" in record
     vals = [r["NDCG@10"] for r in recs]
     mean = sum(vals) / 3
     sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / 2)
@@ -243,7 +272,7 @@ def test_restricted_check_run_is_recorded_and_flagged(tiny_dataset, tmp_path):
     out = tmp_path / "results"
     args = ["--params", str(pfile), "baseline", "--dataset", "tiny", "--out", str(out), "--seed", "2", "--config", "1"]
     assert main([*args, "--model", "caser", "--model", "pop"]) == 0  # pop ignores --config (one config)
-    rec = json.loads((out / "tiny" / "baselines" / "caser" / "seed2.json").read_text())
+    rec = read_with_run(out / "tiny" / "baselines" / "caser" / "seed2.json")
     assert rec["command"].endswith("--seed 2 --config 1") and rec["config"] == {"lr": 0.01, "dropout": 0.1, "width": 16}
     assert [c["index"] for c in rec["tuning"]["configs"]] == [1] and rec["tuning"]["restricted_to"] == [1]
     assert not (out / "tiny" / "baselines" / "caser" / "seed1.json").exists()
@@ -255,8 +284,8 @@ def test_restricted_check_run_is_recorded_and_flagged(tiny_dataset, tmp_path):
 def test_table_sanity_flags_a_model_below_pop(tmp_path):
     for model, ndcg in (("pop", 0.05), ("sasrec", 0.08), ("caser", 0.04), ("transition", 0.06)):
         metrics = {f"{n}@{k}": ndcg for k in (1, 3, 5, 10, 20) for n in ("HR", "NDCG")}
-        write_json(tmp_path / "d" / "baselines" / f"{model}.json",
-                   {**metrics, "valid_NDCG@10": ndcg, "ci95": {"NDCG@10": 0.001}, "n_runs": 3, "seeds": []})
+        write_metrics(tmp_path / "d" / "baselines" / f"{model}.json",
+                      {**metrics, "valid_NDCG@10": ndcg, "ci95": {"NDCG@10": 0.001}, "n_runs": 3}, {"seeds": []})
 
     sft = {f"{n}@{k}": 0.1 for k in (1, 3, 5, 10, 20) for n in ("HR", "NDCG")}
     write_json(tmp_path / "d" / "sft" / "seed42" / "metrics.json", sft)
@@ -270,6 +299,15 @@ def test_table_sanity_flags_a_model_below_pop(tmp_path):
     assert "FAILS for Caser" in md and "BELOW it: Caser" in md
     assert "0.0800 ± 0.0010" in md  # mean +- 95 % half-width
     assert "no item-level metrics" in md  # the sft file carries SID-level metrics only
+    # a single-run file of the first baseline runs: metrics at the model's native unit (item level here)
+    item = {f"item/{n}@{k}": 0.07 for k in (1, 3, 5, 10, 20) for n in ("HR", "NDCG")}
+    write_metrics(tmp_path / "d" / "baselines" / "gru4rec.json", item, {"seeds": [42], "native_unit": "item"})
+    df = our_rows(tmp_path, "d")
+    gru = df.set_index("model").loc["GRU4Rec"]
+    assert gru["status"] == "ok" and pd.isna(gru["NDCG@10"]) and gru["item/NDCG@10"] == 0.07
+    assert gru["unit"] == "item"
+    assert sanity(df) == ["Caser"] and sanity(df, "item/") is None  # Pop has no item-level metrics here
+    assert re.search(r"\| GRU4Rec +\| no SID-level metrics +\| item ", render(tmp_path, ["d"]))
 
 
 def test_committed_results_learned_models_beat_pop():
@@ -282,7 +320,9 @@ def test_committed_results_learned_models_beat_pop():
             continue
         pop_ndcg = read_metrics(pop)["NDCG@10"]
         for path in ds_dir.glob("*.json"):
-            rec = json.loads(path.read_text())
+            if path.name.endswith(".run.json"):
+                continue
+            rec = read_with_run(path)
             if rec.get("model") in ("pop", "transition") or rec.get("max_rows") or "n_runs" not in rec:
                 continue
             found += 1
@@ -438,3 +478,17 @@ def test_sasrec_item_identity_not_swamped_by_positions():
     item_part = (net.item_emb.weight[1:] * 64 ** 0.5).norm(dim=1).mean()
     pos_part = net.pos_emb.weight.norm(dim=1).mean()
     assert pos_part < item_part
+
+
+def test_committed_baseline_files_hold_numbers_only():
+    """Every committed baseline metrics file (summary and seed files) holds numbers only, with its run record
+    (command, model) beside it; the metric keys are the one scheme (``HR@K`` SID level, ``item/HR@K``)."""
+    files = [p for p in sorted((REPO / "results").glob("*/baselines/**/*.json")) if not p.name.endswith(".run.json")]
+    if not files:
+        pytest.skip("no committed baseline results")
+    for path in files:
+        numbers, record = json.loads(path.read_text()), json.loads(run_path(path).read_text())
+        assert numbers_only(numbers), path
+        assert record["command"].startswith("tsrec baseline --model") and record["model"] in MODELS, path
+        assert read_metrics(path, allow_empty=True) or len(read_item_metrics(path)) == 10, path
+        assert not set(numbers) & set(record), path

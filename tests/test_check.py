@@ -2,8 +2,10 @@
 
 import json
 
+from tsrec.check import read_values
 from tsrec.cli import main
 from tsrec.io import write_json
+from tsrec.metrics import write_metrics
 
 
 def _results(root, hr10=0.25, with_sft=True):
@@ -11,7 +13,9 @@ def _results(root, hr10=0.25, with_sft=True):
     write_json(root / "DS" / "tsrec" / "run.json", {"command": "tsrec evaluate", "HR@10": "not a metric file"})
     if with_sft:
         write_json(root / "DS" / "sft" / "metrics.json", {"HR@10": 0.2, "NDCG@10": 0.1, "n_rows": 40})
-    write_json(root / "DS" / "baselines" / "pop.json", {"metrics": {"HR@10": 0.1}, "command": "x"})  # older scheme
+    write_metrics(root / "DS" / "baselines" / "pop.json",  # and its run record pop.run.json
+                  {"HR@10": 0.1, "item/HR@10": 0.09, "ci95": {"HR@10": None}},
+                  {"command": "tsrec baseline --model pop", "HR@10": "not a metric file"})
     write_json(root / "DS" / "no_sainit" / "seed43" / "metrics.json", {"seed": 43, "HR@10": 0.3})  # per-seed layout
     write_json(root / "DS" / "no_sainit" / "seed43" / "run.json", {"command": "tsrec evaluate --seed 43"})
 
@@ -22,12 +26,13 @@ def test_write_then_check_passes(tmp_path, capsys):
     assert main(["check", "--results", str(tmp_path / "r"), "--expected", str(exp), "--write-expected"]) == 0
     saved = json.loads(exp.read_text())
     assert saved["metrics"]["DS/tsrec/metrics.json"] == {"HR@10": 0.25, "NDCG@10": 0.125, "n_rows": 40}
-    assert saved["metrics"]["DS/baselines/pop.json"] == {"HR@10": 0.1} and "DS/tsrec/run.json" not in saved["metrics"]
+    assert saved["metrics"]["DS/baselines/pop.json"] == {"HR@10": 0.1, "item/HR@10": 0.09}
+    assert "DS/tsrec/run.json" not in saved["metrics"] and "DS/baselines/pop.run.json" not in saved["metrics"]
     assert saved["metrics"]["DS/no_sainit/seed43/metrics.json"] == {"HR@10": 0.3}
     assert "DS/no_sainit/seed43/run.json" not in saved["metrics"]
     capsys.readouterr()
     assert main(["check", "--results", str(tmp_path / "r"), "--expected", str(exp)]) == 0
-    assert "check ok: 8 metrics in 4 files" in capsys.readouterr().out
+    assert "check ok: 9 metrics in 4 files" in capsys.readouterr().out
 
 
 def test_regression_missing_metric_and_higher_value_fail_with_a_table(tmp_path, capsys):
@@ -42,7 +47,7 @@ def test_regression_missing_metric_and_higher_value_fail_with_a_table(tmp_path, 
     assert lines[0].split() == ["Path", "Metric", "Expected", "Got", "Change", "Status"]
     assert ["DS/tsrec/metrics.json", "HR@10", "0.25", "0.2", "-0.05", "REGRESSION"] in [ln.split() for ln in lines]
     assert ["DS/sft/metrics.json", "HR@10", "0.2", "-", "-", "MISSING", "FILE"] in [ln.split() for ln in lines]
-    assert "4 of 8 metrics" in err and "REGRESSION" in err
+    assert "4 of 9 metrics" in err and "REGRESSION" in err
     # within the tolerance: fine; higher than expected fails unless --allow-better
     _results(tmp_path / "better", hr10=0.3)
     assert main(["check", "--results", str(tmp_path / "better"), "--expected", str(exp), "--tolerance", "0.1"]) == 0
@@ -56,3 +61,12 @@ def test_bad_expected_file_is_a_one_line_error(tmp_path, capsys):
     exp.write_text(json.dumps({"tolerance": -1, "metrics": {"a.json": {"HR@10": 0.1}}}))
     assert main(["check", "--expected", str(exp)]) == 2
     assert "tolerance" in capsys.readouterr().err
+
+
+def test_metrics_files_are_flat_numbers(tmp_path):
+    """Only the top level of a metrics file counts: a ``metrics`` block (the mixed format before run records)
+    is not read, and a run record beside a metrics file is never a metrics file."""
+    write_json(tmp_path / "old.json", {"metrics": {"HR@10": 0.1}, "command": "x"})
+    assert read_values(tmp_path / "old.json") == {}
+    write_json(tmp_path / "new.json", {"HR@10": 0.1, "item/NDCG@10": 0.05, "n_rows": 3, "seed": 42, "flag": True})
+    assert read_values(tmp_path / "new.json") == {"HR@10": 0.1, "item/NDCG@10": 0.05, "n_rows": 3}

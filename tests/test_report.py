@@ -1,4 +1,5 @@
-"""tsrec report on tiny hand-made results: 1 and 3 seeds, baselines old and new, missing runs, CSV, plots."""
+"""tsrec report on tiny hand-made results: 1 and 3 seeds, baselines per seed and single-run, missing runs, CSV,
+plots."""
 
 import json
 import math
@@ -10,8 +11,8 @@ import yaml
 
 from tsrec.cli import main
 from tsrec.errors import TsrecError
-from tsrec.metrics import read_metrics
-from tsrec.report import dataset_table
+from tsrec.metrics import read_metrics, write_metrics
+from tsrec.report import ITEM_ONLY, dataset_table
 
 DS = "Industrial_and_Scientific"
 T95_2 = 4.302652729911275  # Student t, 0.975 quantile, 2 dof
@@ -46,10 +47,10 @@ def baseline(root, model, seeds_ndcg, ranks=None, deterministic=False, ds=DS):
     seeds = list(seeds_ndcg)
     b = root / ds / "baselines"
     vals = list(seeds_ndcg.values())
-    _json(b / f"{model}.json", {**_metrics(sum(vals) / len(vals)), "seeds": seeds, "n_runs": len(seeds),
-                                 "deterministic": deterministic})
+    write_metrics(b / f"{model}.json", {**_metrics(sum(vals) / len(vals)), "n_runs": len(seeds)},
+                  {"seeds": seeds, "deterministic": deterministic, "command": f"tsrec baseline --model {model}"})
     for s, v in seeds_ndcg.items():
-        _json(b / model / f"seed{s}.json", {"seed": s, **_metrics(v)})
+        write_metrics(b / model / f"seed{s}.json", {"seed": s, **_metrics(v)}, {"model": model})
         if ranks is not None:
             _ranks(b / model / f"seed{s}.ranks.parquet", ranks)
 
@@ -66,7 +67,10 @@ def three_seeds(tmp_path):
         variant(root, "sft", s, b, SFT_RANKS[s], curve=[3.2, 2.9])
     baseline(root, "pop", {42: 0.03}, ranks=[-1, -1, -1, 0], deterministic=True)
     baseline(root, "sasrec", {42: 0.05, 43: 0.06, 44: 0.07})  # no row ranks
-    _json(root / DS / "baselines" / "gru4rec.json", {"metrics": _metrics(0.04), "seed": 42})  # older format
+    # single-run files (the first baseline runs): no seed files, metrics at the model's native unit
+    write_metrics(root / DS / "baselines" / "gru4rec.json", _metrics(0.04), {"seeds": [42], "native_unit": "sid"})
+    write_metrics(root / DS / "baselines" / "caser.json", {"item/" + k: v for k, v in _metrics(0.02).items()},
+                  {"seeds": [42], "native_unit": "item"})
     _json(root / DS / "no_tsalign" / "metrics.json", _metrics(0.5))  # before seed folders
     return root
 
@@ -116,6 +120,8 @@ def test_three_seeds_mean_ci_gains_and_tests_by_hand(three_seeds):
     assert _row(table, "TS-Rec w/o SA-Init")["NDCG@10"] == "not run"
     assert "migrate-seed-layout" in _row(table, "TS-Rec w/o TS-Align")["runs"]
     assert _row(table, "HSTU")["runs"] == "not run" and _row(table, "BIGRec")["runs"].startswith("not run")
+    caser = _row(table, "Caser")  # ran, item level only: not in this SID-level table, not "not run"
+    assert caser["runs"] == ITEM_ONLY and caser["NDCG@10"] == "—" and caser["tsrec gain NDCG@10"] == ""
 
 
 def test_one_seed_shows_value_and_n1(tmp_path):

@@ -59,10 +59,16 @@ def test_after_a_run_dvc_has_nothing_to_do(first_run):
     assert "Running stage" not in again.stdout + again.stderr, again.stdout
     shown = smoke.dvc(dest, "metrics", "show")
     assert "failed to load" not in shown.stdout + shown.stderr and "HR@10" in shown.stdout
-    # metrics files hold numbers only (the baselines' files follow once tsrec/baselines writes run records)
+    # metrics files hold numbers only: `dvc metrics show` has no provenance columns (command, hashes, settings)
     ours = smoke.dvc(dest, "metrics", "show", "results/synthetic/tsrec/seed42/metrics.json",
-                     "results/synthetic/codebook_report.json", "results/keywords/synthetic.json")
-    assert "HR@10" in ours.stdout and "command" not in ours.stdout and "sha256" not in ours.stdout
+                     "results/synthetic/codebook_report.json", "results/keywords/synthetic.json",
+                     "results/synthetic/baselines/pop.json", "results/synthetic/baselines/gru4rec.json")
+    assert "HR@10" in ours.stdout and "item/NDCG@10" in ours.stdout and "n_runs" in ours.stdout  # (ci95: null, 1 seed)
+    for provenance in ("command", "sha256", "git_commit", "config", "params", "curve", "seeds", "model"):
+        assert provenance not in ours.stdout, provenance
+    for f in ("results/synthetic/baselines/gru4rec.json", "results/synthetic/baselines/gru4rec/seed42.json"):
+        assert "config" not in json.loads((dest / f).read_text())
+        assert json.loads((dest / f.replace(".json", ".run.json")).read_text())["command"].startswith("tsrec baseline")
 
 
 def _numbers(path):

@@ -11,7 +11,8 @@ tolerance, or when a count differs. A quality metric HIGHER than expected past t
 after the ``dvc repro`` that produced them; the file records the command and tolerance).
 
 Expected file: ``{"tolerance": abs, "command": ..., "metrics": {"<path under results>": {"HR@10": x, ...}}}``.
-A metrics file may hold a metric at the top level or (older baseline files) under ``metrics``.
+Metrics files are flat numbers (``tsrec.metrics.write_metrics``): SID-level ``HR@K`` / ``NDCG@K`` at the top
+level, item-level ones as ``item/HR@K`` (baselines); run records (``run*.json``, ``*.run.json``) are skipped.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from tsrec.metrics import is_run_record
 
 log = logging.getLogger(__name__)
 
-QUALITY = re.compile(r"^(HR|NDCG|Recall)@\d+$")  # higher is better
+QUALITY = re.compile(r"^(item/)?(HR|NDCG|Recall)@\d+$")  # higher is better (SID level; item level)
 COUNTS = ("n_rows", "invalid_outputs", "duplicate_outputs")  # must match exactly
 DEFAULT_TOLERANCE = 1e-9  # same seed, precision and threads -> the same numbers (only float printing left)
 
@@ -44,19 +45,15 @@ def metrics_files(results: Path) -> list[Path]:
 
 
 def read_values(path: Path) -> dict[str, float]:
-    """The comparable numbers of one metrics file (top level, else under ``metrics``)."""
+    """The comparable numbers of one metrics file (quality metrics and counts, top level)."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise TsrecError(f"invalid JSON: {exc.msg}", file=path, line=exc.lineno) from exc
     if not isinstance(raw, dict):
         raise TsrecError("expected a JSON object", file=path)
-    out: dict[str, float] = {}
-    for block in (raw.get("metrics") if isinstance(raw.get("metrics"), dict) else {}, raw):
-        for k, v in block.items():
-            if (QUALITY.match(k) or k in COUNTS) and isinstance(v, (int, float)) and not isinstance(v, bool):
-                out[k] = v
-    return out
+    return {k: v for k, v in raw.items()
+            if (QUALITY.match(k) or k in COUNTS) and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def collect(results: Path) -> dict[str, dict[str, float]]:
@@ -89,8 +86,8 @@ def compare(expected: dict[str, dict[str, float]], results: Path, tolerance: flo
 
 
 def _order(key: str) -> tuple:
-    m = re.match(r"^([A-Za-z]+)@(\d+)$", key)
-    return (0, int(m.group(2)), m.group(1)) if m else (1, 0, key)
+    m = re.match(r"^(item/)?([A-Za-z]+)@(\d+)$", key)
+    return (0, bool(m.group(1)), int(m.group(3)), m.group(2)) if m else (1, False, 0, key)
 
 
 def failed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

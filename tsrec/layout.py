@@ -5,7 +5,8 @@
     results/<DS>/<variant>/seed<N>/                                    git-tracked:
         train.csv, valid.csv, train_summary.json                       (train)
         metrics*.json, run*.json, ranks*.parquet                       (evaluate; ranks = row, target, rank)
-    results/<DS>/baselines/<model>.json, <model>/seed<N>.json, <model>/seed<N>.ranks.parquet   (baseline)
+    results/<DS>/baselines/<model>.json, <model>/seed<N>.json    (baseline: dvc metrics, numbers only)
+        <model>.run.json, <model>/seed<N>.run.json, <model>/seed<N>.ranks.parquet   (their run records, row ranks)
 
 The seed folder is always explicit, also for the single default seed. The layout before it (no seed folder)
 is moved by ``tsrec migrate-seed-layout`` (tsrec/migrate.py).
@@ -14,7 +15,6 @@ is moved by ``tsrec migrate-seed-layout`` (tsrec/migrate.py).
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 
@@ -135,20 +135,21 @@ def load_variant(results: str | Path, ds: str, variant: str) -> Runs | None:
 
 
 def load_baseline(results: str | Path, ds: str, model: str) -> Runs | None:
-    """Per-seed metrics from ``<model>/seed<N>.json`` when every seed the summary lists has its file; else
-    (older single-run files) the summary as one run."""
-    from tsrec.metrics import read_metrics
+    """SID-level (top-level) metrics per seed from ``<model>/seed<N>.json`` when every seed the summary's run
+    record lists has its file; else the summary as one run (the single-run files of the first baseline
+    runs). A seed's metrics are {} where its file holds item-level metrics only."""
+    from tsrec.metrics import read_metrics, read_with_run
 
     path = baseline_summary(results, ds, model)
     if not path.is_file():
         return None
-    summary = json.loads(path.read_text(encoding="utf-8"))
-    seeds = summary.get("seeds") or [summary.get("seed")]
-    files = {s: baseline_seed_file(results, ds, model, s) for s in sorted(x for x in seeds if x is not None)}
+    summary = read_with_run(path)
+    seeds = sorted(summary.get("seeds") or [])
+    files = {s: baseline_seed_file(results, ds, model, s) for s in seeds}
     deterministic = bool(summary.get("deterministic", model in ("pop", "transition")))
     if files and all(f.is_file() for f in files.values()):
-        return Runs(model, "baseline", {s: read_metrics(f) for s, f in files.items()},
+        return Runs(model, "baseline", {s: read_metrics(f, allow_empty=True) for s, f in files.items()},
                     {s: baseline_ranks(results, ds, model, s) for s in files
                      if baseline_ranks(results, ds, model, s).is_file()}, list(files.values()), deterministic)
-    seed = seeds[0] if seeds and seeds[0] is not None else -1
-    return Runs(model, "baseline", {seed: read_metrics(path)}, {}, [path], deterministic)
+    seed = seeds[0] if seeds else -1
+    return Runs(model, "baseline", {seed: read_metrics(path, allow_empty=True)}, {}, [path], deterministic)

@@ -40,17 +40,27 @@ def from_ranks(row_ranks: Sequence[int], ks: Sequence[int] = KS) -> dict[str, fl
     return out
 
 
-def read_metrics(path: Path) -> dict[str, float]:
-    """HR@K / NDCG@K from a metrics JSON (flat, or under a "metrics" key)."""
+def _metric_keys(block: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """``prefix``HR@K / NDCG@K / Recall@K entries of a flat metrics object, prefix removed."""
+    return {k[len(prefix):]: float(v) for k, v in block.items() if k.startswith(prefix)
+            and k[len(prefix):].split("@")[0] in ("HR", "NDCG", "Recall")}
+
+
+def _load_object(path: Path) -> dict:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise TsrecError(f"invalid JSON: {exc.msg}", file=path, line=exc.lineno) from exc
-    block = raw.get("metrics", raw) if isinstance(raw, dict) else None
-    if not isinstance(block, dict):
+    if not isinstance(raw, dict):
         raise TsrecError("expected a JSON object of metrics", file=path)
-    found = {k: float(v) for k, v in block.items() if k.split("@")[0] in ("HR", "NDCG", "Recall")}
-    if not found:
+    return raw
+
+
+def read_metrics(path: Path, *, allow_empty: bool = False) -> dict[str, float]:
+    """The top-level (SID-level) HR@K / NDCG@K of a metrics JSON; an error if it has none, unless
+    ``allow_empty`` ({} then: e.g. a baseline file with item-level metrics only)."""
+    found = _metric_keys(_load_object(path))
+    if not found and not allow_empty:
         raise TsrecError("no HR@K / NDCG@K entries", file=path)
     return found
 
@@ -71,10 +81,7 @@ def both_levels(sid_ranks: Sequence[int], item_ranks: Sequence[int], ks: Sequenc
 
 def read_item_metrics(path: Path) -> dict[str, float]:
     """The item-level HR@K / NDCG@K of a metrics JSON (keys ``item/...``, prefix removed); {} if it has none."""
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    block = raw.get("metrics", raw) if isinstance(raw, dict) else {}
-    return {k[len(ITEM_PREFIX):]: float(v) for k, v in block.items()
-            if k.startswith(ITEM_PREFIX) and k[len(ITEM_PREFIX):].split("@")[0] in ("HR", "NDCG", "Recall")}
+    return _metric_keys(_load_object(path), ITEM_PREFIX)
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float | None]:

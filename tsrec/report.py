@@ -44,6 +44,7 @@ VARIANTS = {  # variant -> row label, in table order; other variants found follo
     "tsrec_rl": "TS-Rec + GRPO (`tsrec_rl`)",
 }
 CURVE_VARIANTS = ("tsrec", "no_sainit", "no_tsalign", "sft")
+ITEM_ONLY = "item level only (results/baselines.md)"  # a baseline whose files hold no SID-level metrics
 
 
 @dataclasses.dataclass
@@ -73,7 +74,10 @@ def method_rows(results: Path, ds: str, variants: list[str]) -> list[Row]:
         kind, _, name = (src or "").partition(":")
         if kind == "baseline":
             runs = layout.load_baseline(results, ds, name)
-            rows.append(Row(label, "baseline", runs, "ok" if runs else "not run"))
+            if runs is not None and not any(runs.metrics.values()):  # ran, but this table is SID level
+                rows.append(Row(label, "baseline", None, ITEM_ONLY))
+            else:
+                rows.append(Row(label, "baseline", runs, "ok" if runs else "not run"))
         elif not src:
             rows.append(Row(label, "not ours", None, "not run (not implemented here)"))
     names = list(dict.fromkeys([*VARIANTS, *variants, *layout.found_variants(results, ds)]))
@@ -174,7 +178,8 @@ def dataset_table(results: Path, ds: str, ks: list[int], variants: list[str] | N
             comparisons[label] = c
         cis = {m: r.runs.mean_ci(m) if r.runs else (None, None) for m in metrics}
         shown.append({"method": label, "runs": _runs_cell(r) or r.status,
-                      **{m: _cell(*cis[m]) or "not run" for m in metrics},
+                      **{m: _cell(*cis[m]) or ("not run" if r.status.startswith("not run") else "—")
+                         for m in metrics},
                       f"tsrec gain {MAIN}": "" if not c or c["gain"] is None else f"{100 * c['gain']:+.1f} %",
                       "paired test (rows)": _paired_cell(c) if c else "",
                       "seed test": _seed_cell(c) if c else "",
@@ -279,12 +284,12 @@ def plot_valid_loss(results: Path, ds: str, variants: list[str], dest: Path) -> 
 def plot_hr_at_k(rows: list[Row], ks: list[int], ds: str, dest: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
-    missing = []
+    missing, item_only = [], []
     for r in rows:
         if r.kind == "not ours":
             continue
         if not r.runs:
-            missing.append(r.label)
+            (item_only if r.status == ITEM_ONLY else missing).append(r.label)
             continue
         pts = [(k, *r.runs.mean_ci(f"HR@{k}")) for k in ks]
         pts = [(k, m, ci or 0.0) for k, m, ci in pts if m is not None]
@@ -295,8 +300,10 @@ def plot_hr_at_k(rows: list[Row], ks: list[int], ds: str, dest: Path) -> Path:
            title=f"{ds}: HR@K, mean over seeds (bars: 95 % t-interval)")
     if ax.containers:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    if missing:
-        fig.text(0.01, -0.02, "not run: " + ", ".join(missing), fontsize=7, color="gray", va="top", wrap=True)
+    notes = [f"{what}: {', '.join(labels)}" for what, labels in (("not run", missing),
+                                                                   ("item-level metrics only", item_only)) if labels]
+    if notes:
+        fig.text(0.01, -0.02, "; ".join(notes), fontsize=7, color="gray", va="top", wrap=True)
     _save(fig, dest)
     plt.close(fig)
     return dest

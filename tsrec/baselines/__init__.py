@@ -10,11 +10,14 @@ Protocol of one (dataset, model) run (``run_model``):
      config with the best SID-level valid NDCG@10 is chosen. Every config tried is recorded.
   2. The chosen config is trained once per seed (``baselines.seeds``; the first seed's tuning run is reused)
      and evaluated once on TEST at both granularities (``trainer`` doc).
-  3. Files: ``results/<DS>/baselines/<model>/seed<N>.json`` per seed (metrics, learning curve, stopping reason,
-     configs tried) and ``results/<DS>/baselines/<model>.json``: mean over seeds with the 95 % Student-t
-     interval (``ci95``: half-widths). Deterministic models (Pop, Transition) run once (one seed file).
-     Beside each seed file, ``seed<N>.ranks.parquet``: row, target, SID-level rank of every test row (paired
-     tests in ``tsrec report``).
+  3. Files: ``results/<DS>/baselines/<model>/seed<N>.json`` per seed (test and valid metrics, epochs, timings,
+     counts) and ``results/<DS>/baselines/<model>.json``: mean over seeds with the 95 % Student-t interval
+     (``ci95``: half-widths). Deterministic models (Pop, Transition) run once (one seed file). Both are
+     ``dvc metrics`` files holding numbers only (``tsrec.metrics.write_metrics``); beside each, its run
+     record ``<name>.run.json`` (``tsrec.metrics.run_path``): command, params, chosen config, learning curve,
+     stopping reason, every config tried, git commit (``read_with_run`` merges the two). Beside each seed
+     file, ``seed<N>.ranks.parquet``: row, target, SID-level rank of every test row (paired tests in
+     ``tsrec report``).
 Metric keys everywhere: top-level ``HR@K`` / ``NDCG@K`` = SID level, ``item/HR@K`` / ``item/NDCG@K`` = item level
 (``tsrec.metrics``). ``tsrec baseline --table`` / ``tsrec report`` write ``results/baselines.md``.
 """
@@ -40,9 +43,9 @@ from tsrec.baselines.trainer import VALID_METRIC, Recommender, SeqData, TrainCon
 from tsrec.config import from_dict, section
 from tsrec.codebook import index_path
 from tsrec.errors import ParamError, TsrecError
-from tsrec.io import atomic_file, write_json
-from tsrec.layout import baseline_ranks, baseline_seed_file
-from tsrec.metrics import ITEM_PREFIX, mean_ci
+from tsrec.io import atomic_file
+from tsrec.layout import baseline_ranks, baseline_seed_file, baseline_summary
+from tsrec.metrics import ITEM_PREFIX, mean_ci, run_path, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,11 @@ DETERMINISTIC = ("pop", "transition")
 LEARNED = tuple(m for m in MODELS if m not in DETERMINISTIC)
 KNOBS = ("lr", "dropout", "width")  # the tuned knobs, in grid order (lr outermost)
 CI_LEVEL = 0.95
+# What the dvc metrics files hold (numbers a user compares): every metric key (``HR@K``, ``item/NDCG@K``,
+# ``valid_NDCG@10``: keys with an ``@``) and these; every other key of a record goes to its run record.
+SEED_NUMBERS = ("seed", "valid", "epochs", "best_epoch", "train_time_s", "test_eval_time_s",
+                "valid_rows_early_stopping", "rows", "n_items", "n_sids")
+SUMMARY_NUMBERS = ("n_runs", "ci95", "tuning_wall_s")
 
 
 @dataclasses.dataclass
@@ -284,25 +292,34 @@ def summarise(records: list[dict], command: str) -> dict:
     return out
 
 
+def split_record(record: dict, numbers: tuple[str, ...]) -> tuple[dict, dict]:
+    """(metrics file, run record) of a seed record or summary: the metric keys (with an ``@``) and ``numbers``
+    in the first, in record order; everything else (command, params, config, tuning, curve, strings) in the
+    second."""
+    metrics = {k: v for k, v in record.items() if "@" in k or k in numbers}
+    return metrics, {k: v for k, v in record.items() if k not in metrics}
+
+
 def write_results(out: Path, ds: str, model: str, records: list[dict], summary: dict,
                   row_ranks: dict[int, pd.DataFrame] | None = None) -> Path:
-    """Seed files (and their row ranks) under ``<out>/<ds>/baselines/<model>/`` (stale ones removed), then the
-    summary."""
+    """Seed files, their run records and row ranks under ``<out>/<ds>/baselines/<model>/`` (stale ones removed),
+    then the summary and its run record."""
     folder = out / ds / "baselines" / model
-    keep = {p.name for r in records for p in (baseline_seed_file(out, ds, model, r["seed"]),
-                                              baseline_ranks(out, ds, model, r["seed"]))}
+    seed_files = [baseline_seed_file(out, ds, model, r["seed"]) for r in records]
+    keep = {p.name for f, r in zip(seed_files, records)
+            for p in (f, run_path(f), baseline_ranks(out, ds, model, r["seed"]))}
     if folder.is_dir():
         for stale in [*folder.glob("seed*.json"), *folder.glob("seed*.ranks.parquet")]:
             if stale.name not in keep:
                 stale.unlink()
-    for r in records:
-        write_json(baseline_seed_file(out, ds, model, r["seed"]), r)
+    for f, r in zip(seed_files, records):
+        write_metrics(f, *split_record(r, SEED_NUMBERS))
         if row_ranks and r["seed"] in row_ranks:
             with atomic_file(baseline_ranks(out, ds, model, r["seed"]), "wb") as fh:
                 row_ranks[r["seed"]].to_parquet(fh, index=False)
-    summary["runs"] = [str(folder / f"seed{r['seed']}.json") for r in records]
-    path = out / ds / "baselines" / f"{model}.json"
-    write_json(path, summary)
+    summary["runs"] = [str(f) for f in seed_files]
+    path = baseline_summary(out, ds, model)
+    write_metrics(path, *split_record(summary, SUMMARY_NUMBERS))
     return path
 
 

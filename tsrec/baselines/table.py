@@ -1,6 +1,9 @@
 """results/baselines.md: our baseline rows (from results/<DS>/baselines/<model>.json, the mean over seeds, and
 the sft variant's metrics) at both granularities, with 95 % t-intervals over seeds, the per-seed runs and every
-tuning config tried; in a separate table, the published MiniOneRec Table-1 numbers for context only."""
+tuning config tried; in a separate table, the published MiniOneRec Table-1 numbers for context only.
+
+Numbers come from the metrics files, the rest (native unit, epochs, stopping reasons, configs tried) from the
+run records beside them (``tsrec.metrics.read_with_run``)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import pandas as pd
 
 from tsrec.io import atomic_file
 from tsrec.layout import baseline_seed_file, baseline_summary, load_variant
-from tsrec.metrics import ITEM_PREFIX, KS, read_item_metrics, read_metrics
+from tsrec.metrics import ITEM_PREFIX, KS, read_item_metrics, read_metrics, read_with_run
 
 # (display name, source): "baseline:<model>" reads results/<DS>/baselines/<model>.json, "variant:<v>" reads
 # results/<DS>/<v>/seed<N>/metrics.json (every seed; tsrec.layout), None = not run by us (never filled from a paper).
@@ -82,15 +85,6 @@ def published_rows(ds: str) -> pd.DataFrame:
                         columns=["model", *PUBLISHED_COLUMNS])
 
 
-def _read(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _as_list(value) -> list:
-    """Per-seed fields are lists; files of the earlier single-run format hold one value."""
-    return value if isinstance(value, list) else [] if value is None else [value]
-
-
 def our_rows(results: Path, ds: str) -> pd.DataFrame:
     """One row per method: SID-level metrics (top-level keys), item-level ones (``item/``), the 95 % t
     half-widths over seeds (``<metric> ci``), and for baselines valid NDCG@10, epochs and stopping reasons."""
@@ -107,17 +101,17 @@ def our_rows(results: Path, ds: str) -> pd.DataFrame:
             continue
         path = source_path(results, ds, src) if src else None
         if path is not None and path.is_file():
-            metrics = read_metrics(path)
-            if all(m in metrics for m in METRICS):
-                row.update(status="ok", **{m: metrics[m] for m in METRICS})
-                row.update({ITEM_PREFIX + m: v for m, v in read_item_metrics(path).items() if m in METRICS})
-                rec = _read(path)
+            sid, item = read_metrics(path, allow_empty=True), read_item_metrics(path)
+            if all(m in sid for m in METRICS) or all(m in item for m in METRICS):  # one level may be missing
+                row.update(status="ok", **{m: sid[m] for m in METRICS if m in sid})
+                row.update({ITEM_PREFIX + m: v for m, v in item.items() if m in METRICS})
+                rec = read_with_run(path)
                 ci = rec.get("ci95") or {}
                 row.update({f"{k} ci": ci.get(k) for k in [*METRICS, *(ITEM_PREFIX + m for m in METRICS)]})
                 row.update({"unit": rec.get("native_unit"), "runs": rec.get("n_runs"),
-                            "valid NDCG@10": rec.get("valid_NDCG@10", rec.get("best_valid_NDCG@10")),
-                            "epochs": "/".join(str(e) for e in _as_list(rec.get("epochs")) if e is not None) or None,
-                            "stopped": "/".join(sorted({s for s in _as_list(rec.get("stopped")) if s})) or None,
+                            "valid NDCG@10": rec.get("valid_NDCG@10"),
+                            "epochs": "/".join(str(e) for e in rec.get("epochs") or [] if e is not None) or None,
+                            "stopped": "/".join(sorted({s for s in rec.get("stopped") or [] if s})) or None,
                             "partial": bool(rec.get("max_rows") or rec.get("tuning_restricted_to"))})
         rows.append(row)
     cols = ["model", "status", "unit", "runs", *METRICS, *(ITEM_PREFIX + m for m in METRICS),
@@ -127,7 +121,8 @@ def our_rows(results: Path, ds: str) -> pd.DataFrame:
 
 
 def _baseline_runs(results: Path, ds: str):
-    """(display name, per-seed records) of every baseline that has a summary with seed files."""
+    """(display name, per-seed records: metrics merged with their run records) of every baseline that has a
+    summary with seed files."""
     for name, src in ROWS:
         if not (src or "").startswith("baseline:"):
             continue
@@ -135,8 +130,8 @@ def _baseline_runs(results: Path, ds: str):
         path = source_path(results, ds, src)
         if not path.is_file():
             continue
-        seeds = _read(path).get("seeds") or []
-        recs = [_read(f) for f in (baseline_seed_file(results, ds, model, s) for s in seeds) if f.is_file()]
+        seeds = read_with_run(path).get("seeds") or []
+        recs = [read_with_run(f) for f in (baseline_seed_file(results, ds, model, s) for s in seeds) if f.is_file()]
         if recs:
             yield name, recs
 
@@ -170,13 +165,15 @@ def tuning_rows(results: Path, ds: str) -> pd.DataFrame:
                                        "best epoch", "stopped", "wall s"])
 
 
-def sanity(df: pd.DataFrame) -> list[str]:
-    """Learned baselines whose test NDCG@10 (SID level) does not beat Pop's."""
-    ok = df[df["status"] == "ok"].set_index("model")
+def sanity(df: pd.DataFrame, prefix: str = "") -> list[str] | None:
+    """Learned baselines whose test NDCG@10 at one level (SID: prefix "", item: ``ITEM_PREFIX``) does not beat
+    Pop's; None where Pop has no metrics at that level."""
+    col = prefix + "NDCG@10"
+    ok = df[(df["status"] == "ok") & df[col].notna()].set_index("model")
     if "Pop" not in ok.index:
-        return []
-    pop = ok.loc["Pop", "NDCG@10"]
-    return [m for m in ok.index if m not in NOT_LEARNED and not ok.loc[m, "NDCG@10"] > pop]
+        return None
+    pop = ok.loc["Pop", col]
+    return [m for m in ok.index if m not in NOT_LEARNED and not ok.loc[m, col] > pop]
 
 
 def below_floor(df: pd.DataFrame) -> list[str]:
@@ -214,17 +211,19 @@ def level_table(df: pd.DataFrame, prefix: str = "") -> pd.DataFrame:
                    + ("" if ci is None or pd.isna(ci) else f" ± {ci:.4f}"))
                   for mean, ci in zip(means if means is not None else [None] * len(df),
                                       cis if cis is not None else [None] * len(df))]
-    if prefix:  # item level exists only where the metrics file carries it
-        out.loc[(out["HR@10"] == "") & (df["status"] == "ok"), "status"] = "no item-level metrics"
+    # a level exists only where the metrics file carries it (the first baseline runs: the model's native unit)
+    out.loc[(out["HR@10"] == "") & (df["status"] == "ok"), "status"] = \
+        "no item-level metrics" if prefix else "no SID-level metrics"
     out["runs"] = [None if r is None or pd.isna(r) else r for r in out["runs"]]
     return out
 
 
 def render(results: Path, datasets: list[str]) -> str:
     parts = ["# Baselines (our runs, reconstructed-train protocol, test split)", "",
-             "Produced by `tsrec baseline` (per seed: `results/<DS>/baselines/<model>/seed<N>.json` with metrics, "
-             "learning curve, stopping reason and every tuning config tried; mean over seeds: "
-             "`results/<DS>/baselines/<model>.json`); table by `tsrec report` (or `tsrec baseline --table`). "
+             "Produced by `tsrec baseline` (per seed: `results/<DS>/baselines/<model>/seed<N>.json` with the "
+             "metrics, its run record `seed<N>.run.json` with learning curve, stopping reason and every tuning "
+             "config tried; mean over seeds: `results/<DS>/baselines/<model>.json` and its `<model>.run.json`); "
+             "table by `tsrec report` (or `tsrec baseline --table`). "
              "\"not run\" rows were not run by us and are never filled from a paper.", "",
              "Protocol: every learned model tried the same grid on VALID (lr x dropout x width, `baselines.tuning`; "
              "same number of configs per model), each config trained to its valid plateau (epochs + patience, no "
@@ -240,12 +239,14 @@ def render(results: Path, datasets: list[str]) -> str:
              "first valid/test history; the official train CSV is not in the mirror).", ""]
     for ds in datasets:
         df = our_rows(results, ds)
-        bad, low = sanity(df), below_floor(df)
+        low = below_floor(df)
         partial = df.loc[df["partial"].fillna(False).astype(bool), "model"].tolist()
+        checks = [(level, sanity(df, prefix)) for level, prefix in (("SID level", ""), ("item level", ITEM_PREFIX))]
+        checks = [(level, bad) for level, bad in checks if bad is not None] or [("SID level", [])]
         parts += [f"## {ds}", "", "### SID level (authors' protocol)", "", _md(level_table(df)), "",
                   "### Item level", "", _md(level_table(df, ITEM_PREFIX)), "",
-                  "Sanity (every learned model beats Pop on test NDCG@10, SID level): "
-                  + ("holds." if not bad else f"FAILS for {', '.join(bad)}."),
+                  *(f"Sanity (every learned model beats Pop on test NDCG@10, {level}): "
+                    + ("holds." if not bad else f"FAILS for {', '.join(bad)}.") for level, bad in checks),
                   "Transition floor (valid NDCG@10, SID level): "
                   + ("every learned model is above it." if not low else f"BELOW it: {', '.join(low)}."), ""]
         if partial:
