@@ -151,12 +151,11 @@ def main() -> None:
 
 
 def valid_ranks(name: str) -> pd.DataFrame:
-    """The valid-subsample ranks of a profile (git-tracked beside its metrics, or its eval artifacts)."""
-    for path in (layout.results_dir(REPO / "results" / "profiles" / name, DS, VARIANT, SEED) / "ranks_valid.parquet",
-                 REPO / "artifacts" / "profiles" / name / "eval" / DS / "eval" / VARIANT / "ranks_valid.parquet"):
-        if path.is_file():
-            return pd.read_parquet(path, columns=layout.ROW_RANK_COLUMNS)
-    raise SystemExit(f"{name}: no valid ranks (rerun its evaluate: python benchmarks/profile_compare.py --only {name})")
+    """The valid-subsample ranks of a profile (git-tracked beside its metrics)."""
+    path = layout.results_dir(REPO / "results" / "profiles" / name, DS, VARIANT, SEED) / "ranks_valid.parquet"
+    if not path.is_file():
+        raise SystemExit(f"{name}: no {path} (rerun its evaluate: python benchmarks/profile_compare.py --only {name})")
+    return pd.read_parquet(path, columns=layout.ROW_RANK_COLUMNS)
 
 if __name__ == "__main__":
     main()

@@ -11,9 +11,7 @@ import pytest
 import yaml
 
 from tsrec import profiles
-from tsrec.backbone import add_sid_tokens, index_tokens, load_backbone
 from tsrec.config import load_params, section
-from tsrec.data import load_index
 from tsrec.errors import ParamError
 from tsrec.evaluate import EvaluateConfig
 from tsrec.sainit import SAInitConfig
@@ -23,6 +21,7 @@ from tsrec.train import TrainConfig, dry_run, variant_params
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_train import make_params  # noqa: E402
+from sid_setup import tokenizer_and_cache  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = load_params(REPO / "params.yaml")
@@ -44,12 +43,7 @@ def corpus_env(tmp_path_factory, tiny_backbone):
 
     tmp = tmp_path_factory.mktemp("profiles")
     ds = make_dataset(tmp / "ds")
-    tokens = index_tokens(load_index(ds / "sid_index.json"))
-    kw = tmp / "kw.json"
-    kw.write_text(json.dumps([{"token": t, "keywords": ["a"], "description": f"Items of family {t[1]} made of steel {t}."}
-                              for t in tokens]))
-    model, tok = load_backbone(tiny_backbone)
-    add_sid_tokens(model, tok, tokens)
+    kw, tok, tokens = tokenizer_and_cache(ds, tiny_backbone, tmp / "kw.json", token_in_description=True)
     return ds, kw, tok, tokens
 
 

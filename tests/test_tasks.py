@@ -8,19 +8,12 @@ from tsrec.errors import ParamError, TsrecError
 from tsrec.tasks import (IGNORE, TASKS, TasksConfig, build_examples, draw, encode_prompt, load_corpus,
                          load_descriptions, seqrec_prompt)
 from tsrec.train import Collator
-from tsrec.data import load_index
-from tsrec.backbone import add_sid_tokens, index_tokens, load_backbone
+from sid_setup import tokenizer_and_cache
 
 
 @pytest.fixture()
 def setup(tiny_dataset, tiny_backbone, tmp_path):
-    index = load_index(tiny_dataset / "sid_index.json")
-    tokens = index_tokens(index)
-    kw = tmp_path / "kw.json"
-    kw.write_text(json.dumps([{"token": t, "keywords": ["a"], "description": f"Items of family {t[1]} made of steel."}
-                              for t in tokens]))
-    model, tok = load_backbone(tiny_backbone)
-    add_sid_tokens(model, tok, tokens)
+    kw, tok, tokens = tokenizer_and_cache(tiny_dataset, tiny_backbone, tmp_path / "kw.json")
     return tiny_dataset, kw, tok, tokens
 
 

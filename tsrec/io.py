@@ -116,3 +116,20 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def claim_checkpoints(ckpt_dir: Path, fingerprint: str, *, also: tuple[Path, ...] = ()) -> bool:
+    """Make ``ckpt_dir`` hold only checkpoints of the run with ``fingerprint``: those of another configuration
+    (or without a fingerprint) are removed, with the ``also`` folders (e.g. their curves). True if removed."""
+    import logging
+
+    fp_file = Path(ckpt_dir) / "fingerprint.json"
+    stale = ckpt_dir.exists() and (not fp_file.exists() or json.loads(fp_file.read_text()) != fingerprint)
+    if stale:
+        logging.getLogger(__name__).warning("%s holds checkpoints of another configuration: removing them", ckpt_dir)
+        shutil.rmtree(ckpt_dir)
+        for extra in also:
+            shutil.rmtree(extra, ignore_errors=True)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    write_json(fp_file, fingerprint)
+    return stale

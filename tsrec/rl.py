@@ -54,7 +54,7 @@ from tsrec.data import DataConfig, load_index, load_split
 from tsrec.decoding import (SHARED_PREFIX_ATTN, SharedPrefix, SidTrie, _attention, _positions,
                             _supports_shared_prefix, beam_search, left_pad)
 from tsrec.errors import ParamError, TsrecError
-from tsrec.io import atomic_dir, sha256_file, sha256_json, write_json
+from tsrec.io import atomic_dir, claim_checkpoints, sha256_file, sha256_json, write_json
 from tsrec.layout import results_dir
 from tsrec.precision import Precision, autocast, resolve as resolve_precision
 
@@ -276,11 +276,6 @@ def load_checkpoint(path: Path, policy, ref, optimizer, scheduler) -> dict:
     return json.loads((path / "state.json").read_text(encoding="utf-8"))
 
 
-def last_checkpoint(ckpt_dir: Path) -> Path | None:
-    found = [p for p in ckpt_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
-
-
 @torch.no_grad()
 def sync_ref(policy, ref, alpha: float) -> None:
     """TRL's SyncRefModelCallback: ref <- alpha * policy + (1 - alpha) * ref."""
@@ -289,13 +284,6 @@ def sync_ref(policy, ref, alpha: float) -> None:
 
 
 # ---------------------------------------------------------------- the run
-def base_dir(params: dict, ds: str, variant: str, seed: int | None = None) -> Path:
-    """``<train.out>/<DS>/runs/<variant>/seed<N>`` (default seed: the top-level ``seed``; tsrec.layout)."""
-    from tsrec.train import run_dir
-
-    return run_dir(params, ds, variant, seed)
-
-
 def rl_run(params: dict, ds: str, variant: str, *, seed: int | None = None, base: str | Path | None = None,
            out: str | Path | None = None, callbacks: Sequence[Callable[[int, dict], None]] = ()) -> dict:
     """GRPO from the SFT run of ``variant`` and ``seed`` (default: the top-level ``seed``); writes
@@ -304,17 +292,18 @@ def rl_run(params: dict, ds: str, variant: str, *, seed: int | None = None, base
     ``callbacks(step, row)`` run after each step (its checkpoint included), e.g. to interrupt a test run.
     """
     from transformers import get_scheduler
+    from transformers.trainer_utils import get_last_checkpoint
 
     from tsrec.evaluate import evaluate_rows, run_index, select_rows
     from tsrec.tasks import TaskParams, encode_prompt, load_corpus, seqrec_prompt, tasks_config
-    from tsrec.train import META, append_row, load_trained, save_final, trim_logs
+    from tsrec.train import META, append_row, load_trained, run_dir, save_final, trim_logs
 
     cfg = rl_config(params)
     seed = int(params.get("seed", 42)) if seed is None else int(seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    base = Path(base) if base else base_dir(params, ds, variant, seed)
-    out = Path(out) if out else base_dir(params, ds, rl_variant(variant), seed)
+    base = Path(base) if base else run_dir(params, ds, variant, seed)
+    out = Path(out) if out else run_dir(params, ds, rl_variant(variant), seed)
     data_dir = Path(section(params, "data", DataConfig).out) / ds
     if not (base / "final" / META).is_file():
         raise TsrecError(f"no trained SFT run of variant {variant!r} here (run `tsrec train`)", file=base / "final")
@@ -361,17 +350,13 @@ def rl_run(params: dict, ds: str, variant: str, *, seed: int | None = None, base
     same_run = {k: v for k, v in dataclasses.asdict(cfg).items()  # less the keys that leave the numbers as they are
                 if k not in (*MATRIX_KEYS, "threads", "keep_checkpoints", "eval_batch_size")}
     fingerprint = sha256_json({"rl": same_run, **{k: meta[k] for k in ("base", "inputs_sha256", "index_sha256")}})
-    fp_file = ckpt_dir / "fingerprint.json"
-    if ckpt_dir.exists() and (not fp_file.exists() or json.loads(fp_file.read_text()) != fingerprint):
-        log.warning("%s holds checkpoints of another configuration: removing them", ckpt_dir)
-        shutil.rmtree(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    write_json(fp_file, fingerprint)
+    claim_checkpoints(ckpt_dir, fingerprint)
 
     # wall and CPU seconds (all threads; on a shared box the wall clock also counts the other jobs)
     totals = {"rollout_s": 0.0, "rollout_cpu_s": 0.0, "rollout_tokens": 0, "update_s": 0.0, "update_cpu_s": 0.0,
               "update_tokens": 0, "eval_s": 0.0, "prompts": 0, "completions": 0}
-    resume = last_checkpoint(ckpt_dir)
+    resume = get_last_checkpoint(str(ckpt_dir))
+    resume = Path(resume) if resume else None
     step = 0
     if resume:
         state = load_checkpoint(resume, policy, ref, optimizer, scheduler)
@@ -507,8 +492,10 @@ def run(args, params: dict) -> None:
                          field="rl.variants")
     name = rl_variant(args.variant)
     seed = int(params.get("seed", 42)) if args.seed is None else args.seed
+    from tsrec.train import run_dir
+
     meta = rl_run(params, args.dataset, args.variant, seed=seed, base=args.base_dir, out=args.out)
-    out = Path(args.out) if args.out else base_dir(params, args.dataset, name, seed)
+    out = Path(args.out) if args.out else run_dir(params, args.dataset, name, seed)
     dest = results_dir(args.results, args.dataset, name, seed)
     dest.mkdir(parents=True, exist_ok=True)
     for plot in PLOTS:

@@ -28,7 +28,7 @@ from tsrec.codebook import index_path
 from tsrec.config import deep_merge, section
 from tsrec.data import DataConfig, load_index
 from tsrec.errors import ParamError, TsrecError
-from tsrec.io import atomic_dir, atomic_file, sha256_file, sha256_json, write_json
+from tsrec.io import atomic_dir, atomic_file, claim_checkpoints, sha256_file, sha256_json, write_json
 from tsrec.keywords import cache_path
 from tsrec.layout import results_dir, train_run_dir
 from tsrec.precision import Precision, resolve as resolve_precision
@@ -37,7 +37,6 @@ from tsrec.tasks import IGNORE, build_examples, load_corpus, seqrec_examples, ta
 log = logging.getLogger(__name__)
 
 META = "tsrec_meta.json"
-FINGERPRINT = "fingerprint.json"
 VARIANT_SECTIONS = ("sainit", "tasks", "train", "backbone")  # what a variant may override
 MATRIX_KEYS = ("datasets", "variants", "seeds")  # train keys that list runs (the DVC matrix), not settings of one
 
@@ -384,14 +383,8 @@ def train_run(params: dict, ds: str, variant: str, *, seed: int | None = None, o
                                                     "inputs_sha256")})
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    fp_file = ckpt_dir / FINGERPRINT
-    if rank0 and ckpt_dir.exists() and (not fp_file.exists() or json.loads(fp_file.read_text()) != fingerprint):
-        log.warning("%s holds checkpoints of another configuration: removing them", ckpt_dir)
-        shutil.rmtree(ckpt_dir)
-        shutil.rmtree(out / "plots", ignore_errors=True)
     if rank0:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        write_json(fp_file, fingerprint)
+        claim_checkpoints(ckpt_dir, fingerprint, also=(out / "plots",))
         drop_incomplete_checkpoints(ckpt_dir)
     if distributed:
         import torch.distributed as dist
