@@ -2,7 +2,7 @@
 # make profile P=authors: select a named profile (profiles/<P>.yaml merged into params.yaml; P=cpu: back to the default)
 VENV ?= .venv
 PY := $(VENV)/bin/python
-export TSREC_MIRROR ?= ../shared/datasets
+
 
 .PHONY: setup repro rl teachers test bench tables ablations sweep clean-venv profile
 DVC := PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc

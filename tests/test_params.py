@@ -9,7 +9,7 @@ import yaml
 from tsrec.cli import main
 from tsrec.config import load_params
 from tsrec.errors import ParamError
-from tsrec.keywords import cache_path
+from tsrec.keyword_cache import cache_path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_train import make_params  # noqa: E402

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tsrec.train import SeededLengthGroupedSampler, drop_incomplete_checkpoints, train_run
+from tsrec.sft import SeededLengthGroupedSampler, drop_incomplete_checkpoints, train_run
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_train import make_params  # noqa: E402

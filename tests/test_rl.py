@@ -10,17 +10,27 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_decoding import encode, random_prompts, sid_model
 
+from tsrec import layout
 from tsrec.cli import main
 from tsrec.config import section
-from tsrec.data import load_index, load_split
+from tsrec.datasets import load_index
 from tsrec.decoding import SidTrie, beam_search, left_pad
 from tsrec.errors import ParamError
-from tsrec import layout
-from tsrec.rl import (MATRIX_KEYS, RLConfig, completion_logps, group_advantages, group_rewards, grpo_loss,
-                      ranking_reward, ranking_weights, rl_run, rule_reward, sid_tokens)
-
-from test_decoding import encode, random_prompts, sid_model
+from tsrec.rl import (
+    MATRIX_KEYS,
+    RLConfig,
+    completion_logps,
+    group_advantages,
+    group_rewards,
+    grpo_loss,
+    ranking_reward,
+    ranking_weights,
+    rl_run,
+    rule_reward,
+    sid_tokens,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_train import make_params  # noqa: E402
@@ -240,8 +250,8 @@ RL = {"train_prompts": 24, "epochs": 1.0, "batch_size": 4, "num_generations": 16
 
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory, tiny_backbone):
+    from tsrec.sft import train_run
     from tsrec.synthetic import make_dataset
-    from tsrec.train import train_run
 
     root = tmp_path_factory.mktemp("rl")
     params = make_params(root, make_dataset(root / "data" / "tiny"), tiny_backbone, max_steps=2)
@@ -339,11 +349,12 @@ def test_rl_renders_the_sft_runs_prompt_text(tmp_path, tiny_backbone, monkeypatc
     import json
 
     import tsrec.evaluate
+    import tsrec.scoring
     from tsrec import profiles, rl
     from tsrec.config import deep_merge
+    from tsrec.sft import load_trained, train_run
     from tsrec.synthetic import make_dataset
     from tsrec.tasks import IGNORE, build_examples, load_corpus, seqrec_prompt, tasks_config
-    from tsrec.train import load_trained, train_run
 
     params = make_params(tmp_path, make_dataset(tmp_path / "data" / "tiny"), tiny_backbone, max_steps=1)
     params = deep_merge(params, {"tasks": profiles.overlay("authors")["tasks"]})
@@ -354,7 +365,7 @@ def test_rl_renders_the_sft_runs_prompt_text(tmp_path, tiny_backbone, monkeypatc
     assert tcfg.prompts.eos_suffix == "\n" and tcfg.prompts.header.startswith("Below is an instruction")
 
     seen: dict = {"valid": [], "ends": [], "completions": []}
-    real_rows, real_beam, real_tokens = tsrec.evaluate.evaluate_rows, rl.beam_search, rl.sid_tokens
+    real_rows, real_beam, real_tokens = tsrec.scoring.evaluate_rows, rl.beam_search, rl.sid_tokens
 
     def rows(model, tokenizer, trie, index, df, prompt_fn, encode, **kw):
         seen["valid"].append(prompt_fn(["<a_1><b_2><c_3>", "<a_4><b_5><c_6>"]))
@@ -368,7 +379,8 @@ def test_rl_renders_the_sft_runs_prompt_text(tmp_path, tiny_backbone, monkeypatc
         seen["completions"].append(real_tokens(trie, sid_ids))
         return seen["completions"][-1]
 
-    monkeypatch.setattr(tsrec.evaluate, "evaluate_rows", rows)
+    monkeypatch.setattr(tsrec.evaluate, "evaluate_rows", rows)  # both stages score through tsrec.scoring
+    monkeypatch.setattr(tsrec.scoring, "evaluate_rows", rows)
     monkeypatch.setattr(rl, "beam_search", beam)
     monkeypatch.setattr(rl, "sid_tokens", tokens)
     params["rl"] = {**RL, "variants": ["sft"], "train_prompts": 8, "max_steps": 2, "eval_steps": 2, "valid_rows": 4}

@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from tsrec.config import section
 from tsrec.errors import ParamError, TsrecError
+from tsrec.sft import Collator, TrainConfig, label_position_loss, load_trained, train_run, variant_params
 from tsrec.tasks import IGNORE
-from tsrec.train import (TrainConfig, Collator, label_position_loss, load_trained, train_run, variant_params)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_train import make_params  # noqa: E402

@@ -1,6 +1,6 @@
 """Paired comparisons of two methods: per-row ranks (pooled over seeds) and per-seed metrics.
 
-Used by ``tsrec evaluate --paired`` and ``tsrec report``.
+Used by ``tsrec paired`` and ``tsrec report``.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ class SweepConfig:
     storage_env: str | None = None   # NAME of an env var holding the storage URL (overrides storage)
     password_env: str | None = None  # NAME of an env var holding the password to put into the storage URL
     study: str = "tsrec-sainit-tsalign"
-    n_trials: int = 6
+    n_trials: int = 4
     objective: str = "valid_loss"  # valid_loss (minimise)
     sampler_seed: int = 42
     pooling: list[str] = dataclasses.field(default_factory=lambda: list(POOLINGS))
@@ -121,7 +121,7 @@ def make_storage(cfg: SweepConfig, url: str | None = None):
 
 
 def objective_fn(params: dict, cfg: SweepConfig):
-    from tsrec.train import train_run
+    from tsrec.sft import train_run
 
     def objective(trial) -> float:
         over = trial_overrides(trial, cfg)
@@ -151,7 +151,7 @@ def run_sweep(params: dict) -> pd.DataFrame:
         raise ParamError(f"dataset {cfg.dataset!r} is not in data.datasets", file=params.get("_path"),
                          field="sweep.dataset")
     from tsrec.config import from_dict
-    from tsrec.train import TrainConfig
+    from tsrec.sft import TrainConfig
 
     # the trials' train overrides, checked now rather than inside the first trial
     from_dict(TrainConfig, {**(params.get("train") or {}), **cfg.train}, "sweep.train", params.get("_path"))

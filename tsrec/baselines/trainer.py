@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from tsrec.data import load_index, load_items, load_split
+from tsrec.datasets import load_index, load_items, load_split
 from tsrec.errors import TsrecError
 from tsrec.metrics import ITEM_PREFIX, both_levels, ranks
 
