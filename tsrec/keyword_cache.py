@@ -1,4 +1,6 @@
-"""TODO docstring"""
+"""The keyword cache format (the authors': ``[{"token", "keywords", "description"}]``), where the caches of a
+dataset live (``keywords`` section), and its checks: shape (``read_records``), content (``load_cache``) and
+coverage of a SID index (``check_cache``). Written by the keywords stage; read by train (SA-Init, TS-Align)."""
 
 from __future__ import annotations
 

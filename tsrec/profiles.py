@@ -81,8 +81,8 @@ def validate(params: dict[str, Any]) -> None:
     only from SFT runs the profile trains (rl.variants within train.variants) (ParamError)."""
     from tsrec import llm, sainit
     from tsrec.rl import rl_config
+    from tsrec.runs import TrainConfig, variant_params
     from tsrec.scoring import EvaluateConfig
-    from tsrec.sft import TrainConfig, variant_params
     from tsrec.tasks import tasks_config
 
     section(params, "evaluate", EvaluateConfig)

@@ -303,8 +303,8 @@ def rl_run(params: dict, ds: str, variant: str, *, seed: int | None = None, base
     from transformers import get_scheduler
     from transformers.trainer_utils import get_last_checkpoint
 
+    from tsrec.runs import META, append_row, load_trained, run_dir, save_final, trim_logs
     from tsrec.scoring import evaluate_rows, run_index, select_rows
-    from tsrec.sft import META, append_row, load_trained, run_dir, save_final, trim_logs
     from tsrec.tasks import TaskParams, encode_prompt, load_corpus, seqrec_prompt, tasks_config
 
     cfg = rl_config(params)
@@ -501,7 +501,7 @@ def run(args, params: dict) -> None:
                          field="rl.variants")
     name = rl_variant(args.variant)
     seed = global_seed(params) if args.seed is None else args.seed
-    from tsrec.sft import run_dir
+    from tsrec.runs import run_dir
 
     meta = rl_run(params, args.dataset, args.variant, seed=seed, base=args.base_dir, out=args.out)
     out = Path(args.out) if args.out else run_dir(params, args.dataset, name, seed)

@@ -1,4 +1,7 @@
-"""TODO docstring"""
+"""Scoring a model on rows of a split: the evaluate section, the fixed seeded row subsample, constrained beam
+search over every row (``evaluate_rows``: ranks of the targets' SIDs and HR@K/NDCG@K), the run's index and
+prompt text, and the checks that row ranks are the ones their metrics were written with. Used by the evaluate
+stage, the paired command and rl's validation."""
 
 from __future__ import annotations
 
@@ -115,7 +118,7 @@ def load_plain(model_dir: Path):
 def run_index(params: dict, ds: str, run_dir: Path) -> Path:
     """The index a run was trained with (its meta), else the index in use for the dataset."""
     from tsrec.layout import index_path
-    from tsrec.sft import META
+    from tsrec.runs import META
 
     meta_file = run_dir / "final" / META
     if meta_file.is_file():

@@ -5,7 +5,6 @@ and the ``--dry-run`` report."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -14,75 +13,34 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from tsrec.config import deep_merge, global_seed, section
+from tsrec.config import global_seed, section
 from tsrec.datasets import DataConfig, load_index
 from tsrec.errors import ParamError, TsrecError
-from tsrec.io import atomic_dir, atomic_file, claim_checkpoints, sha256_file, sha256_json, write_json
+from tsrec.io import claim_checkpoints, sha256_file, sha256_json
 from tsrec.keyword_cache import cache_path, read_records
-from tsrec.layout import index_path, train_run_dir
+from tsrec.layout import index_path
 from tsrec.llm import backbone_path
-from tsrec.precision import Precision
 from tsrec.precision import resolve as resolve_precision
+from tsrec.runs import (
+    PLOTS,
+    VARIANT_SECTIONS,
+    TrainConfig,
+    append_row,
+    apply_overrides,
+    backbone_id,
+    run_dir,
+    save_final,
+    trim_logs,
+    variant_params,
+)
 from tsrec.sids import index_tokens
 from tsrec.tasks import IGNORE, build_examples, load_corpus, seqrec_examples, tasks_config
 
 log = logging.getLogger(__name__)
-
-
-META = "tsrec_meta.json"
-VARIANT_SECTIONS = ("sainit", "tasks", "train", "backbone")  # what a variant may override
-MATRIX_KEYS = ("datasets", "variants", "seeds")  # train keys that list runs (the DVC matrix), not settings of one
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    datasets: list[str] = dataclasses.field(default_factory=lambda: ["Industrial_and_Scientific"])
-    variants: list[str] = dataclasses.field(default_factory=lambda: ["tsrec", "sft", "no_sainit", "no_tsalign"])
-    seeds: list[int] = dataclasses.field(default_factory=lambda: [42])  # one run per seed (DVC matrix)
-    out: str = "artifacts"
-    epochs: float = 10.0
-    max_steps: int = 3200           # > 0 overrides epochs
-    batch_size: int = 16            # per process and micro-step
-    grad_accum: int = 1
-    global_batch: int | None = None  # examples per optimizer step over all processes: sets grad_accum (authors 1024)
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 20
-    schedule: Literal["cosine", "linear", "constant_with_warmup"] = "constant_with_warmup"  # over max_steps (or the epochs)
-    eval_steps: int | float = 100   # also the checkpoint interval; < 1: fraction of the total steps (authors 0.05)
-    patience: int = 3               # early stopping on valid loss
-    min_delta: float = 0.005         # a valid-loss gain below this does not count as improvement (plateau)
-    valid_rows: int = 256           # fixed subsample of valid seqrec rows for the valid loss (0 = all)
-    group_by_length: bool = True
-    logging_steps: int = 10
-    save_total_limit: int = 2
-    keep_checkpoints: bool = False  # delete checkpoints/ once final/ is written
-    threads: int = 0                # torch threads per process (0 = leave as is)
-    precision: Precision = "auto"   # auto: bf16 autocast where the hardware has native bf16, else fp32
-
-    def validate(self) -> None:
-        for name in ("batch_size", "grad_accum", "logging_steps", "save_total_limit"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (self.eval_steps >= 1 if isinstance(self.eval_steps, int) else 0 < self.eval_steps < 1):
-            raise ValueError(f"eval_steps must be an integer >= 1 or a fraction in (0, 1), got {self.eval_steps}")
-        if self.global_batch is not None and (self.global_batch < 1 or self.global_batch % self.batch_size):
-            raise ValueError(f"global_batch must be a positive multiple of batch_size, got {self.global_batch}")
-        if self.warmup_steps < 0 or self.patience < 1 or self.valid_rows < 0 or self.min_delta < 0:
-            raise ValueError("warmup_steps, valid_rows must be >= 0 and patience >= 1")
-        if not 0 < self.lr < 1:
-            raise ValueError(f"lr must be in (0, 1), got {self.lr}")
-        if self.epochs <= 0 and self.max_steps <= 0:
-            raise ValueError("epochs must be > 0 (or max_steps > 0)")
-        if self.threads < 0:
-            raise ValueError("threads must be >= 0")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
 
 
 def accumulation(cfg: TrainConfig, world_size: int, file: str | None = None) -> int:
@@ -94,31 +52,6 @@ def accumulation(cfg: TrainConfig, world_size: int, file: str | None = None) -> 
         raise ParamError(f"global_batch {cfg.global_batch} is not a multiple of batch_size {cfg.batch_size} x "
                          f"{world_size} process(es)", file=file, field="train.global_batch")
     return cfg.global_batch // per_step
-
-
-# ---------------------------------------------------------------- variants
-def variant_params(params: dict, variant: str) -> dict:
-    """params with the variant's overrides (``variants.<name>``: a mapping of section -> overrides) applied."""
-    variants = params.get("variants") or {}
-    if not isinstance(variants, dict) or variant not in variants:
-        raise ParamError(f"unknown variant {variant!r}; defined: {sorted(variants) if isinstance(variants, dict) else []}",
-                         file=params.get("_path"), field="variants")
-    over = variants[variant] or {}
-    if not isinstance(over, dict) or set(over) - set(VARIANT_SECTIONS):
-        raise ParamError(f"a variant overrides only {list(VARIANT_SECTIONS)}, got {over!r}",
-                         file=params.get("_path"), field=f"variants.{variant}")
-    return deep_merge(params, over)
-
-
-# ---------------------------------------------------------------- inputs
-def backbone_id(path: str | Path) -> str:
-    """Name + sha256 of the backbone's weights (a checkpoint from another backbone is refused)."""
-    path = Path(path)
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise TsrecError("no *.safetensors in backbone folder (run `tsrec backbone`)", file=path)
-    digest = sha256_json([sha256_file(f) for f in files])
-    return f"{path.name}@{digest[:16]}"
 
 
 def load_model(params: dict, tokens: list[str], keywords: Path | None):
@@ -277,20 +210,6 @@ def _trainer_class():
     return TsrecTrainer
 
 
-# ---------------------------------------------------------------- logging callback
-PLOTS = {"train.csv": ["step", "epoch", "learning_rate", "loss"], "valid.csv": ["step", "epoch", "eval_loss"]}
-
-
-def append_row(path: Path, fields: list[str], row: dict) -> None:
-    new = not path.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        if new:
-            w.writeheader()
-        w.writerow(row)
-
-
 def _csv_logger(plots: Path):
     from transformers import TrainerCallback
 
@@ -316,37 +235,20 @@ def _csv_logger(plots: Path):
     return CsvLog()
 
 
-def trim_logs(plots: Path, step: int, spec: dict[str, list[str]] = PLOTS) -> None:
-    """Drop logged rows after ``step``: a resume logs them again; step 0 = a fresh run."""
-    for name, fields in spec.items():
-        path = plots / name
-        if path.exists():
-            with open(path, newline="", encoding="utf-8") as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= step]
-            with atomic_file(path) as fh:
-                w = csv.DictWriter(fh, fieldnames=fields)
-                w.writeheader()
-                w.writerows(rows)
-
-
-# ---------------------------------------------------------------- the run
-def run_dir(params: dict, ds: str, variant: str, seed: int | None = None) -> Path:
-    """``<train.out>/<DS>/runs/<variant>/seed<N>`` (default seed: the top-level ``seed``)."""
-    seed = global_seed(params) if seed is None else seed
-    return train_run_dir(section(params, "train", TrainConfig).out, ds, variant, seed)
-
-
 def train_run(params: dict, ds: str, variant: str, *, seed: int | None = None, out: str | Path | None = None,
-              callbacks: list | None = None) -> dict:
+              callbacks: list | None = None, overrides: dict | None = None) -> dict:
     """Train one variant on one dataset with ``seed`` (default: the top-level ``seed``), which seeds
     everything the run draws (weights, task sampling, valid subsample, batch order); returns the meta
-    written to ``final/tsrec_meta.json``."""
+    written to ``final/tsrec_meta.json``. ``overrides`` (same sections as a variant's) go on top of the
+    variant's: a sweep trial is the tsrec variant plus the trial's settings (recorded in the meta)."""
     from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
     if seed is not None:
         params = {**params, "seed": int(seed)}
     vp = variant_params(params, variant)
+    if overrides:
+        vp = apply_overrides(vp, overrides, "overrides")
     cfg = section(vp, "train", TrainConfig)
     precision = resolve_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
     tcfg = tasks_config(vp)
@@ -375,6 +277,7 @@ def train_run(params: dict, ds: str, variant: str, *, seed: int | None = None, o
         "backbone": str(bpath), "backbone_id": backbone_id(bpath), "sainit": sainit_report,
         "params": _recorded_params(vp),
         "keywords": str(keywords), "inputs_sha256": run_inputs(vp, data_dir, ipath, keywords),
+        **({"overrides": overrides} if overrides else {}),
     }
     ckpt_dir = out / "checkpoints"
     fingerprint = sha256_json({k: meta[k] for k in ("index_sha256", "backbone_id", "params", "dataset",
@@ -458,45 +361,6 @@ def _recorded_params(vp: dict) -> dict:
     if isinstance(out.get("train"), dict):
         out["train"] = {k: v for k, v in out["train"].items() if k != "seeds"}
     return out
-
-
-def save_final(model, tokenizer, meta: dict, final: Path) -> None:
-    """Merge LoRA (if any) into a plain model and write it with the tokenizer and meta, atomically."""
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    with atomic_dir(final) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        write_json(tmp / META, meta)
-
-
-def load_trained(run_dir: str | Path, *, index_path: str | Path | None = None,
-                 backbone: str | Path | None = None):
-    """(model, tokenizer, meta) of ``<run_dir>/final``; refuses a model trained on another index/backbone."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    final = Path(run_dir) / "final"
-    if not (final / META).is_file():
-        raise TsrecError("no trained model here (run `tsrec train`)", file=final / META)
-    meta = json.loads((final / META).read_text(encoding="utf-8"))
-    if index_path is not None:
-        got = sha256_file(index_path)
-        if got != meta.get("index_sha256"):
-            raise TsrecError(f"model was trained on another SID index (sha256 {meta.get('index_sha256')}, "
-                             f"this index {got})", file=index_path, field="index_sha256")
-    if backbone is not None:
-        got = backbone_id(backbone)
-        if got != meta.get("backbone_id"):
-            raise TsrecError(f"model was trained from another backbone ({meta.get('backbone_id')}, not {got})",
-                             file=backbone, field="backbone_id")
-    tokenizer = AutoTokenizer.from_pretrained(final)
-    if index_path is not None:
-        missing = [t for t in index_tokens(load_index(Path(index_path))) if t not in tokenizer.get_vocab()]
-        if missing:
-            raise TsrecError(f"tokenizer lacks SID tokens {missing[:10]}", file=final)
-    model = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32)
-    model.eval()
-    return model, tokenizer, meta
 
 
 # ---------------------------------------------------------------- dry run

@@ -125,12 +125,9 @@ def objective_fn(params: dict, cfg: SweepConfig):
 
     def objective(trial) -> float:
         over = trial_overrides(trial, cfg)
-        name = f"sweep-{sha256_json(over)[:12]}"
-        trial_params = copy.deepcopy(params)
-        trial_params.setdefault("variants", {})[name] = over
-        out = Path(cfg.out) / cfg.dataset / name
+        out = Path(cfg.out) / cfg.dataset / f"sweep-{sha256_json(over)[:12]}"
         trial.set_user_attr("run_dir", str(out))
-        meta = train_run(trial_params, cfg.dataset, name, out=out)
+        meta = train_run(params, cfg.dataset, "tsrec", out=out, overrides=over)
         loss = meta["train"]["best_eval_loss"]
         if loss is None:
             raise RuntimeError(f"trial {trial.number}: training reported no valid loss")
@@ -151,7 +148,7 @@ def run_sweep(params: dict) -> pd.DataFrame:
         raise ParamError(f"dataset {cfg.dataset!r} is not in data.datasets", file=params.get("_path"),
                          field="sweep.dataset")
     from tsrec.config import from_dict
-    from tsrec.sft import TrainConfig
+    from tsrec.runs import TrainConfig
 
     # the trials' train overrides, checked now rather than inside the first trial
     from_dict(TrainConfig, {**(params.get("train") or {}), **cfg.train}, "sweep.train", params.get("_path"))

@@ -4,7 +4,7 @@ One class per backend, one interface (``Teacher``): ``settings()`` (hashed into 
 ``prepare(clusters, texts)`` (optional global fit) and ``ask(clusters, attempt)`` returning, per
 cluster, the raw answer text (LLM teachers), a ready dict (``ctfidf``) or None (no answer).
 ``parse_answer`` turns an answer into a validated ``{"keywords", "description"}`` or an error;
-retries and failure bookkeeping live in ``tsrec.keywords.generate``.
+retries and failure bookkeeping live in ``tsrec.teaching.generate``.
 """
 
 from __future__ import annotations

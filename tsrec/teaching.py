@@ -1,4 +1,6 @@
-"""TODO docstring"""
+"""Keyword generation for the keywords and teachers stages: token clusters (the items holding a SID token,
+a bounded sample nearest the centroid), a teacher per cluster through the append-only journal (junk retried,
+then recorded as a failure), the authors' imported file, coherence against random clusters, the tables."""
 
 from __future__ import annotations
 

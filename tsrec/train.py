@@ -18,7 +18,8 @@ from pathlib import Path
 from tsrec.config import global_seed
 from tsrec.io import write_json
 from tsrec.layout import results_dir
-from tsrec.sft import PLOTS, dry_run, format_dry_run, run_dir, train_run
+from tsrec.runs import PLOTS, run_dir
+from tsrec.sft import dry_run, format_dry_run, train_run
 
 log = logging.getLogger(__name__)
 

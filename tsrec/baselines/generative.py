@@ -19,7 +19,7 @@ import random
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from tsrec.baselines.trainer import FitResult, Recommender, SeqData, TrainConfig, evaluate, fit, set_seed
+from tsrec.baselines.trainer import FitConfig, FitResult, Recommender, SeqData, evaluate, fit, set_seed
 from tsrec.decoding import SidTrie, seq2seq_beam_search
 from tsrec.sids import SID_PATTERN
 
@@ -75,7 +75,7 @@ class SidVocab:
 class TIGER(Recommender):
     unit = "sid"
 
-    def __init__(self, data: SeqData, seed: int, cfg: TigerConfig, train: TrainConfig):
+    def __init__(self, data: SeqData, seed: int, cfg: TigerConfig, train: FitConfig):
         super().__init__(data, seed)
         self.cfg, self.train_cfg = cfg, train
         self.vocab = SidVocab({i: data.index[i] for i in data.item_ids})
