@@ -216,7 +216,7 @@ def test_rl_stages_run_one_per_dataset_variant_seed_into_seed_folders(tmp_path):
 
     shutil.copy(REPO / "dvc.yaml", tmp_path)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["train"].update(seeds=[42, 43])
+    params["train"].update(seeds=[42, 43], datasets=["Industrial_and_Scientific"])
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q", "--no-scm"], cwd=tmp_path, check=True)
     from dvc.repo import Repo

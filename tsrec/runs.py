@@ -27,9 +27,9 @@ MATRIX_KEYS = ("datasets", "variants", "seeds")  # train keys that list runs (th
 
 @dataclasses.dataclass
 class TrainConfig:
-    datasets: list[str] = dataclasses.field(default_factory=lambda: ["Industrial_and_Scientific"])
+    datasets: list[str] = dataclasses.field(default_factory=lambda: ["Industrial_and_Scientific", "Office_Products"])
     variants: list[str] = dataclasses.field(default_factory=lambda: ["tsrec", "sft", "no_sainit", "no_tsalign"])
-    seeds: list[int] = dataclasses.field(default_factory=lambda: [42])  # one run per seed (DVC matrix)
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [42, 43, 44])  # one run per seed (DVC matrix)
     out: str = "artifacts"
     epochs: float = 10.0
     max_steps: int = 3200           # > 0 overrides epochs
