@@ -55,27 +55,6 @@ def import_graph() -> dict[Path, frozenset[Path]]:
     return {f: direct_imports(f) for f in sorted(PKG.rglob("*.py"))}
 
 
-@lru_cache(maxsize=None)
-def sections_read(path: Path) -> frozenset[str]:
-    """Top-level params sections a file reads: section(params, "x", ...), params["x"], params.get("x"), and the
-    top-level seed through global_seed(params)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Call):
-            name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
-            if name == "section" and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant):
-                found.add(node.args[1].value)
-            elif name == "global_seed":
-                found.add("seed")
-            elif (name == "get" and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)
-                  and node.func.value.id in PARAM_VARS and node.args and isinstance(node.args[0], ast.Constant)):
-                found.add(node.args[0].value)
-        elif (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id in PARAM_VARS
-              and isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str)):
-            found.add(node.slice.value)
-    return frozenset(s for s in found if isinstance(s, str) and not s.startswith("_"))
-
-
 # ---------------------------------------------------------------- params: a function-level call graph
 def _section_reads(node: ast.AST) -> set[str]:
     found = set()
