@@ -2,13 +2,10 @@
 # make profile P=authors: select a named profile (profiles/<P>.yaml merged into params.yaml; P=cpu: back to the default)
 VENV ?= .venv
 PY := $(VENV)/bin/python
-export TSREC_MIRROR ?= ../shared/datasets
+
 
 .PHONY: setup repro rl teachers test bench tables ablations sweep clean-venv profile
 DVC := PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc
-ABLATIONS ?= [tsrec,no_sainit,no_tsalign,sft]
-ABLATION_SEEDS ?= [42,43,44]
-ABLATION_DATASETS ?= [Industrial_and_Scientific,Office_Products]
 
 setup: $(VENV)/.installed
 
@@ -39,12 +36,11 @@ teachers: setup
 tables: setup
 	$(DVC) repro --single-item report
 
-# TS-Rec and its ablations: train + evaluate each dataset x variant x seed as a DVC experiment (runs already
-# made are skipped: the train stage's params leave out the matrix lists), then the tables and plots. Run
-# `git add -A results dvc.lock params.yaml` afterwards, or `dvc exp apply` the experiment first.
+# TS-Rec and its ablations: train + evaluate every run of the matrix in params.yaml (train.datasets x
+# train.variants x train.seeds; runs already made are skipped), then the tables and plots. Resumable: DVC
+# records each stage as it finishes. `git add -A results dvc.lock` afterwards.
 ablations: setup
-	$(DVC) exp run -S 'train.variants=$(ABLATIONS)' -S 'train.seeds=$(ABLATION_SEEDS)' \
-		-S 'train.datasets=$(ABLATION_DATASETS)' evaluate
+	$(DVC) repro evaluate
 	$(DVC) repro --single-item report  # its deps (results/) would pull in the sweep and the optional teachers
 
 # GRPO after SFT (dvc stage rl: train.datasets x rl.variants x train.seeds, ~30 min per run on 2 cores) and

@@ -23,8 +23,8 @@ EMB = REPO / "artifacts" / DS / "embed" / "embeddings.npy"
 @pytest.mark.skipif(not ITEMS.is_file(), reason="run `tsrec data` first")
 @pytest.mark.parametrize("max_seq_length", [128, 256])
 def test_embed_256_items(benchmark, max_seq_length):
-    from tsrec.data import load_items
-    from tsrec.embed import encode_texts, item_text
+    from tsrec.datasets import load_items
+    from tsrec.encoder import encode_texts, item_text
 
     items = load_items(ITEMS.parent).head(256)
     texts = [item_text(t, d) for t, d in zip(items.title, items.description)]

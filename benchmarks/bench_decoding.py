@@ -42,7 +42,7 @@ def _index(seed: int = 0) -> dict[int, list[str]]:
 def _model_and_tokenizer(tokens: list[str]):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from tsrec.backbone import add_sid_tokens, load_backbone
+    from tsrec.llm import add_sid_tokens, load_backbone
     from tsrec.tiny import make_tiny_backbone
 
     torch.manual_seed(0)

@@ -35,10 +35,11 @@ PRECISIONS = ["fp32", "bf16"]
 
 def _setup():
     """(model state_dict at init, tokenizer, sids, train batches, valid examples, valid rows) built once."""
-    from tsrec.backbone import add_sid_tokens, index_tokens, load_backbone
-    from tsrec.data import load_index
-    from tsrec.tasks import seqrec_examples, sid_str
-    from tsrec.train import Collator
+    from tsrec.datasets import load_index
+    from tsrec.llm import add_sid_tokens, load_backbone
+    from tsrec.sft import Collator
+    from tsrec.sids import index_tokens, sid_str
+    from tsrec.tasks import seqrec_examples
 
     index = load_index(DATA / "sid_index.json")
     torch.manual_seed(0)
@@ -70,7 +71,7 @@ def fresh_model():
 
 
 def train_step(model, opt, batch, precision):
-    from tsrec.train import label_position_loss
+    from tsrec.sft import label_position_loss
 
     opt.zero_grad(set_to_none=True)
     with autocast(precision):
@@ -108,9 +109,9 @@ def test_train_step(benchmark, precision):
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_evaluate_rows(benchmark, precision):
+    from tsrec.datasets import load_split
     from tsrec.decoding import SidTrie
-    from tsrec.data import load_split
-    from tsrec.evaluate import evaluate_rows
+    from tsrec.scoring import evaluate_rows
     from tsrec.tasks import encode_prompt, seqrec_prompt
 
     _init, _m, tok, index, *_ = state()
@@ -134,11 +135,11 @@ def test_quality_after_fixed_steps(benchmark, precision):
     """Same init, same batches, QUALITY_STEPS steps; valid loss (128 rows) and HR@10 (64 rows) per precision."""
     if precision == "bf16" and not native_bf16():
         pytest.skip("bf16 is emulated on this CPU (no avx512_bf16/amx_bf16): see test_train_step for its cost")
-    from tsrec.data import load_split
+    from tsrec.datasets import load_split
     from tsrec.decoding import SidTrie
-    from tsrec.evaluate import evaluate_rows
+    from tsrec.scoring import evaluate_rows
+    from tsrec.sft import label_position_loss
     from tsrec.tasks import encode_prompt, seqrec_prompt
-    from tsrec.train import label_position_loss
 
     _init, _m, tok, index, batches, valid, collate = state()
 

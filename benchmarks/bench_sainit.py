@@ -29,12 +29,13 @@ _STATE: dict = {}
 
 def _setup():
     if not _STATE:
-        from tsrec.backbone import add_sid_tokens, load_backbone, sid_sort_key
-        from tsrec.sainit import load_cache
+        from tsrec.keyword_cache import read_records
+        from tsrec.llm import add_sid_tokens, load_backbone
+        from tsrec.sids import sid_sort_key
 
         torch.manual_seed(0)
         model, tok = load_backbone(BACKBONE, keep_layers=KEEP_LAYERS)
-        cache = load_cache(CACHE)
+        cache = read_records(CACHE)
         tokens = sorted((r["token"] for r in cache), key=sid_sort_key)
         n_old = len(tok)
         ids = dict(zip(tokens, add_sid_tokens(model, tok, tokens)))

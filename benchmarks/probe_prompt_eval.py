@@ -16,11 +16,12 @@ from pathlib import Path
 import torch
 
 from tsrec import profiles
-from tsrec.backbone import add_sid_tokens, backbone_path, config as backbone_config, index_tokens, load_backbone
 from tsrec.config import load_params
-from tsrec.data import load_index, load_split
+from tsrec.datasets import load_index, load_split
 from tsrec.decoding import SidTrie
-from tsrec.evaluate import evaluate_rows, select_rows
+from tsrec.llm import add_sid_tokens, backbone_config, backbone_path, load_backbone
+from tsrec.scoring import evaluate_rows, select_rows
+from tsrec.sids import index_tokens
 from tsrec.tasks import encode_prompt, seqrec_prompt, tasks_config
 
 

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 
-from tsrec.backbone import add_sid_tokens, backbone_path, index_tokens, load_backbone
-from tsrec.codebook import index_path
 from tsrec.config import load_params
-from tsrec.data import load_index
-from tsrec.keywords import cache_path
-from tsrec.sainit import SAInitConfig, load_cache, sa_init
+from tsrec.datasets import load_index
+from tsrec.keyword_cache import cache_path, read_records
+from tsrec.layout import index_path
+from tsrec.llm import add_sid_tokens, backbone_path, load_backbone
+from tsrec.sainit import SAInitConfig, sa_init
+from tsrec.sids import index_tokens
 
 
 def main() -> None:
@@ -29,7 +30,7 @@ def main() -> None:
     args = ap.parse_args()
     params = load_params()
     tokens = index_tokens(load_index(index_path(params, args.dataset)))
-    cache = load_cache(cache_path(params, args.dataset))
+    cache = read_records(cache_path(params, args.dataset))
     rows, reports = {}, {}
     for target in ("old_rows", "current_table"):
         torch.manual_seed(0)  # the same mean-resized new rows in both

@@ -15,7 +15,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import TrainerState
 
 from tsrec.config import load_params
-from tsrec.train import train_run
+from tsrec.sft import train_run
 
 
 def _die() -> None:

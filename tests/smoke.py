@@ -11,7 +11,6 @@ editable. One thread for every library (OMP/MKL): the numbers do not depend on t
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess

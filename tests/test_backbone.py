@@ -3,11 +3,21 @@ import json
 import pytest
 import torch
 
-from tsrec.backbone import (BackboneConfig, LoraParams, add_sid_tokens, clear_quantization, default_name,
-                            index_tokens, is_tied, load_backbone, prepare_for_finetune, resolve_source,
-                            truncate_layers)
 from tsrec.config import section
 from tsrec.errors import ParamError, TsrecError
+from tsrec.llm import (
+    BackboneConfig,
+    LoraParams,
+    add_sid_tokens,
+    clear_quantization,
+    default_name,
+    is_tied,
+    load_backbone,
+    prepare_for_finetune,
+    resolve_source,
+    truncate_layers,
+)
+from tsrec.sids import index_tokens
 
 
 def test_load_backbone_fp32_tied(tiny_backbone):

@@ -8,13 +8,13 @@ import pytest
 import torch
 import yaml
 
-from tsrec.baselines import LEARNED, MODELS, BaselinesConfig, build, model_config, summarise
+from tsrec.baseline import LEARNED, MODELS, BaselinesConfig, build, model_config, summarise
 from tsrec.baselines.general import Transition
 from tsrec.baselines.sequential import NETS, Caser, CaserConfig, GRU4RecConfig, HSTUConfig, SASRecConfig
 from tsrec.baselines.table import below_floor, our_rows, render, sanity
 from tsrec.baselines.trainer import Granularity, Recommender, SeqData, evaluate, train_pairs
 from tsrec.config import section
-from tsrec.data import rows_frame
+from tsrec.datasets import rows_frame
 from tsrec.errors import ParamError
 from tsrec.io import write_json
 from tsrec.metrics import mean_ci, read_item_metrics, read_metrics, read_with_run, run_path, write_metrics

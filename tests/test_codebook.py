@@ -1,9 +1,10 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tsrec import cli, codebook
+from tsrec import cli, codebook, datasets, layout
 from tsrec.errors import TsrecError
 
 TINY_RQVAE = {"hidden": [32], "latent_dim": 8, "epochs": 15, "batch_size": 32}
@@ -100,12 +101,12 @@ def test_bad_input_one_error_no_output(tmp_path, tiny_dataset, capsys, bad, matc
 
 def test_index_path_defaults_to_official(tmp_path):
     params = {"data": {"out": "data"}, "codebook": {}}
-    assert codebook.index_path(params, "X") == codebook.Path("data/X/sid_index.json")
+    assert layout.index_path(params, "X") == Path("data/X/sid_index.json")
     params["codebook"] = {"use": "rqvae"}
-    assert codebook.index_path(params, "X") == codebook.Path("artifacts/X/sid/rqvae/index.json")
+    assert layout.index_path(params, "X") == Path("artifacts/X/sid/rqvae/index.json")
     params["codebook"] = {"use": "rqvae", "methods": ["rqkmeans"]}
     with pytest.raises(TsrecError, match="never be built"):
-        codebook.index_path(params, "X")
+        layout.index_path(params, "X")
 
 
 @pytest.mark.parametrize("ds", ["Industrial_and_Scientific", "Office_Products"])
@@ -113,7 +114,7 @@ def test_official_reproduces_published_index(tmp_path, mirror, monkeypatch, ds):
     from tsrec import data
 
     monkeypatch.delenv("TSREC_MIRROR", raising=False)
-    data.build_dataset(data.DataConfig(mirror=str(mirror), datasets=[ds]), ds, tmp_path / "data")
+    data.build_dataset(datasets.DataConfig(mirror=str(mirror), datasets=[ds]), ds, tmp_path / "data")
     params = {"seed": 42, "data": {"out": str(tmp_path / "data")},
               "codebook": {"methods": ["official"], "out": str(tmp_path / "a"), "report": str(tmp_path / "r")}}
     rep = codebook.build_dataset(params, ds, ["official"], data_dir=tmp_path / "data" / ds,

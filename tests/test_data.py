@@ -5,10 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from tsrec import data
+from tsrec import data, datasets
 from tsrec.errors import TsrecError
 
 EXPECTED = {
@@ -34,7 +33,7 @@ def run_cli(params, *args):
 @pytest.mark.parametrize("ds", sorted(EXPECTED))
 def test_real_counts_and_reconstruction(tmp_path, mirror, monkeypatch, ds):
     monkeypatch.delenv("TSREC_MIRROR", raising=False)
-    cfg = data.DataConfig(mirror=str(mirror), datasets=[ds])
+    cfg = datasets.DataConfig(mirror=str(mirror), datasets=[ds])
     card = data.build_dataset(cfg, ds, tmp_path)
     for k, v in EXPECTED[ds].items():
         assert card["counts"][k] == v
@@ -42,7 +41,7 @@ def test_real_counts_and_reconstruction(tmp_path, mirror, monkeypatch, ds):
     assert abs(card["counts"]["train"] - TRAIN_APPROX[ds]) < 150
     out = tmp_path / ds
     assert json.loads((out / "card.json").read_text())["counts"] == card["counts"]
-    train, valid, test = (data.load_split(out, s) for s in ("train", "valid", "test"))
+    train, valid, test = (datasets.load_split(out, s) for s in ("train", "valid", "test"))
     held = {(u, tuple(h), t) for df in (valid, test) for u, h, t in zip(df.user_id, df.history, df.target)}
     assert not any((u, tuple(h), t) in held for u, h, t in zip(train.user_id, train.history, train.target))
     # every train row of a user is a strict prefix of that user's first held-out history
@@ -52,7 +51,7 @@ def test_real_counts_and_reconstruction(tmp_path, mirror, monkeypatch, ds):
             first.setdefault(u, h)
     for u, h, t in zip(train.user_id, train.history, train.target):
         assert first[u][: len(h) + 1] == [*h, t]
-    items = data.load_items(out)
+    items = datasets.load_items(out)
     assert items.item_id.is_unique and len(items) == EXPECTED[ds]["items"]
 
 
@@ -78,7 +77,7 @@ def test_bad_checksum_fails_without_output(tmp_path, mirror):
 
 def _csv(tmp_path, rows):
     p = tmp_path / "split.csv"
-    p.write_text(",".join(data.CSV_COLUMNS) + "\n" + "\n".join(rows) + "\n")
+    p.write_text(",".join(datasets.CSV_COLUMNS) + "\n" + "\n".join(rows) + "\n")
     return p
 
 
@@ -87,7 +86,7 @@ GOOD = "U1,\"['t1']\",t2,[1],2,\"['<a_1><b_1><c_1>']\",<a_2><b_2><c_2>"
 
 
 def test_parse_split_good(tmp_path):
-    df = data.parse_split(_csv(tmp_path, [GOOD]), {1, 2}, INDEX)
+    df = datasets.parse_split(_csv(tmp_path, [GOOD]), {1, 2}, INDEX)
     assert df.history.tolist() == [[1]] and df.target.tolist() == [2]
 
 
@@ -99,7 +98,7 @@ def test_parse_split_good(tmp_path):
 ])
 def test_parse_split_errors_name_line_and_field(tmp_path, row, line, field):
     with pytest.raises(TsrecError) as exc:
-        data.parse_split(_csv(tmp_path, [GOOD, row]), {1, 2}, INDEX)
+        datasets.parse_split(_csv(tmp_path, [GOOD, row]), {1, 2}, INDEX)
     assert exc.value.line == line and exc.value.field == field
     assert "split.csv" in str(exc.value)
 
@@ -108,29 +107,29 @@ def test_index_must_have_three_tokens(tmp_path):
     p = tmp_path / "x.index.json"
     p.write_text(json.dumps({"0": ["<a_1>", "<b_2>", "<c_3>"], "1": ["<a_1>", "<b_2>"]}))
     with pytest.raises(TsrecError, match="3 tokens") as exc:
-        data.load_index(p)
+        datasets.load_index(p)
     assert exc.value.line == "1"
     p.write_text(json.dumps({"0": ["<a_1>", "<c_2>", "<b_3>"]}))
     with pytest.raises(TsrecError, match="bad SID token"):
-        data.load_index(p)
+        datasets.load_index(p)
 
 
 def test_malformed_items_json(tmp_path):
     p = tmp_path / "items.json"
     p.write_text('{"0": {"title": "x"},\n "1": ')
     with pytest.raises(TsrecError, match="invalid JSON") as exc:
-        data.parse_items(p)
+        datasets.parse_items(p)
     assert exc.value.line == 2
 
 
 def test_download_path_verifies_against_pins(tmp_path, mirror, monkeypatch):
     """The download code path, served from the mirror through a file:// URL."""
     monkeypatch.setattr(data, "URL_PATTERN", f"file://{mirror}/minionerec/Amazon/{{subpath}}")
-    cfg = data.DataConfig(source="download", download_cache=str(tmp_path / "dl"))
+    cfg = datasets.DataConfig(source="download", download_cache=str(tmp_path / "dl"))
     rel = "index/Office_Products.index.json"
     path = data.fetch(cfg, rel)
-    assert data.sha256_file(path) == data.PINNED_SHA256[rel]
-    monkeypatch.setitem(data.PINNED_SHA256, rel, "0" * 64)
+    assert data.sha256_file(path) == datasets.PINNED_SHA256[rel]
+    monkeypatch.setitem(datasets.PINNED_SHA256, rel, "0" * 64)
     (tmp_path / "dl").joinpath(cfg.commit, rel).unlink()
     with pytest.raises(TsrecError, match="sha256 mismatch"):
         data.fetch(cfg, rel)
@@ -138,11 +137,11 @@ def test_download_path_verifies_against_pins(tmp_path, mirror, monkeypatch):
 
 
 def test_synthetic_dataset_is_canonical(tiny_dataset):
-    items = data.load_items(tiny_dataset)
-    index = data.load_index(tiny_dataset / "sid_index.json")
+    items = datasets.load_items(tiny_dataset)
+    index = datasets.load_index(tiny_dataset / "sid_index.json")
     assert set(index) == set(items.item_id)
     for split in ("train", "valid", "test"):
-        df = data.load_split(tiny_dataset, split)
+        df = datasets.load_split(tiny_dataset, split)
         assert list(df.columns) == ["user_id", "history", "target"] and len(df) > 0
 
 
@@ -153,7 +152,7 @@ def test_output_does_not_depend_on_the_mirror_path(tmp_path, mirror, monkeypatch
     link.symlink_to(Path(mirror).resolve())
     outs = []
     for n, root in enumerate((Path(mirror).resolve(), link)):
-        cfg = data.DataConfig(mirror=str(root), datasets=["Office_Products"])
+        cfg = datasets.DataConfig(mirror=str(root), datasets=["Office_Products"])
         data.build_dataset(cfg, "Office_Products", tmp_path / str(n))
         outs.append({p.name: p.read_bytes() for p in sorted((tmp_path / str(n) / "Office_Products").iterdir())})
     assert outs[0] == outs[1]
@@ -164,22 +163,22 @@ def test_split_invalid_utf8_is_one_error(tmp_path):
     p = _csv(tmp_path, [GOOD, GOOD])
     p.write_bytes(p.read_bytes().replace(b"t2", b"t\xe9", 2))  # latin-1 byte on data line 3
     with pytest.raises(TsrecError, match="not valid UTF-8") as exc:
-        data.parse_split(p, {1, 2}, INDEX)
+        datasets.parse_split(p, {1, 2}, INDEX)
     assert exc.value.line == 2 and exc.value.file == p
 
 
 def test_split_field_over_csv_limit_is_one_error(tmp_path):
     huge = GOOD.replace("\"['t1']\"", "\"['" + "x" * 200_000 + "']\"")
     with pytest.raises(TsrecError, match="malformed CSV: field larger than field limit") as exc:
-        data.parse_split(_csv(tmp_path, [GOOD, huge]), {1, 2}, INDEX)
+        datasets.parse_split(_csv(tmp_path, [GOOD, huge]), {1, 2}, INDEX)
     assert exc.value.line == 3
 
 
 def test_header_only_split_refused(tmp_path):
     p = tmp_path / "split.csv"
-    p.write_text(",".join(data.CSV_COLUMNS) + "\n")
+    p.write_text(",".join(datasets.CSV_COLUMNS) + "\n")
     with pytest.raises(TsrecError, match="no data rows"):  # was: accepted, 0 rows
-        data.parse_split(p, {1, 2}, INDEX)
+        datasets.parse_split(p, {1, 2}, INDEX)
 
 
 def test_duplicate_item_key_refused(tmp_path):
@@ -187,9 +186,9 @@ def test_duplicate_item_key_refused(tmp_path):
     p.write_text('{"0": ["<a_1>", "<b_2>", "<c_3>"], "1": ["<a_1>", "<b_2>", "<c_4>"], '
                  '"0": ["<a_2>", "<b_2>", "<c_3>"]}')
     with pytest.raises(TsrecError, match="key given twice") as exc:
-        data.load_index(p)  # json alone would keep the last "0"
+        datasets.load_index(p)  # json alone would keep the last "0"
     assert exc.value.line == "0"
     items = tmp_path / "items.json"
     items.write_text('{"0": {"title": "a"}, "0": {"title": "b"}}')
     with pytest.raises(TsrecError, match="key given twice"):
-        data.parse_items(items)
+        datasets.parse_items(items)

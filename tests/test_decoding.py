@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tsrec.backbone import add_sid_tokens
 from tsrec.decoding import SidTrie, beam_search, left_pad, reference_beam_search, search_batches
 from tsrec.errors import TsrecError
+from tsrec.llm import add_sid_tokens
 from tsrec.precision import autocast
 
 

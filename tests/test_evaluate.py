@@ -1,27 +1,20 @@
 import json
 import math
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from test_decoding import sid_model
+from tiny_train import make_params  # noqa: E402
 
 from tsrec import metrics
 from tsrec.cli import main
-from tsrec.data import load_index, load_split
-from tsrec.decoding import SidTrie
-from tsrec.evaluate import EvaluateConfig, evaluate_rows, select_rows
 from tsrec.config import section
+from tsrec.datasets import load_index, load_split
+from tsrec.decoding import SidTrie
 from tsrec.errors import ParamError
-
-from test_decoding import sid_model
-
-
+from tsrec.scoring import EvaluateConfig, evaluate_rows, select_rows
 from tsrec.tasks import encode_prompt, seqrec_prompt
-
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_train import make_params  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +125,7 @@ def test_cli_errors_are_one_line(tiny_dataset, tmp_path, capsys):
 
 def test_cli_evaluates_a_trained_run(tmp_path, tiny_dataset, tiny_backbone):
     """Production path: tsrec.train run -> load_trained (index checked) -> tasks prompt -> metrics."""
-    from tsrec.train import train_run
+    from tsrec.sft import train_run
 
     params = make_params(tmp_path, tiny_dataset, tiny_backbone, max_steps=2)
     train_run(params, "tiny", "sft", seed=5)  # the default run folder: artifacts/tiny/runs/sft/seed5
@@ -176,16 +169,16 @@ def test_cli_paired(tmp_path, capsys):
         (d / "metrics.json").write_text(json.dumps({"seed": seed, "HR@10": 0.5}))
     params = tmp_path / "params.yaml"
     params.write_text("seed: 1\n")
-    rc = main(["--params", str(params), "evaluate", "--dataset", "DS", "--variant", "x", "--paired", "y",
-               "--results", str(tmp_path / "results"), "--artifacts", str(tmp_path / "artifacts")])
+    rc = main(["--params", str(params), "paired", "--dataset", "DS", "--variant", "x", "--other", "y",
+               "--results", str(tmp_path / "results")])
     assert rc == 0
     out = json.loads((tmp_path / "results/DS/paired/x_vs_y.json").read_text())
     # only seed 1 is common: one pair (seeds 2 and 3 have no partner)
     assert out["a"] == "x" and out["b"] == "y" and out["rows"] == 4 and out["HR@10_only_a"] == 2
     assert out["seeds"] == [[1, 1]] and out["pairs"] == 1
-    assert "--paired y" in out["command"]
+    assert "--other y" in out["command"]
     # no common seed on either side and more than one run: nothing to pair
-    assert main(["--params", str(params), "evaluate", "--dataset", "DS", "--variant", "x", "--paired", "y",
+    assert main(["--params", str(params), "paired", "--dataset", "DS", "--variant", "x", "--other", "y",
                  "--seed", "2", "--results", str(tmp_path / "results")]) == 2
     assert "no evaluated runs to pair" in capsys.readouterr().err
 
@@ -224,5 +217,5 @@ def test_metrics_and_ranks_commit_together(tiny_dataset, tiny_eval_model, tmp_pa
     other.write_bytes(slim.read_bytes())
     (other.parent / "metrics.json").write_text(json.dumps({"seed": 42}))
     pd.read_parquet(slim).head(3).to_parquet(slim)
-    assert main(["--params", str(params), "evaluate", "--dataset", "DS", "--variant", "tiny", "--paired", "other",
-                 "--results", str(res), "--artifacts", str(art)]) == 2
+    assert main(["--params", str(params), "paired", "--dataset", "DS", "--variant", "tiny", "--other", "other",
+                 "--results", str(res)]) == 2

@@ -1,18 +1,15 @@
 """Strict params at every level: typos and bad values give one ParamError / TsrecError line, not a traceback."""
 
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from tiny_train import make_params  # noqa: E402
 
 from tsrec.cli import main
 from tsrec.config import load_params
 from tsrec.errors import ParamError
-from tsrec.keywords import cache_path
-
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_train import make_params  # noqa: E402
+from tsrec.keyword_cache import cache_path
 
 REPO = Path(__file__).resolve().parents[1]
 

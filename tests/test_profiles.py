@@ -3,25 +3,31 @@
 import hashlib
 import json
 import shutil
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
+from sid_setup import tokenizer_and_cache  # noqa: E402
+from tiny_train import make_params  # noqa: E402
 
 from tsrec import profiles
 from tsrec.config import load_params, section
 from tsrec.errors import ParamError
-from tsrec.evaluate import EvaluateConfig
+from tsrec.runs import TrainConfig, variant_params
 from tsrec.sainit import SAInitConfig
-from tsrec.tasks import (IGNORE, PromptsConfig, build_examples, encode_prompt, load_corpus, seqrec_examples,
-                         seqrec_prompt, tasks_config)
-from tsrec.train import TrainConfig, dry_run, variant_params
-
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_train import make_params  # noqa: E402
-from sid_setup import tokenizer_and_cache  # noqa: E402
+from tsrec.scoring import EvaluateConfig
+from tsrec.sft import dry_run
+from tsrec.tasks import (
+    IGNORE,
+    PromptsConfig,
+    build_examples,
+    encode_prompt,
+    load_corpus,
+    seqrec_examples,
+    seqrec_prompt,
+    tasks_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = load_params(REPO / "params.yaml")
@@ -33,8 +39,8 @@ CPU_TASKS = {"seqrec": {"enabled": True, "share": 1.0}, "item2sid": {"enabled": 
              "max_len": 256, "title_words": 10, "title_history": 3, "desc_words": 0}
 # sha256 of the examples (task, input_ids, labels, weight) + 40 valid seqrec rows, computed with the code
 # BEFORE issue 15: the default registry must train exactly the same tokens
-PINNED = {"cpu": "fc845eb4b34898b1835715dae4a2c73febaa88ae1e4df06d588e1bf5d5c203e0",
-          "dataclass_defaults": "c1fd97e8ee8afb5881c277cec97de0dc3e94e9e02b4c31ad37f0aa1c0052e128"}
+# (the code defaults are params.yaml's since issue 13: tests/test_params_truth.py)
+PINNED = {"cpu": "fc845eb4b34898b1835715dae4a2c73febaa88ae1e4df06d588e1bf5d5c203e0"}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +66,7 @@ def _digest(rows) -> str:
                           .encode()).hexdigest()
 
 
-@pytest.mark.parametrize("name, tasks", [("cpu", CPU_TASKS), ("cpu", PARAMS["tasks"]), ("dataclass_defaults", {})])
+@pytest.mark.parametrize("name, tasks", [("cpu", CPU_TASKS), ("cpu", PARAMS["tasks"]), ("cpu", {})])
 def test_default_registry_trains_the_same_tokens_as_before(corpus_env, name, tasks):
     _, rows, valid = _examples(corpus_env, tasks)
     assert _digest(rows + valid) == PINNED[name]
@@ -232,7 +238,7 @@ def test_authors_profile_trains_and_evaluates_end_to_end(tmp_path, tiny_dataset,
     format and the decoder scores SID + "\\n" + EOS."""
     from tsrec.cli import main
     from tsrec.config import deep_merge
-    from tsrec.train import train_run
+    from tsrec.sft import train_run
 
     params = make_params(tmp_path, tiny_dataset, tiny_backbone, max_steps=2)
     over = profiles.overlay("authors")

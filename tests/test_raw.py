@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from tsrec.data import load_items, load_split
+from tsrec.datasets import load_items, load_split
 from tsrec.errors import TsrecError
 from tsrec.raw import build_from_raw, clean_title, k_core
 

@@ -7,11 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tsrec.train import SeededLengthGroupedSampler, drop_incomplete_checkpoints, train_run
-
-sys.path.insert(0, str(Path(__file__).parent))
 from tiny_train import make_params  # noqa: E402
+
+from tsrec.sft import SeededLengthGroupedSampler, drop_incomplete_checkpoints, train_run
 
 REPO = Path(__file__).resolve().parents[1]
 KILLER = Path(__file__).parent / "kill_train.py"

@@ -10,20 +10,28 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_decoding import encode, random_prompts, sid_model
+from tiny_train import make_params  # noqa: E402
 
+from tsrec import layout
 from tsrec.cli import main
 from tsrec.config import section
-from tsrec.data import load_index, load_split
+from tsrec.datasets import load_index
 from tsrec.decoding import SidTrie, beam_search, left_pad
 from tsrec.errors import ParamError
-from tsrec import layout
-from tsrec.rl import (MATRIX_KEYS, RLConfig, completion_logps, group_advantages, group_rewards, grpo_loss,
-                      ranking_reward, ranking_weights, rl_run, rule_reward, sid_tokens)
-
-from test_decoding import encode, random_prompts, sid_model
-
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_train import make_params  # noqa: E402
+from tsrec.rl import (
+    MATRIX_KEYS,
+    RLConfig,
+    completion_logps,
+    group_advantages,
+    group_rewards,
+    grpo_loss,
+    ranking_reward,
+    ranking_weights,
+    rl_run,
+    rule_reward,
+    sid_tokens,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -208,7 +216,7 @@ def test_rl_stages_run_one_per_dataset_variant_seed_into_seed_folders(tmp_path):
 
     shutil.copy(REPO / "dvc.yaml", tmp_path)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["train"].update(seeds=[42, 43])
+    params["train"].update(seeds=[42, 43], datasets=["Industrial_and_Scientific"])
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q", "--no-scm"], cwd=tmp_path, check=True)
     from dvc.repo import Repo
@@ -240,8 +248,8 @@ RL = {"train_prompts": 24, "epochs": 1.0, "batch_size": 4, "num_generations": 16
 
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory, tiny_backbone):
+    from tsrec.sft import train_run
     from tsrec.synthetic import make_dataset
-    from tsrec.train import train_run
 
     root = tmp_path_factory.mktemp("rl")
     params = make_params(root, make_dataset(root / "data" / "tiny"), tiny_backbone, max_steps=2)
@@ -339,11 +347,13 @@ def test_rl_renders_the_sft_runs_prompt_text(tmp_path, tiny_backbone, monkeypatc
     import json
 
     import tsrec.evaluate
+    import tsrec.scoring
     from tsrec import profiles, rl
     from tsrec.config import deep_merge
+    from tsrec.runs import load_trained
+    from tsrec.sft import train_run
     from tsrec.synthetic import make_dataset
     from tsrec.tasks import IGNORE, build_examples, load_corpus, seqrec_prompt, tasks_config
-    from tsrec.train import load_trained, train_run
 
     params = make_params(tmp_path, make_dataset(tmp_path / "data" / "tiny"), tiny_backbone, max_steps=1)
     params = deep_merge(params, {"tasks": profiles.overlay("authors")["tasks"]})
@@ -354,7 +364,7 @@ def test_rl_renders_the_sft_runs_prompt_text(tmp_path, tiny_backbone, monkeypatc
     assert tcfg.prompts.eos_suffix == "\n" and tcfg.prompts.header.startswith("Below is an instruction")
 
     seen: dict = {"valid": [], "ends": [], "completions": []}
-    real_rows, real_beam, real_tokens = tsrec.evaluate.evaluate_rows, rl.beam_search, rl.sid_tokens
+    real_rows, real_beam, real_tokens = tsrec.scoring.evaluate_rows, rl.beam_search, rl.sid_tokens
 
     def rows(model, tokenizer, trie, index, df, prompt_fn, encode, **kw):
         seen["valid"].append(prompt_fn(["<a_1><b_2><c_3>", "<a_4><b_5><c_6>"]))
@@ -368,7 +378,8 @@ def test_rl_renders_the_sft_runs_prompt_text(tmp_path, tiny_backbone, monkeypatc
         seen["completions"].append(real_tokens(trie, sid_ids))
         return seen["completions"][-1]
 
-    monkeypatch.setattr(tsrec.evaluate, "evaluate_rows", rows)
+    monkeypatch.setattr(tsrec.evaluate, "evaluate_rows", rows)  # both stages score through tsrec.scoring
+    monkeypatch.setattr(tsrec.scoring, "evaluate_rows", rows)
     monkeypatch.setattr(rl, "beam_search", beam)
     monkeypatch.setattr(rl, "sid_tokens", tokens)
     params["rl"] = {**RL, "variants": ["sft"], "train_prompts": 8, "max_steps": 2, "eval_steps": 2, "valid_rows": 4}

@@ -4,10 +4,11 @@ import math
 import pytest
 import torch
 
-from tsrec.backbone import LoraParams, add_sid_tokens, is_tied, load_backbone, prepare_for_finetune
 from tsrec.config import section
 from tsrec.errors import ParamError, TsrecError
-from tsrec.sainit import SAInitConfig, load_cache, sa_init
+from tsrec.keyword_cache import read_records
+from tsrec.llm import LoraParams, add_sid_tokens, is_tied, load_backbone, prepare_for_finetune
+from tsrec.sainit import SAInitConfig, sa_init
 
 TOKENS = ["<a_0>", "<a_1>", "<b_0>", "<b_1>", "<c_0>", "<c_1>"]
 KEYWORDS = {
@@ -169,18 +170,18 @@ def test_bad_params_refused():
     assert section({"sainit": {"levels": []}}, "sainit", SAInitConfig).levels == []
 
 
-def test_load_cache(tmp_path):
+def test_read_records(tmp_path):
     p = tmp_path / "k.json"
     p.write_text(json.dumps(_cache()))
-    assert len(load_cache(p)) == 6
+    assert len(read_records(p)) == 6
     p.write_text("{not json")
     with pytest.raises(TsrecError, match="invalid JSON"):
-        load_cache(p)
+        read_records(p)
     p.write_text(json.dumps([{"keywords": []}]))
     with pytest.raises(TsrecError, match="token"):
-        load_cache(p)
+        read_records(p)
     with pytest.raises(TsrecError, match="not found"):
-        load_cache(tmp_path / "none.json")
+        read_records(tmp_path / "none.json")
 
 
 def test_cache_errors_name_the_file_extra_and_non_string_refused(setup, tmp_path):
@@ -190,7 +191,7 @@ def test_cache_errors_name_the_file_extra_and_non_string_refused(setup, tmp_path
     def refused(cache, match, cfg=None):
         p.write_text(json.dumps(cache))
         with pytest.raises(TsrecError, match=match) as exc:
-            sa_init(model, tok, ids, load_cache(p), cfg or SAInitConfig())
+            sa_init(model, tok, ids, read_records(p), cfg or SAInitConfig())
         assert exc.value.file == p, exc.value
 
     refused([r for r in _cache() if r["token"] != "<b_1>"], r"missing 1 token\(s\)")
@@ -201,12 +202,12 @@ def test_cache_errors_name_the_file_extra_and_non_string_refused(setup, tmp_path
     refused(_cache() + [{"token": "<d_9>", "keywords": ["x"], "description": "y"}], r"not in the index.*<d_9>")
     # only levels a are initialised: the other levels' tokens are the index's, not extra
     p.write_text(json.dumps(_cache()))
-    sa_init(model, tok, ids, load_cache(p), SAInitConfig(levels=["a"]))
+    sa_init(model, tok, ids, read_records(p), SAInitConfig(levels=["a"]))
     cache = _cache()
     cache[0]["keywords"] = ["drill", 7, None]
     p.write_text(json.dumps(cache))
     with pytest.raises(TsrecError, match="list of strings") as exc:
-        load_cache(p)
+        read_records(p)
     assert exc.value.file == p and exc.value.line == cache[0]["token"]
 
 

@@ -17,8 +17,8 @@ from tsrec.cli import main
 from tsrec.errors import ParamError, TsrecError
 from tsrec.io import sha256_file
 from tsrec.migrate import migrate
+from tsrec.runs import MATRIX_KEYS, TrainConfig
 from tsrec.stats import paired, paired_pooled, seed_pairs, seed_test
-from tsrec.train import MATRIX_KEYS, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,8 +66,8 @@ def test_train_stage_tracks_every_train_setting_but_the_matrix_lists(profile):
 def test_matrix_runs_one_stage_per_seed_into_seed_folders(tmp_path):
     shutil.copy(REPO / "dvc.yaml", tmp_path)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert params["train"]["seeds"] == [42]  # the default pipeline: one run, as before seeds existed
-    params["train"].update(seeds=[42, 43], variants=["tsrec", "no_sainit"])
+    assert params["train"]["seeds"] == [42, 43, 44]  # the ablation matrix; make repro runs repro.runs only
+    params["train"].update(seeds=[42, 43], variants=["tsrec", "no_sainit"], datasets=["Industrial_and_Scientific"])
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q", "--no-scm"], cwd=tmp_path, check=True)
     from dvc.repo import Repo

@@ -1,23 +1,22 @@
 import json
-import sys
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
+import yaml
+from tiny_train import make_params  # noqa: E402
 
 from tsrec.errors import ParamError
 from tsrec.sweep import masked, run_sweep
-
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_train import make_params  # noqa: E402
 
 
 @pytest.fixture()
 def params(tmp_path, tiny_dataset, tiny_backbone):
     p = make_params(tmp_path, tiny_dataset, tiny_backbone)
     p["sweep"] = {"dataset": tiny_dataset.name, "storage": f"sqlite:///{tmp_path}/optuna.db", "n_trials": 2,
-                  "pooling": ["mean", "max"], "weight_range": [0.5, 2.0],
-                  "train": {"max_steps": 2, "eval_steps": 1}, "out": str(tmp_path / "sweep"),
+                  "pooling": ["mean", "max"], "weight_range": [0.5, 2.0], "eval_rows": 12, "eval_beams": 5,
+                  "pruner": {"kind": "none"}, "train": {"max_steps": 2, "eval_steps": 1}, "out": str(tmp_path / "sweep"),
                   "results": str(tmp_path / "results")}
     p["data"]["datasets"] = [tiny_dataset.name]
     return p
@@ -26,22 +25,62 @@ def params(tmp_path, tiny_dataset, tiny_backbone):
 def test_sweep_uses_rdb_storage_and_resumes(params, tmp_path):
     df = run_sweep(params)
     assert len(df) == 2 and df["value"].notna().all()
-    study = optuna.load_study(study_name=params["sweep"].get("study", "tsrec-sainit-tsalign"),
-                              storage=params["sweep"]["storage"])
+    study = optuna.load_study(study_name="tsrec-sweep-ndcg", storage=params["sweep"]["storage"])
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
     assert len(study.trials) == 2
     trial = study.trials[0]
     assert trial.params["pooling"] in ("mean", "max") and 0.5 <= trial.params["tsalign_weight"] <= 2.0
+    assert trial.params["levels"] in ("abc", "ab", "a") and trial.params["rescale"] in (True, False)
+    # the objective is valid NDCG@10 by beam search over the seeded subsample, ranks kept per trial
+    assert trial.value == pytest.approx(trial.user_attrs["valid_NDCG@10"]) and 0 <= trial.value <= 1
+    ranks = pd.read_parquet(Path(trial.user_attrs["run_dir"], "valid_ranks.parquet"))
+    assert len(ranks) == 12
     assert Path(trial.user_attrs["run_dir"], "final", "tsrec_meta.json").is_file()
     meta = json.loads(Path(trial.user_attrs["run_dir"], "final", "tsrec_meta.json").read_text())
     assert meta["params"]["sainit"]["pooling"] == trial.params["pooling"]
+    assert meta["params"]["sainit"]["levels"] == list(trial.params["levels"]) and meta["variant"] == "tsrec"
     assert meta["params"]["tasks"]["tsalign"]["weight"] == pytest.approx(trial.params["tsalign_weight"])
     # asking for 3 complete trials runs exactly one more
     params["sweep"]["n_trials"] = 3
     df = run_sweep(params)
-    assert len(df) == 3 and len(optuna.load_study(study_name="tsrec-sainit-tsalign",
+    assert len(df) == 3 and len(optuna.load_study(study_name="tsrec-sweep-ndcg",
                                                   storage=params["sweep"]["storage"]).trials) == 3
-    summary = json.loads((tmp_path / "results" / params["sweep"]["dataset"] / "sweep" / "sweep.json").read_text())
-    assert summary["best"]["value"] == pytest.approx(df["value"].min())
+    dest = tmp_path / "results" / params["sweep"]["dataset"] / "sweep"
+    summary = json.loads((dest / "sweep.json").read_text())
+    assert summary["best"]["value"] == pytest.approx(df["value"].max())
+    assert (dest / "history.png").read_bytes()[:4] == b"\x89PNG"
+    # the best params file is a variant the pipeline takes as it is
+    best = yaml.safe_load((dest / "best.yaml").read_text())["sweep_best"]
+    assert best["sainit"]["pooling"] == summary["best"]["params"]["pooling"]
+    params["variants"]["sweep_best"] = best
+    from tsrec.runs import variant_params
+    from tsrec.sainit import config as sainit_config
+
+    assert sainit_config(variant_params(params, "sweep_best")).levels == list(summary["best"]["params"]["levels"])
+
+
+def test_pruning_callback_stops_a_trial_the_pruner_rejects():
+    from tsrec.sweep import pruning_callback
+
+    class Trial:
+        reports = []
+
+        def report(self, value, step):
+            self.reports.append((value, step))
+
+        def should_prune(self):
+            return self.reports[-1][1] >= 20
+
+    class State:
+        global_step = 10
+
+    trial, state = Trial(), State()
+    cb = pruning_callback(trial, maximize=True)
+    cb.on_evaluate(None, state, None, metrics={"eval_loss": 2.5})
+    assert trial.reports == [(-2.5, 10)]  # negated: the study maximises
+    state.global_step = 20
+    with pytest.raises(optuna.TrialPruned, match="step 20"):
+        cb.on_evaluate(None, state, None, metrics={"eval_loss": 2.4})
 
 
 def test_bad_sweep_params(params):
@@ -73,7 +112,7 @@ def test_storage_url_from_environment(params, tmp_path, monkeypatch):
     env_db = tmp_path / "from_env.db"
     monkeypatch.setenv("TSREC_TEST_STORAGE", f"sqlite:///{env_db}")
     run_sweep(params)
-    assert len(optuna.load_study(study_name="tsrec-sainit-tsalign", storage=f"sqlite:///{env_db}").trials) == 1
+    assert len(optuna.load_study(study_name="tsrec-sweep-ndcg", storage=f"sqlite:///{env_db}").trials) == 1
     assert not (tmp_path / "optuna.db").exists()  # params' storage not used
     # a password from the environment goes into the URL, never into params or the results
     monkeypatch.setenv("TSREC_TEST_PW", "s3cret")

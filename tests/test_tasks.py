@@ -2,13 +2,22 @@ import json
 from collections import Counter
 
 import pytest
+from sid_setup import tokenizer_and_cache
 
 from tsrec.config import section
 from tsrec.errors import ParamError, TsrecError
-from tsrec.tasks import (IGNORE, TASKS, TasksConfig, build_examples, draw, encode_prompt, load_corpus,
-                         load_descriptions, seqrec_prompt)
-from tsrec.train import Collator
-from sid_setup import tokenizer_and_cache
+from tsrec.sft import Collator
+from tsrec.tasks import (
+    IGNORE,
+    TASKS,
+    TasksConfig,
+    build_examples,
+    draw,
+    encode_prompt,
+    load_corpus,
+    load_descriptions,
+    seqrec_prompt,
+)
 
 
 @pytest.fixture()

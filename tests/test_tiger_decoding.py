@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tsrec.baselines import BaselinesConfig, build
+from tsrec.baseline import BaselinesConfig, build
 from tsrec.baselines.generative import EOS, PAD
 from tsrec.baselines.trainer import SeqData
 from tsrec.config import section

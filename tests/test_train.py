@@ -8,15 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_train import make_params  # noqa: E402
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from tsrec.config import section
 from tsrec.errors import ParamError, TsrecError
+from tsrec.runs import TrainConfig, load_trained, variant_params
+from tsrec.sft import Collator, label_position_loss, train_run
 from tsrec.tasks import IGNORE
-from tsrec.train import (TrainConfig, Collator, label_position_loss, load_trained, train_run, variant_params)
-
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_train import make_params  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,13 +22,14 @@ STAGES = {
     "train": ("tsrec.train", "multi-task SFT with SID tokens, SA-Init and TS-Align (one variant)"),
     "rl": ("tsrec.rl", "GRPO after SFT: beam-search rollouts over the SID trie, ranking reward (one variant)"),
     "evaluate": ("tsrec.evaluate", "constrained beam search on valid/test -> HR@K / NDCG@K"),
-    "baseline": ("tsrec.baselines", "train and score one baseline model"),
+    "baseline": ("tsrec.baseline", "train and score one baseline model"),
     "sweep": ("tsrec.sweep", "Optuna sweep over SA-Init pooling and the TS-Align weight"),
     "report": ("tsrec.report", "Recall/NDCG tables from the metrics files"),
+    "paired": ("tsrec.paired", "paired test of two evaluated variants on their saved row ranks (no decoding)"),
     "check": ("tsrec.check", "compare the metrics files with a committed expected file (regression check)"),
     "migrate-seed-layout": ("tsrec.migrate", "move runs made before per-seed folders into seed<N>/ (no retraining)"),
 }
-NOT_STAGES = {"check", "migrate-seed-layout"}  # commands run by hand around `dvc repro`, not pipeline stages
+NOT_STAGES = {"paired", "check", "migrate-seed-layout"}  # commands run by hand around `dvc repro`, not pipeline stages
 
 log = logging.getLogger("tsrec")
 

@@ -27,86 +27,20 @@ import shutil
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
-from tsrec.config import section
-from tsrec.data import SID_PATTERN, DataConfig, load_index, load_items
-from tsrec.embed import EmbedConfig, embeddings_path, load_embeddings
+from tsrec.config import global_seed, section
+from tsrec.datasets import DataConfig, load_index, load_items
+from tsrec.encoder import EmbedConfig, embeddings_path, load_embeddings
 from tsrec.errors import ParamError, TsrecError
 from tsrec.io import atomic_dir, sha256_file, write_json
 from tsrec.metrics import write_metrics
+from tsrec.sids import SID_PATTERN, CodebookConfig, RQKMeansConfig, RQVAEConfig, codebook_config
 
 log = logging.getLogger(__name__)
 
-Method = Literal["official", "rqvae", "rqkmeans"]
 OFFICIAL_CODES = 256  # codes per level of the published index (3 x 256, RQ-VAE)
-
-
-@dataclasses.dataclass
-class RQVAEConfig:
-    hidden: list[int] = dataclasses.field(default_factory=lambda: [256, 128])
-    latent_dim: int = 32
-    epochs: int = 300
-    batch_size: int = 512
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    beta: float = 0.25  # commitment weight
-    kmeans_init: bool = True
-    reseed_dead: bool = True  # codes unused during an epoch restart at random batch residuals
-
-    def validate(self) -> None:
-        if self.latent_dim < 1 or self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("latent_dim, epochs, batch_size >= 1 and lr > 0 required")
-        if any(h < 1 for h in self.hidden):
-            raise ValueError("hidden sizes must be >= 1")
-
-
-@dataclasses.dataclass
-class RQKMeansConfig:
-    n_init: int = 1
-    max_iter: int = 300
-
-    def validate(self) -> None:
-        if self.n_init < 1 or self.max_iter < 1:
-            raise ValueError("n_init and max_iter must be >= 1")
-
-
-@dataclasses.dataclass
-class CodebookConfig:
-    methods: list[Method] = dataclasses.field(default_factory=lambda: ["official", "rqvae", "rqkmeans"])
-    use: Method = "official"  # the index downstream stages read (index_path)
-    levels: int = 3
-    codebook_size: int = 256
-    collision: Literal["reassign_last", "none"] = "reassign_last"
-    seed: int | None = None  # None: the top-level seed
-    out: str = "artifacts"  # -> <out>/<DS>/sid/<method>/
-    report: str = "results"  # -> <report>/<DS>/codebook_report.json
-    rqvae: RQVAEConfig = dataclasses.field(default_factory=RQVAEConfig)
-    rqkmeans: RQKMeansConfig = dataclasses.field(default_factory=RQKMeansConfig)
-
-    def validate(self) -> None:
-        if not 1 <= self.levels <= 26:
-            raise ValueError("levels must be in 1..26 (one letter per level)")
-        if self.codebook_size < 2:
-            raise ValueError("codebook_size must be >= 2")
-        if not self.methods:
-            raise ValueError("methods must not be empty")
-        if self.use != "official" and self.use not in self.methods:
-            raise ValueError(f"use: {self.use!r} is not among methods {self.methods}, so it would never be built")
-
-
-def config(params: dict) -> CodebookConfig:
-    return section(params, "codebook", CodebookConfig)
-
-
-def index_path(params: dict, ds: str) -> Path:
-    """The SID index IN USE for ``ds``: the data stage's published index for ``official``."""
-    cfg = config(params)
-    if cfg.use == "official":
-        return Path(section(params, "data", DataConfig).out) / ds / "sid_index.json"
-    return Path(cfg.out) / ds / "sid" / cfg.use / "index.json"
 
 
 # ---------------------------------------------------------------- SIDs, collisions, statistics
@@ -343,8 +277,8 @@ def check_capacity(cfg: CodebookConfig, n_items: int) -> None:
 
 def build_dataset(params: dict, ds: str, methods: list[str], *, data_dir: Path, emb_path: Path,
                   out_root: Path, report_path: Path, command: str) -> dict:
-    cfg = config(params)
-    seed = cfg.seed if cfg.seed is not None else int(params.get("seed", 42))
+    cfg = codebook_config(params)
+    seed = cfg.seed if cfg.seed is not None else global_seed(params)
     items = load_items(data_dir)
     item_ids = items["item_id"].to_numpy(dtype=np.int64)
     official_file = data_dir / "sid_index.json"
@@ -408,7 +342,7 @@ def add_arguments(p) -> None:
 
 
 def run(args, params) -> None:
-    cfg = config(params)
+    cfg = codebook_config(params)
     dcfg = section(params, "data", DataConfig)
     section(params, "embed", EmbedConfig)
     methods = list(dict.fromkeys(args.method or cfg.methods))

@@ -49,6 +49,13 @@ def _key_lines(path: Path) -> dict[str, int]:
     return {k.value: k.start_mark.line + 1 for k, _ in pairs if isinstance(k, yaml.ScalarNode)}
 
 
+def global_seed(params: dict[str, Any]) -> int:
+    """The top-level ``seed`` (required: no stage falls back to a seed of its own)."""
+    if "seed" not in params:
+        raise ParamError("missing required key", file=params.get("_path", DEFAULT_PARAMS), field="seed")
+    return int(params["seed"])
+
+
 def check_top_level(params: dict[str, Any], path: str | os.PathLike) -> None:
     """Refuse unknown top-level keys (naming file, line and the closest known key) and a non-integer seed."""
     import difflib
@@ -68,7 +75,7 @@ def check_top_level(params: dict[str, Any], path: str | os.PathLike) -> None:
     if stray and matrix:
         raise ParamError(f"{stray} not in the train matrix (train.datasets x variants x seeds: <DS>-<variant>-<seed>)",
                          file=path, line=_key_lines(Path(path)).get("repro"), field="repro.runs")
-    seed = params.get("seed", 42)
+    seed = params.get("seed", 0)  # required where read (global_seed); checked here where present
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ParamError(f"must be an integer, got {seed!r}", file=path, line=_key_lines(Path(path)).get("seed"),
                          field="seed")

@@ -136,7 +136,7 @@ class BeamResult:
     scores: torch.Tensor   # [n, B] float: sum of token log-probs (EOS included); -inf where sid_id == -1
 
 
-def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """HF's position ids for left-padded prompts: cumsum of the mask - 1, pads at 0."""
     pos = attention_mask.long().cumsum(-1) - 1
     return pos.masked_fill(attention_mask == 0, 0)
@@ -194,7 +194,7 @@ AttentionInterface.register(SHARED_PREFIX_ATTN, shared_prefix_attention)
 
 
 @contextlib.contextmanager
-def _attention(model, name: str):
+def attention_impl(model, name: str):
     """Temporarily switch the model's attention implementation (the mask is then built by us, not HF)."""
     config = model.config
     old = config._attn_implementation
@@ -205,7 +205,7 @@ def _attention(model, name: str):
         config._attn_implementation = old
 
 
-def _supports_shared_prefix(model) -> bool:
+def supports_shared_prefix(model) -> bool:
     attn = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "num_key_value_groups")]
     return bool(attn) and getattr(model.config, "sliding_window", None) is None
 
@@ -225,10 +225,10 @@ def beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, tr
     if attention_mask.shape[1] and not bool(attention_mask[:, -1].all()):
         raise ValueError("prompts must be LEFT-padded (last column of the attention mask all ones)")
     if shared_prefix is None:
-        shared_prefix = _supports_shared_prefix(model)
+        shared_prefix = supports_shared_prefix(model)
     n, B, dev = input_ids.shape[0], num_beams, input_ids.device
     cache = DynamicCache(config=model.config)
-    logits = _last_logits(model, input_ids, attention_mask, _positions(attention_mask), cache)
+    logits = _last_logits(model, input_ids, attention_mask, positions_from_mask(attention_mask), cache)
     next_pos = attention_mask.long().sum(-1)  # [n]
     mask, extra = attention_mask, {}
     if shared_prefix:
@@ -238,7 +238,7 @@ def beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, tr
     node = torch.zeros((n, 1), dtype=torch.long, device=dev)    # current trie node per beam
     score = torch.zeros((n, 1), dtype=torch.float32, device=dev)
     rows = torch.arange(n, device=dev)[:, None]
-    with _attention(model, SHARED_PREFIX_ATTN) if shared_prefix else contextlib.nullcontext():
+    with attention_impl(model, SHARED_PREFIX_ATTN) if shared_prefix else contextlib.nullcontext():
         for d in range(trie.depth + len(trie.end)):
             k = node.shape[1]
             logp = torch.log_softmax(logits, dim=-1).view(n, k, -1)  # full-vocabulary normalisation, as HF

@@ -18,6 +18,10 @@ import dataclasses
 import re
 from pathlib import Path
 
+from tsrec.config import section
+from tsrec.datasets import DataConfig
+from tsrec.sids import codebook_config
+
 SEED_DIR = re.compile(r"^seed(-?\d+)$")
 # folders under results/<DS>/ that are not variants
 NOT_VARIANTS = frozenset({"baselines", "paired", "sweep", "plots"})
@@ -153,3 +157,11 @@ def load_baseline(results: str | Path, ds: str, model: str) -> Runs | None:
                      if baseline_ranks(results, ds, model, s).is_file()}, list(files.values()), deterministic)
     seed = seeds[0] if seeds else -1
     return Runs(model, "baseline", {seed: read_metrics(path, allow_empty=True)}, {}, [path], deterministic)
+
+
+def index_path(params: dict, ds: str) -> Path:
+    """The SID index IN USE for ``ds``: the data stage's published index for ``official``."""
+    cfg = codebook_config(params)
+    if cfg.use == "official":
+        return Path(section(params, "data", DataConfig).out) / ds / "sid_index.json"
+    return Path(cfg.out) / ds / "sid" / cfg.use / "index.json"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import json
+import math
 import os
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -27,8 +27,13 @@ def ranks(ranked_lists: Iterable[Sequence[Hashable]], targets: Iterable[Hashable
     return [rank_of(lst, t) for lst, t in zip(ranked_lists, targets, strict=True)]
 
 
+def ndcg_gain(rank: int, k: int) -> float:
+    """NDCG@K of one row (one relevant item): 1/log2(r+2) for a 0-based rank r < K, else 0."""
+    return 1.0 / math.log2(rank + 2) if 0 <= rank < k else 0.0
+
+
 def from_ranks(row_ranks: Sequence[int], ks: Sequence[int] = KS) -> dict[str, float]:
-    """Average HR@K and NDCG@K over rows; NDCG@K = 1/log2(r+2) if r < K, else 0."""
+    """Average HR@K and NDCG@K (``ndcg_gain``) over rows."""
     if not row_ranks:
         raise ValueError("no rows to score")
     out: dict[str, float] = {}
@@ -36,7 +41,7 @@ def from_ranks(row_ranks: Sequence[int], ks: Sequence[int] = KS) -> dict[str, fl
     for k in ks:
         hits = [r for r in row_ranks if 0 <= r < k]
         out[f"HR@{k}"] = len(hits) / n
-        out[f"NDCG@{k}"] = sum(1.0 / math.log2(r + 2) for r in hits) / n
+        out[f"NDCG@{k}"] = sum(ndcg_gain(r, k) for r in hits) / n
     return out
 
 

@@ -26,7 +26,7 @@ import pandas as pd
 import yaml
 
 from tsrec import layout
-from tsrec.config import DEFAULT_PARAMS, load_params
+from tsrec.config import DEFAULT_PARAMS, global_seed, load_params
 from tsrec.errors import TsrecError
 from tsrec.io import sha256_file, write_json
 from tsrec.metrics import run_path
@@ -153,7 +153,7 @@ def add_arguments(p) -> None:
 def run(args, params) -> None:
     if not params and Path(os.environ.get("TSREC_PARAMS") or DEFAULT_PARAMS).is_file():
         params = load_params()  # not a pipeline stage: params are read only for defaults
-    seed = args.seed if args.seed is not None else int(params.get("seed", 42))
+    seed = args.seed if args.seed is not None else global_seed(params)
     datasets = args.dataset or (params.get("data") or {}).get("datasets") or []
     artifacts = args.artifacts or (params.get("train") or {}).get("out") or "artifacts"
     done = migrate(args.results, artifacts, datasets, seed, dvc_lock=args.dvc_lock or None, dry_run=args.dry_run)

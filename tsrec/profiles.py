@@ -79,17 +79,17 @@ def resolve(params: dict[str, Any], name: str, folder: Path = PROFILES) -> dict[
 def validate(params: dict[str, Any]) -> None:
     """Every typed section a train/evaluate/rl run reads, for every variant in train.variants, and rl starts
     only from SFT runs the profile trains (rl.variants within train.variants) (ParamError)."""
-    from tsrec import backbone, sainit
-    from tsrec.evaluate import EvaluateConfig
+    from tsrec import llm, sainit
     from tsrec.rl import rl_config
+    from tsrec.runs import TrainConfig, variant_params
+    from tsrec.scoring import EvaluateConfig
     from tsrec.tasks import tasks_config
-    from tsrec.train import TrainConfig, variant_params
 
     section(params, "evaluate", EvaluateConfig)
     trained = section(params, "train", TrainConfig).variants
     for variant in trained:
         vp = variant_params(params, variant)
-        section(vp, "train", TrainConfig), tasks_config(vp), sainit.config(vp), backbone.config(vp)
+        section(vp, "train", TrainConfig), tasks_config(vp), sainit.config(vp), llm.backbone_config(vp)
     if "rl" in params:
         extra = [v for v in rl_config(params).variants if v not in trained]
         if extra:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from tsrec.config import section
-from tsrec.data import rows_frame
+from tsrec.datasets import rows_frame
 from tsrec.errors import TsrecError
 from tsrec.io import atomic_dir, sha256_file, write_json
 

@@ -49,14 +49,23 @@ from typing import Literal
 import torch
 from tqdm import tqdm
 
-from tsrec.config import section
-from tsrec.data import DataConfig, load_index, load_split
-from tsrec.decoding import (SHARED_PREFIX_ATTN, SharedPrefix, SidTrie, _attention, _positions,
-                            _supports_shared_prefix, beam_search, left_pad)
+from tsrec.config import global_seed, section
+from tsrec.datasets import DataConfig, load_index, load_split
+from tsrec.decoding import (
+    SHARED_PREFIX_ATTN,
+    SharedPrefix,
+    SidTrie,
+    attention_impl,
+    beam_search,
+    left_pad,
+    positions_from_mask,
+    supports_shared_prefix,
+)
 from tsrec.errors import ParamError, TsrecError
 from tsrec.io import atomic_dir, claim_checkpoints, sha256_file, sha256_json, write_json
 from tsrec.layout import results_dir
-from tsrec.precision import Precision, autocast, resolve as resolve_precision
+from tsrec.precision import Precision, autocast
+from tsrec.precision import resolve as resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -202,9 +211,9 @@ def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
 
     n, g, t = completions.shape
     if shared_prefix is None:
-        shared_prefix = _supports_shared_prefix(model)
+        shared_prefix = supports_shared_prefix(model)
     cache = DynamicCache(config=model.config)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_positions(attention_mask),
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask),
                 past_key_values=cache, use_cache=True, logits_to_keep=1)
     first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).gather(1, completions[:, :, 0])  # [n, G]
     if t == 1:
@@ -214,7 +223,7 @@ def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     if shared_prefix:
         prefix = SharedPrefix([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers],
                               attention_mask.bool())
-        with _attention(model, SHARED_PREFIX_ATTN):
+        with attention_impl(model, SHARED_PREFIX_ATTN):
             out = model(input_ids=steps, position_ids=pos, use_cache=False, shared_prefix=prefix)
     else:
         cache.batch_repeat_interleave(g)
@@ -294,12 +303,12 @@ def rl_run(params: dict, ds: str, variant: str, *, seed: int | None = None, base
     from transformers import get_scheduler
     from transformers.trainer_utils import get_last_checkpoint
 
-    from tsrec.evaluate import evaluate_rows, run_index, select_rows
+    from tsrec.runs import META, append_row, load_trained, run_dir, save_final, trim_logs
+    from tsrec.scoring import evaluate_rows, run_index, select_rows
     from tsrec.tasks import TaskParams, encode_prompt, load_corpus, seqrec_prompt, tasks_config
-    from tsrec.train import META, append_row, load_trained, run_dir, save_final, trim_logs
 
     cfg = rl_config(params)
-    seed = int(params.get("seed", 42)) if seed is None else int(seed)
+    seed = global_seed(params) if seed is None else int(seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     base = Path(base) if base else run_dir(params, ds, variant, seed)
@@ -491,8 +500,8 @@ def run(args, params: dict) -> None:
         raise ParamError(f"variant {args.variant!r} is not in rl.variants {cfg.variants}", file=params.get("_path"),
                          field="rl.variants")
     name = rl_variant(args.variant)
-    seed = int(params.get("seed", 42)) if args.seed is None else args.seed
-    from tsrec.train import run_dir
+    seed = global_seed(params) if args.seed is None else args.seed
+    from tsrec.runs import run_dir
 
     meta = rl_run(params, args.dataset, args.variant, seed=seed, base=args.base_dir, out=args.out)
     out = Path(args.out) if args.out else run_dir(params, args.dataset, name, seed)

@@ -17,13 +17,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 from collections import Counter
 from typing import Any, Literal
 
 from tsrec.config import from_dict, section
 from tsrec.errors import TsrecError
-from tsrec.keywords import read_records
+from tsrec.keyword_cache import check_cache
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +55,6 @@ def config(params: dict[str, Any]) -> SAInitConfig:
     return section(params, "sainit", SAInitConfig)
 
 
-def load_cache(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read a keyword cache (authors' format); content is checked against the index by ``check_cache``."""
-    return read_records(path)
-
 
 def token_text(record: dict[str, Any], source: str) -> str:
     """The text pooled for one token: keywords joined with spaces, the description, or both."""
@@ -72,37 +67,10 @@ def token_text(record: dict[str, Any], source: str) -> str:
 
 
 def _select(token_ids_by_token: dict[str, int], levels: list[str]) -> dict[str, int]:
-    from tsrec.backbone import sid_sort_key
+    from tsrec.sids import sid_sort_key
 
     chosen = {t: i for t, i in token_ids_by_token.items() if sid_sort_key(t)[0] in levels}
     return dict(sorted(chosen.items(), key=lambda kv: sid_sort_key(kv[0])))
-
-
-def check_cache(records: list[dict[str, Any]], tokens: list[str], source: str,
-                known: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Records for ``tokens``; refuse missing tokens (listed), tokens outside ``known`` (default ``tokens``:
-    a cache for another index), and empty keyword lists / descriptions. Errors name the cache file."""
-    file = getattr(records, "path", None)  # set by read_records
-    by_token: dict[str, dict[str, Any]] = {}
-    for r in records:
-        if r["token"] in by_token:
-            raise TsrecError("keyword cache lists a token twice", file=file, line=r["token"])
-        by_token[r["token"]] = r
-    missing = [t for t in tokens if t not in by_token]
-    if missing:
-        shown = ", ".join(missing[:30]) + (f", ... ({len(missing)} in all)" if len(missing) > 30 else "")
-        raise TsrecError(f"keyword cache is missing {len(missing)} token(s) of the index: {shown}", file=file)
-    extra = sorted(set(by_token) - set(tokens if known is None else known))
-    if extra:
-        raise TsrecError(f"keyword cache holds {len(extra)} token(s) not in the index (a cache for another "
-                         f"index?): {', '.join(extra[:30])}", file=file)
-    for t in tokens:
-        r = by_token[t]
-        if source in ("keywords", "both") and not [k for k in r.get("keywords") or [] if str(k).strip()]:
-            raise TsrecError("empty keyword list", file=file, line=t, field="keywords")
-        if source in ("description", "both") and not str(r.get("description") or "").strip():
-            raise TsrecError("empty description", file=file, line=t, field="description")
-    return {t: by_token[t] for t in tokens}
 
 
 def idf_weights(texts: list[list[int]]) -> dict[int, float]:
@@ -162,7 +130,7 @@ def sa_init(model, tokenizer, token_ids_by_token: dict[str, int], cache_records:
     """
     import torch
 
-    from tsrec.backbone import is_tied
+    from tsrec.llm import is_tied
 
     if cfg is None:
         cfg = SAInitConfig()

@@ -1,6 +1,6 @@
 """Paired comparisons of two methods: per-row ranks (pooled over seeds) and per-seed metrics.
 
-Used by ``tsrec evaluate --paired`` and ``tsrec report``.
+Used by ``tsrec paired`` and ``tsrec report``.
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ def _aligned(frames: Sequence[pd.DataFrame], rows: pd.Index | None) -> tuple[np.
 
 
 def ndcg_at(ranks: np.ndarray, k: int) -> np.ndarray:
-    hit = (ranks >= 0) & (ranks < k)
-    return np.where(hit, 1.0 / np.log2(np.where(hit, ranks, 0) + 2.0), 0.0)
+    """Per-row NDCG@K (``tsrec.metrics.ndcg_gain``, the one definition) of an array of 0-based ranks."""
+    from tsrec.metrics import ndcg_gain
+
+    return np.array([ndcg_gain(int(r), k) for r in np.ravel(ranks)], dtype=float).reshape(np.shape(ranks))
 
 
 def paired_pooled(pairs: Sequence[tuple[pd.DataFrame, pd.DataFrame]], *, k: int = 10, n_boot: int = 2000,

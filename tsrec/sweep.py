@@ -1,12 +1,17 @@
-"""sweep: Optuna search over SA-Init pooling/source and the TS-Align loss weight lambda.
+"""sweep: Optuna search over SA-Init (source, pooling, rescale, levels) and the TS-Align loss weight lambda.
 
-Each trial trains the `tsrec` variant with the trial's overrides (and the sweep's short `train`
-overrides) and scores it on the valid split. The study lives in an Optuna RDB storage
-(`sweep.storage`: sqlite by default; a PostgreSQL/MySQL URL lets many workers, on many machines,
-run `tsrec sweep` against one study). A killed worker's trial is retried through Optuna's heartbeat
-(`RetryHeartbeatStaleTrialCallback` as the stale-trial callback); the trial's run folder is keyed by its parameters, so the retry
-resumes from the last checkpoint. The sweep stops once `n_trials` trials are complete, counted
-over all workers.
+Each trial trains the `tsrec` variant with the trial's overrides on a shortened budget (`sweep.train`) and
+scores it by the project's constrained beam search on a fixed seeded subsample of the valid split
+(`sweep.eval_rows`; objective valid NDCG@10, maximised). An Optuna pruner stops a trial early on its
+intermediate valid loss (reported at every evaluation of the trainer). The study lives in an Optuna RDB
+storage (`sweep.storage`: sqlite by default; a PostgreSQL/MySQL URL lets many workers, on many machines, run
+`tsrec sweep` against one study). A killed worker's trial is retried through Optuna's heartbeat
+(`RetryHeartbeatStaleTrialCallback`); the trial's run folder is keyed by its parameters, so the retry resumes
+from the last checkpoint. The sweep stops once `n_trials` trials are complete, counted over all workers.
+
+Written to `<results>/<DS>/sweep/`: `sweep.json` / `sweep.md` (every trial, its state and values), the
+parameter importances, `history.png` and `importance.png`, and `best.yaml`: the best trial's overrides as
+a variant (`variants.sweep_best`), plus the `dvc exp run -S` line that applies them to the defaults.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -30,33 +35,54 @@ POOLINGS = ("mean", "idf", "max", "contextual")
 SOURCES = ("keywords", "description", "both")
 
 
+LEVELS = ("abc", "ab", "a")  # SA-Init level sets a trial may pick (sainit.levels)
+OBJECTIVES = {"valid_ndcg10": "maximize", "valid_loss": "minimize"}
+
+
+@dataclasses.dataclass
+class PrunerConfig:
+    kind: Literal["median", "none"] = "median"  # optuna.pruners.MedianPruner on the intermediate valid loss
+    startup_trials: int = 4    # no pruning until this many trials are complete
+    warmup_steps: int = 200    # nor before this training step of a trial
+
+    def validate(self) -> None:
+        if self.startup_trials < 0 or self.warmup_steps < 0:
+            raise ValueError("startup_trials and warmup_steps must be >= 0")
+
+
 @dataclasses.dataclass
 class SweepConfig:
     dataset: str = "Industrial_and_Scientific"
     storage: str = "sqlite:///artifacts/optuna/sweep.db"
     storage_env: str | None = None   # NAME of an env var holding the storage URL (overrides storage)
     password_env: str | None = None  # NAME of an env var holding the password to put into the storage URL
-    study: str = "tsrec-sainit-tsalign"
-    n_trials: int = 6
-    objective: str = "valid_loss"  # valid_loss (minimise)
+    heartbeat_s: int = 60
+    study: str = "tsrec-sweep-ndcg"
+    n_trials: int = 16
+    objective: Literal["valid_ndcg10", "valid_loss"] = "valid_ndcg10"
+    eval_rows: int = 1000      # fixed seeded valid subsample scored by beam search (results/sweep_design)
+    eval_beams: int = 20
+    eval_batch: int = 8
     sampler_seed: int = 42
     pooling: list[str] = dataclasses.field(default_factory=lambda: list(POOLINGS))
-    source: list[str] = dataclasses.field(default_factory=lambda: ["keywords"])
+    source: list[str] = dataclasses.field(default_factory=lambda: list(SOURCES))
+    rescale: list[bool] = dataclasses.field(default_factory=lambda: [True, False])
+    levels: list[str] = dataclasses.field(default_factory=lambda: list(LEVELS))
     weight_range: list[float] = dataclasses.field(default_factory=lambda: [0.1, 3.0])  # log-uniform
-    train: dict = dataclasses.field(default_factory=dict)  # overrides of the train section for trials
+    pruner: PrunerConfig = dataclasses.field(default_factory=PrunerConfig)
+    train: dict = dataclasses.field(default_factory=lambda: {"max_steps": 600, "eval_steps": 100, "valid_rows": 256,
+                                                             "keep_checkpoints": False})  # trials' train overrides
     out: str = "artifacts/sweep"
     results: str = "results"
-    heartbeat_s: int = 60
 
     def validate(self) -> None:
-        if self.n_trials < 1:
-            raise ValueError("n_trials must be >= 1")
-        if self.objective != "valid_loss":
-            raise ValueError(f"objective must be 'valid_loss', got {self.objective!r}")
-        if not self.pooling or set(self.pooling) - set(POOLINGS):
-            raise ValueError(f"pooling must be a non-empty subset of {list(POOLINGS)}")
-        if not self.source or set(self.source) - set(SOURCES):
-            raise ValueError(f"source must be a non-empty subset of {list(SOURCES)}")
+        if self.n_trials < 1 or self.eval_rows < 1 or self.eval_beams < 1 or self.eval_batch < 1:
+            raise ValueError("n_trials, eval_rows, eval_beams and eval_batch must be >= 1")
+        for name, allowed in (("pooling", POOLINGS), ("source", SOURCES), ("levels", LEVELS)):
+            if not getattr(self, name) or set(getattr(self, name)) - set(allowed):
+                raise ValueError(f"{name} must be a non-empty subset of {list(allowed)}")
+        if not self.rescale:
+            raise ValueError("rescale must list true and/or false")
         lo_hi = self.weight_range
         if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
             raise ValueError(f"weight_range must be [low, high] with 0 < low <= high, got {lo_hi}")
@@ -70,8 +96,10 @@ def trial_overrides(trial, cfg: SweepConfig) -> dict[str, Any]:
     weight = trial.suggest_float("tsalign_weight", lo, hi, log=True) if lo < hi else lo
     return {
         "sainit": {"random": False,
+                   "source": trial.suggest_categorical("source", cfg.source),
                    "pooling": trial.suggest_categorical("pooling", cfg.pooling),
-                   "source": trial.suggest_categorical("source", cfg.source)},
+                   "rescale": trial.suggest_categorical("rescale", cfg.rescale),
+                   "levels": list(trial.suggest_categorical("levels", cfg.levels))},
         "tasks": {"tsalign": {"enabled": True, "weight": weight}},
         "train": copy.deepcopy(cfg.train),
     }
@@ -120,25 +148,84 @@ def make_storage(cfg: SweepConfig, url: str | None = None):
     )
 
 
+def pruning_callback(trial, maximize: bool):
+    """A transformers TrainerCallback: reports each valid loss to the trial (negated when the study maximises)
+    and stops the trial (optuna.TrialPruned) when the pruner says so."""
+    import optuna
+    from transformers import TrainerCallback
+
+    class Report(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            loss = (metrics or {}).get("eval_loss")
+            if loss is None:
+                return
+            trial.report(-loss if maximize else loss, state.global_step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"valid loss {loss:.4f} at step {state.global_step}")
+
+    return Report()
+
+
+def score_valid(params: dict, cfg: SweepConfig, run_dir: Path) -> dict[str, float]:
+    """HR@K / NDCG@K of a trial's model on the fixed seeded valid subsample (constrained beam search); the row
+    ranks go to ``<run_dir>/valid_ranks.parquet`` (trials can be compared row by row)."""
+    from tsrec.config import global_seed
+    from tsrec.datasets import DataConfig, load_index, load_split
+    from tsrec.decoding import SidTrie
+    from tsrec.io import atomic_file
+    from tsrec.precision import resolve
+    from tsrec.runs import load_trained
+    from tsrec.scoring import evaluate_rows, run_index, run_prompts, select_rows
+    from tsrec.tasks import encode_prompt, seqrec_prompt
+
+    index_file = run_index(params, cfg.dataset, run_dir)
+    model, tokenizer, meta = load_trained(run_dir, index_path=index_file)
+    index, prompts = load_index(index_file), run_prompts(params, meta)
+    split = load_split(Path(section(params, "data", DataConfig).out) / cfg.dataset, "valid")
+    rows = split.iloc[select_rows(len(split), cfg.eval_rows, global_seed(params))]
+    ranks, summary = evaluate_rows(
+        model, tokenizer, SidTrie.from_index(index, tokenizer, suffix=prompts.eos_suffix), index, rows,
+        lambda history: seqrec_prompt(history, prompts, "seqrec"), encode_prompt, beams=cfg.eval_beams,
+        batch_size=cfg.eval_batch, desc=f"sweep valid {run_dir.name}", precision=resolve("auto", "cpu"))
+    with atomic_file(run_dir / "valid_ranks.parquet", "wb") as fh:
+        ranks.to_parquet(fh, index=False)
+    return summary["metrics"]
+
+
 def objective_fn(params: dict, cfg: SweepConfig):
-    from tsrec.train import train_run
+    from tsrec.sft import train_run
+
+    maximize = OBJECTIVES[cfg.objective] == "maximize"
 
     def objective(trial) -> float:
         over = trial_overrides(trial, cfg)
-        name = f"sweep-{sha256_json(over)[:12]}"
-        trial_params = copy.deepcopy(params)
-        trial_params.setdefault("variants", {})[name] = over
-        out = Path(cfg.out) / cfg.dataset / name
+        out = Path(cfg.out) / cfg.dataset / f"sweep-{sha256_json(over)[:12]}"
         trial.set_user_attr("run_dir", str(out))
-        meta = train_run(trial_params, cfg.dataset, name, out=out)
+        callbacks = [pruning_callback(trial, maximize)] if cfg.pruner.kind != "none" else []
+        meta = train_run(params, cfg.dataset, "tsrec", out=out, overrides=over, callbacks=callbacks)
         loss = meta["train"]["best_eval_loss"]
         if loss is None:
             raise RuntimeError(f"trial {trial.number}: training reported no valid loss")
         trial.set_user_attr("steps", meta["train"]["steps"])
-        trial.set_user_attr("wall_s", meta["train"]["wall_s"])
-        return float(loss)
+        trial.set_user_attr("train_wall_s", meta["train"]["wall_s"])
+        trial.set_user_attr("valid_loss", float(loss))
+        if cfg.objective == "valid_loss":
+            return float(loss)
+        metrics = score_valid(params, cfg, out)
+        for k in ("HR@10", "NDCG@10", "NDCG@20"):
+            trial.set_user_attr(f"valid_{k}", metrics[k])
+        return float(metrics["NDCG@10"])
 
     return objective
+
+
+def make_pruner(cfg: SweepConfig):
+    import optuna
+
+    if cfg.pruner.kind == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner.startup_trials,
+                                       n_warmup_steps=cfg.pruner.warmup_steps)
 
 
 def run_sweep(params: dict) -> pd.DataFrame:
@@ -151,14 +238,14 @@ def run_sweep(params: dict) -> pd.DataFrame:
         raise ParamError(f"dataset {cfg.dataset!r} is not in data.datasets", file=params.get("_path"),
                          field="sweep.dataset")
     from tsrec.config import from_dict
-    from tsrec.train import TrainConfig
+    from tsrec.runs import TrainConfig
 
     # the trials' train overrides, checked now rather than inside the first trial
     from_dict(TrainConfig, {**(params.get("train") or {}), **cfg.train}, "sweep.train", params.get("_path"))
     url = storage_url(cfg, params.get("_path"))
     study = optuna.create_study(
-        study_name=cfg.study, storage=make_storage(cfg, url), direction="minimize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=cfg.sampler_seed),
+        study_name=cfg.study, storage=make_storage(cfg, url), direction=OBJECTIVES[cfg.objective],
+        load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=cfg.sampler_seed), pruner=make_pruner(cfg),
     )
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     log.info("study %s at %s: %d/%d trials complete", cfg.study, masked(url), done, cfg.n_trials)
@@ -168,22 +255,89 @@ def run_sweep(params: dict) -> pd.DataFrame:
     return summarize(study, cfg, params)
 
 
+def best_variant(study) -> dict[str, Any]:
+    """The best trial's overrides as a variant (sainit + TS-Align weight; not the sweep's short budget)."""
+    p = study.best_trial.params
+    return {"sainit": {"random": False, "source": p["source"], "pooling": p["pooling"], "rescale": p["rescale"],
+                       "levels": list(p["levels"])},
+            "tasks": {"tsalign": {"enabled": True, "weight": round(float(p.get("tsalign_weight", 1.0)), 4)}}}
+
+
 def summarize(study, cfg: SweepConfig, params: dict) -> pd.DataFrame:
+    """Trials table, importances, plots and the best params file under ``<results>/<DS>/sweep/``."""
+    import optuna
+    import yaml
+
+    maximize = OBJECTIVES[cfg.objective] == "maximize"
     df = study.trials_dataframe(attrs=("number", "value", "params", "state", "user_attrs"))
-    df = df[df["state"] == "COMPLETE"].drop(columns=["state"]).sort_values("value")
+    df = df.sort_values("value", ascending=not maximize, na_position="last")
+    done = df[df["state"] == "COMPLETE"]
     dest = Path(cfg.results) / cfg.dataset / "sweep"
-    best = study.best_trial
-    write_json(dest / "sweep.json", {
+    dest.mkdir(parents=True, exist_ok=True)
+    importances = {}
+    if len(done) >= 2:
+        try:
+            importances = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=cfg.sampler_seed))
+        except (RuntimeError, ValueError) as exc:  # e.g. every complete trial has the same value
+            log.warning("no parameter importances: %s", exc)
+        _plots(study, dest, importances)
+    best = study.best_trial if len(done) else None
+    variant = best_variant(study) if best else None
+    record = {
         "command": "tsrec sweep", "params_file": params.get("_path"), "study": cfg.study,
-        "objective": f"{cfg.objective} (minimise)",
-        "sweep": {**dataclasses.asdict(cfg), "storage": masked(storage_url(cfg))}, "best": {"number": best.number, "value": best.value, "params": best.params},
+        "objective": f"{cfg.objective} ({OBJECTIVES[cfg.objective]})",
+        "sweep": {**dataclasses.asdict(cfg), "storage": masked(storage_url(cfg))},
+        "states": df["state"].value_counts().to_dict(), "importances": importances,
+        "best": {"number": best.number, "value": best.value, "params": best.params, "variant": variant} if best else None,
         "trials": json.loads(df.to_json(orient="records")),
-    })
+    }
+    write_json(dest / "sweep.json", record)
+    if variant:
+        sets = [f"sainit.{k}={json.dumps(v) if isinstance(v, list) else str(v).lower() if isinstance(v, bool) else v}"
+                for k, v in variant["sainit"].items()] + [f"tasks.tsalign.weight={variant['tasks']['tsalign']['weight']}"]
+        with atomic_file(dest / "best.yaml") as fh:
+            fh.write(f"# best trial {best.number} of study {cfg.study}: {cfg.objective} = {best.value:.4f}\n"
+                     f"# as a variant: paste under `variants:` in params.yaml (train.variants: [..., sweep_best]);\n"
+                     f"# or on the defaults: dvc exp run " + " ".join(f"-S '{x}'" for x in sets) + "\n")
+            yaml.safe_dump({"sweep_best": variant}, fh, sort_keys=False)
     with atomic_file(dest / "sweep.md") as fh:
-        fh.write(f"# Sweep `{cfg.study}` on {cfg.dataset}\n\nObjective: {cfg.objective} (lower is better). "
-                 f"Produced by `tsrec sweep` with {params.get('_path')}; train overrides {cfg.train}.\n\n")
+        fh.write(f"# Sweep `{cfg.study}` on {cfg.dataset}\n\nObjective: {cfg.objective} "
+                 f"({'higher' if maximize else 'lower'} is better) on {cfg.eval_rows} seeded valid rows. Produced by "
+                 f"`tsrec sweep` with {params.get('_path')}; trial budget (train overrides) {cfg.train}; pruner "
+                 f"{dataclasses.asdict(cfg.pruner)}.\n\n")
+        if importances:
+            fh.write("Parameter importances (fANOVA): " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items())
+                     + "\n\n")
         fh.write(df.to_markdown(index=False, floatfmt=".4f") + "\n")
-    return df
+    return done
+
+
+def _plots(study, dest: Path, importances: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    ax = plot_optimization_history(study)
+    _save(ax.figure, dest / "history.png")
+    if importances:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        names = list(importances)[::-1]
+        ax.barh(names, [importances[n] for n in names])
+        ax.set_xlabel("fANOVA importance")
+        ax.set_title(f"{study.study_name}: parameter importances")
+        _save(fig, dest / "importance.png")
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_file(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
+    plt.close(fig)
 
 
 def add_arguments(p) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tsrec.data import rows_frame
+from tsrec.datasets import rows_frame
 from tsrec.io import atomic_dir, write_json
 
 WORDS = ("drill bit steel saw blade glove tape wire pen paper ink stapler folder clip lamp valve pump "

@@ -24,10 +24,10 @@ import zlib
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
-from tsrec.backbone import index_tokens
 from tsrec.config import section
-from tsrec.data import load_index, load_items, load_split
+from tsrec.datasets import load_index, load_items, load_split
 from tsrec.errors import TsrecError
+from tsrec.sids import index_tokens, sid_str
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +117,14 @@ class PromptsConfig:
 @dataclasses.dataclass
 class TasksConfig:
     seqrec: TaskParams = dataclasses.field(default_factory=TaskParams)
-    item2sid: TaskParams = dataclasses.field(default_factory=TaskParams)
-    sid2item: TaskParams = dataclasses.field(default_factory=TaskParams)
-    sid_hist2title: TaskParams = dataclasses.field(default_factory=TaskParams)
-    title_hist2sid: TaskParams = dataclasses.field(default_factory=TaskParams)
+    item2sid: TaskParams = dataclasses.field(default_factory=lambda: TaskParams(share=0.2))
+    sid2item: TaskParams = dataclasses.field(default_factory=lambda: TaskParams(share=0.2))
+    sid_hist2title: TaskParams = dataclasses.field(default_factory=lambda: TaskParams(share=0.1))
+    title_hist2sid: TaskParams = dataclasses.field(default_factory=lambda: TaskParams(share=0.1))
     tsalign: TaskParams = dataclasses.field(default_factory=TaskParams)
     max_len: int = 256          # tokens per example; longer prompts are cut from the left
-    title_words: int = 12       # titles are cut to this many words in prompts and responses (0 = whole title)
-    title_history: int = 5      # title_hist2sid shows the last N titles
+    title_words: int = 10       # titles are cut to this many words in prompts and responses (0 = whole title)
+    title_history: int = 3      # title_hist2sid shows the last N titles
     desc_words: int = 0         # TS-Align descriptions cut to N words (0 = whole description)
     item_pool: Literal["items", "distinct"] = "items"  # distinct: the authors' dicts (below)
     prompts: PromptsConfig = dataclasses.field(default_factory=PromptsConfig)
@@ -140,11 +140,6 @@ class TasksConfig:
 
 def tasks_config(params: dict) -> TasksConfig:
     return section(params, "tasks", TasksConfig)
-
-
-# ---------------------------------------------------------------- prompts
-def sid_str(tokens: Sequence[str]) -> str:
-    return "".join(tokens)
 
 
 def seqrec_prompt(history_sids: list[str], prompts: PromptsConfig | None = None,
@@ -251,9 +246,9 @@ def draw(task: Task, corpus: Corpus, share: float, seed: int) -> list[Pair]:
 # ---------------------------------------------------------------- inputs
 def load_descriptions(path: str | Path, tokens: list[str]) -> dict[str, str]:
     """token -> description from a keyword cache (authors' format); refuses missing tokens / empty descriptions."""
-    from tsrec.sainit import check_cache, load_cache
+    from tsrec.keyword_cache import check_cache, read_records
 
-    records = check_cache(load_cache(path), tokens, "description")
+    records = check_cache(read_records(path), tokens, "description")
     return {t: str(r["description"]).strip() for t, r in records.items()}
 
 

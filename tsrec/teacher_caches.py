@@ -11,8 +11,9 @@ import shlex
 import sys
 
 from tsrec.config import section
-from tsrec.data import DataConfig
-from tsrec.keywords import config, run_dataset
+from tsrec.datasets import DataConfig
+from tsrec.keyword_cache import keywords_config
+from tsrec.teaching import run_dataset
 
 
 def add_arguments(p) -> None:
@@ -20,7 +21,7 @@ def add_arguments(p) -> None:
 
 
 def run(args, params) -> None:
-    cfg = config(params)
+    cfg = keywords_config(params)
     command = "tsrec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     for ds in args.dataset or section(params, "data", DataConfig).datasets:
         optional = cfg.choice(ds, params.get("_path", "params.yaml")).optional

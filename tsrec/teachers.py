@@ -4,7 +4,7 @@ One class per backend, one interface (``Teacher``): ``settings()`` (hashed into 
 ``prepare(clusters, texts)`` (optional global fit) and ``ask(clusters, attempt)`` returning, per
 cluster, the raw answer text (LLM teachers), a ready dict (``ctfidf``) or None (no answer).
 ``parse_answer`` turns an answer into a validated ``{"keywords", "description"}`` or an error;
-retries and failure bookkeeping live in ``tsrec.keywords.generate``.
+retries and failure bookkeeping live in ``tsrec.teaching.generate``.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ class Teacher:
 @dataclasses.dataclass
 class HFConfig:
     model: str = "backbone"  # "backbone": the backbone stage's converted folder; or any tsrec.backbone spec
-    batch_size: int = 8
+    batch_size: int = 16
     max_new_tokens: int = 120
     temperature: float = 0.0  # first attempt; 0 = greedy
     retry_temperature: float = 0.8
@@ -161,10 +161,10 @@ class HFConfig:
     constrained: bool = True  # JSON-schema constrained decoding (lm-format-enforcer); False: prefill + stop at "}"
     max_keyword_chars: int = 32  # schema limits (constrained only): bound loops inside strings and lists
     max_desc_chars: int = 180
-    n_keywords: int = 10
-    desc_words: int = 50
-    sample_size: int = 8  # members shown (<= keywords.sample_size)
-    desc_chars: int = 160  # 0: titles only
+    n_keywords: int = 6
+    desc_words: int = 25
+    sample_size: int = 4  # members shown (<= keywords.sample_size)
+    desc_chars: int = 0    # 0: titles only
 
 
 # lm-format-enforcer parser settings: compact JSON (no whitespace runs), keywords before description

@@ -19,9 +19,9 @@ import random
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from tsrec.baselines.trainer import FitResult, Recommender, SeqData, TrainConfig, evaluate, fit, set_seed
-from tsrec.data import SID_PATTERN
+from tsrec.baselines.trainer import FitConfig, FitResult, Recommender, SeqData, evaluate, fit, set_seed
 from tsrec.decoding import SidTrie, seq2seq_beam_search
+from tsrec.sids import SID_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ class TigerConfig:
     ff_ratio: int = 4  # d_ff = ff_ratio * d_model when tuning varies the width (``baselines.tuning``)
     beams: int = 20  # beam width = number of SIDs returned (authors' protocol: 20)
     valid_beams: int = 20  # beam width for the early-stopping evaluation on valid
-    valid_rows: int = 0  # 0 = all valid rows for early stopping; N = the first N rows (recorded)
-    eval_batch: int = 64
+    valid_rows: int = 1000  # 0 = all valid rows for early stopping; N = the first N rows (recorded)
+    eval_batch: int = 128
     train: dict = dataclasses.field(default_factory=dict)  # overrides of baselines.train
 
     def validate(self) -> None:
@@ -75,7 +75,7 @@ class SidVocab:
 class TIGER(Recommender):
     unit = "sid"
 
-    def __init__(self, data: SeqData, seed: int, cfg: TigerConfig, train: TrainConfig):
+    def __init__(self, data: SeqData, seed: int, cfg: TigerConfig, train: FitConfig):
         super().__init__(data, seed)
         self.cfg, self.train_cfg = cfg, train
         self.vocab = SidVocab({i: data.index[i] for i in data.item_ids})

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tsrec.baselines.trainer import PAD, FitResult, Recommender, SeqData, TrainConfig, fit, set_seed
+from tsrec.baselines.trainer import PAD, FitConfig, FitResult, Recommender, SeqData, fit, set_seed
 
 
 @dataclasses.dataclass
@@ -286,7 +286,7 @@ NETS = {"sasrec": SASRec, "hstu": HSTU, "gru4rec": GRU4Rec, "caser": Caser}
 class IDRecommender(Recommender):
     """Wraps one of NETS: trained by the shared ``fit`` loop, full softmax CE, ranks all items."""
 
-    def __init__(self, data: SeqData, seed: int, net: str, cfg: SeqModelConfig, train: TrainConfig):
+    def __init__(self, data: SeqData, seed: int, net: str, cfg: SeqModelConfig, train: FitConfig):
         super().__init__(data, seed)
         set_seed(seed)
         self.net = NETS[net](data.n_items, data.max_len, cfg)

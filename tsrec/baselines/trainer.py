@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from tsrec.data import load_index, load_items, load_split
+from tsrec.datasets import load_index, load_items, load_split
 from tsrec.errors import TsrecError
 from tsrec.metrics import ITEM_PREFIX, both_levels, ranks
 
@@ -46,7 +46,7 @@ VALID_METRIC = "NDCG@10"  # SID level (top-level key), the same rule for every m
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class FitConfig:
     """Optimiser and early stopping, shared by every learned baseline (each may override per model)."""
 
     batch_size: int = 256
@@ -219,7 +219,7 @@ class FitResult:
     curve: list[dict]
 
 
-def fit(model: torch.nn.Module, cfg: TrainConfig, epoch_batches: Callable[[random.Random], Iterator],
+def fit(model: torch.nn.Module, cfg: FitConfig, epoch_batches: Callable[[random.Random], Iterator],
         loss_fn: Callable[[tuple], torch.Tensor], valid_eval: Callable[[], dict[str, float]], seed: int,
         desc: str = "train") -> FitResult:
     """The one training loop: AdamW, early stopping on ``valid_eval()[VALID_METRIC]`` (SID-level valid

@@ -1,0 +1,82 @@
+"""params.yaml is the single source of truth: every config field is in it, and the code defaults (which
+library callers and tests get) equal it, so nothing a stage reads can drift from the file."""
+
+import dataclasses
+import importlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tsrec.config import SECTIONS, load_params
+from tsrec.errors import ParamError
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+# section -> its typed config; the sections without one hold no defaults (seed: int, variants: overrides,
+# repro: the make repro list)
+CONFIGS = {
+    "data": "tsrec.data:DataConfig", "raw": "tsrec.raw:RawConfig", "report": "tsrec.report:ReportConfig",
+    "embed": "tsrec.embed:EmbedConfig", "backbone": "tsrec.backbone:BackboneConfig",
+    "sainit": "tsrec.sainit:SAInitConfig", "tasks": "tsrec.tasks:TasksConfig", "train": "tsrec.runs:TrainConfig",
+    "baselines": "tsrec.baseline:BaselinesConfig", "sweep": "tsrec.sweep:SweepConfig",
+    "evaluate": "tsrec.evaluate:EvaluateConfig", "codebook": "tsrec.codebook:CodebookConfig",
+    "keywords": "tsrec.keyword_cache:KeywordsConfig", "rl": "tsrec.rl:RLConfig",
+}
+UNTYPED = {"seed", "variants", "repro"}
+
+
+def config_class(spec: str):
+    mod, name = spec.split(":")
+    return getattr(importlib.import_module(mod), name)
+
+
+def drift(code, params, where: str) -> list[str]:
+    """Where the code default ``code`` and the params value disagree, or params lacks a key the code reads."""
+    if isinstance(code, dict):
+        if not isinstance(params, dict):
+            return [f"{where}: params has {params!r}, code reads a mapping"]
+        out = []
+        for key, value in code.items():
+            if key not in params:
+                out.append(f"{where}.{key}: read by the code, missing from params.yaml")
+            else:
+                out += drift(value, params[key], f"{where}.{key}")
+        return out
+    if isinstance(code, (list, tuple)) and isinstance(params, (list, tuple)):
+        code, params = list(code), list(params)
+    return [] if code == params else [f"{where}: code default {code!r} != params.yaml {params!r}"]
+
+
+def test_every_section_is_typed_or_listed():
+    assert set(SECTIONS) == set(CONFIGS) | UNTYPED
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_code_defaults_equal_params_yaml(name):
+    defaults = dataclasses.asdict(config_class(CONFIGS[name])())
+    assert drift(defaults, PARAMS.get(name), name) == []
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_params_yaml_section_parses_with_no_unknown_key(name):
+    from tsrec.config import from_dict
+
+    from_dict(config_class(CONFIGS[name]), PARAMS[name], name, "params.yaml")
+
+
+def test_drift_is_detected():
+    assert drift({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}}, "s") == ["s.b.c: code default 2 != params.yaml 3"]
+    assert drift({"a": 1}, {}, "s") == ["s.a: read by the code, missing from params.yaml"]
+
+
+def test_seed_has_no_fallback(tmp_path):
+    from tsrec.config import global_seed
+
+    p = tmp_path / "params.yaml"
+    p.write_text("data: {datasets: [X]}\n")
+    with pytest.raises(ParamError, match="seed"):
+        global_seed(load_params(p))
+    p.write_text("seed: 7\n")
+    assert global_seed(load_params(p)) == 7
