@@ -160,7 +160,7 @@ def test_paired_comparison():
         paired(a, b.iloc[:100])
 
 
-def test_cli_paired(tmp_path, capsys):
+def test_cli_paired(tmp_path, capsys, monkeypatch):
     runs = {("x", 1): [0, 1, -1, 3], ("y", 1): [-1, 1, -1, 12], ("x", 2): [0, 1, -1, 3], ("y", 3): [0, 0, 0, 0]}
     for (v, seed), ranks in runs.items():
         d = tmp_path / "results/DS" / v / f"seed{seed}"
@@ -177,6 +177,10 @@ def test_cli_paired(tmp_path, capsys):
     assert out["a"] == "x" and out["b"] == "y" and out["rows"] == 4 and out["HR@10_only_a"] == 2
     assert out["seeds"] == [[1, 1]] and out["pairs"] == 1
     assert "--other y" in out["command"]
+    # without --params it reads ./params.yaml (its seed seeds the bootstrap), like a stage
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    assert main(["paired", "--dataset", "DS", "--variant", "x", "--other", "y", "--results", "results"]) == 0
     # no common seed on either side and more than one run: nothing to pair
     assert main(["--params", str(params), "paired", "--dataset", "DS", "--variant", "x", "--other", "y",
                  "--seed", "2", "--results", str(tmp_path / "results")]) == 2

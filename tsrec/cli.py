@@ -30,6 +30,7 @@ STAGES = {
     "migrate-seed-layout": ("tsrec.migrate", "move runs made before per-seed folders into seed<N>/ (no retraining)"),
 }
 NOT_STAGES = {"paired", "check", "migrate-seed-layout"}  # commands run by hand around `dvc repro`, not pipeline stages
+NO_PARAMS = {"check", "migrate-seed-layout"}  # they run wherever the results are, params.yaml or not
 
 log = logging.getLogger("tsrec")
 
@@ -64,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from tsrec.config import load_params
 
     try:
-        # a checking command reads no params: it runs wherever the results are, params.yaml or not
-        params = {} if args.stage in NOT_STAGES and args.params is None else load_params(args.params)
+        params = {} if args.stage in NO_PARAMS and args.params is None else load_params(args.params)
         args._module.run(args, params)
     except TsrecError as exc:
         log.error("%s", exc)
