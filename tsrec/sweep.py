@@ -172,7 +172,7 @@ def score_valid(params: dict, cfg: SweepConfig, run_dir: Path) -> dict[str, floa
     from tsrec.config import global_seed
     from tsrec.datasets import DataConfig, load_index, load_split
     from tsrec.decoding import SidTrie
-    from tsrec.io import atomic_file
+    from tsrec.layout import write_row_ranks
     from tsrec.precision import resolve
     from tsrec.runs import load_trained
     from tsrec.scoring import evaluate_rows, run_index, run_prompts, select_rows
@@ -187,8 +187,7 @@ def score_valid(params: dict, cfg: SweepConfig, run_dir: Path) -> dict[str, floa
         model, tokenizer, SidTrie.from_index(index, tokenizer, suffix=prompts.eos_suffix), index, rows,
         lambda history: seqrec_prompt(history, prompts, "seqrec"), encode_prompt, beams=cfg.eval_beams,
         batch_size=cfg.eval_batch, desc=f"sweep valid {run_dir.name}", precision=resolve("auto", "cpu"))
-    with atomic_file(run_dir / "valid_ranks.parquet", "wb") as fh:
-        ranks.to_parquet(fh, index=False)
+    write_row_ranks(run_dir / "valid_ranks.parquet", ranks)
     return summary["metrics"]
 
 
