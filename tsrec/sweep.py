@@ -166,9 +166,9 @@ def pruning_callback(trial, maximize: bool):
     return Report()
 
 
-def score_valid(params: dict, cfg: SweepConfig, run_dir: Path) -> dict[str, float]:
+def score_valid(params: dict, cfg: SweepConfig, run_dir: Path, ranks_file: Path | None = None) -> dict[str, float]:
     """HR@K / NDCG@K of a trial's model on the fixed seeded valid subsample (constrained beam search); the row
-    ranks go to ``<run_dir>/valid_ranks.parquet`` (trials can be compared row by row)."""
+    ranks go to ``ranks_file`` (default ``<run_dir>/valid_ranks.parquet``: trials can be compared row by row)."""
     from tsrec.config import global_seed
     from tsrec.datasets import DataConfig, load_index, load_split
     from tsrec.decoding import SidTrie
@@ -188,7 +188,7 @@ def score_valid(params: dict, cfg: SweepConfig, run_dir: Path) -> dict[str, floa
         model, tokenizer, SidTrie.from_index(index, tokenizer, suffix=prompts.eos_suffix), index, rows,
         lambda history: seqrec_prompt(history, prompts, "seqrec"), encode_prompt, beams=cfg.eval_beams,
         batch_size=cfg.eval_batch, desc=f"sweep valid {run_dir.name}", precision=resolve("auto", device))
-    write_row_ranks(run_dir / "valid_ranks.parquet", ranks)
+    write_row_ranks(ranks_file or run_dir / "valid_ranks.parquet", ranks)
     return summary["metrics"]
 
 
