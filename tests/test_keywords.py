@@ -367,6 +367,21 @@ def test_stage_ctfidf_writes_authors_format(tiny_dataset, tmp_path, monkeypatch)
     assert (tmp_path / "res" / "coherence.md").read_text().count("| tiny | ctfidf |") == 1
 
 
+def test_stage_output_is_identical_when_the_journal_answers(tiny_dataset, tmp_path, monkeypatch):
+    """A rerun served from the journal writes the same DVC output (train depends on it); only the results
+    file tells the runs apart (generated vs cached)."""
+    monkeypatch.delenv("TSREC_MIRROR", raising=False)
+    params = _params(tmp_path, tiny_dataset, tmp_path)
+    out = cache_path(params, "tiny").parent
+    first = run_dataset(params, "tiny", ["ctfidf"], encode=fake_encode, command="tsrec keywords")
+    files = {f.name: f.read_bytes() for f in out.iterdir()}
+    second = run_dataset(params, "tiny", ["ctfidf"], encode=fake_encode, command="tsrec keywords")
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == files
+    tokens = first["teachers"]["ctfidf"]["tokens"]
+    assert first["teachers"]["ctfidf"]["generated_this_run"] == second["teachers"]["ctfidf"]["cached"] == tokens
+    assert "cached" not in json.loads((out / "report.json").read_text())["teachers"]["ctfidf"]
+
+
 def _authors_mirror(tmp_path, tiny_dataset, drop=None, add=None):
     import hashlib
 

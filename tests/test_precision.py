@@ -25,3 +25,22 @@ def test_autocast_runs_matmuls_in_bf16_only_when_asked():
 def test_unknown_precision_refused():
     with pytest.raises(ValueError, match="precision"):
         precision.resolve("fp16")
+
+
+def test_device_auto_follows_cuda_and_bad_devices_are_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert precision.resolve_device("auto") == "cpu"
+    assert precision.resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="sees no CUDA device"):
+        precision.resolve_device("cuda:0")
+    with pytest.raises(ValueError, match="auto, cpu, cuda"):
+        precision.resolve_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert precision.resolve_device("auto") == "cuda"
+
+
+def test_evaluate_config_refuses_an_unknown_device():
+    from tsrec.scoring import EvaluateConfig
+
+    with pytest.raises(ValueError, match="device must be"):
+        EvaluateConfig(device="gpu0").validate()

@@ -15,8 +15,8 @@ Protocol of one (dataset, model) run (``run_model``):
      (``ci95``: half-widths). Deterministic models (Pop, Transition) run once (one seed file). Both are
      ``dvc metrics`` files holding numbers only (``tsrec.metrics.write_metrics``); beside each, its run
      record ``<name>.run.json`` (``tsrec.metrics.run_path``): command, params, chosen config, learning curve,
-     stopping reason, every config tried, git commit (``read_with_run`` merges the two). Beside each seed
-     file, ``seed<N>.ranks.parquet``: row, target, SID-level rank of every test row (paired tests in
+     stopping reason, every config tried (``read_with_run`` merges the two; the code version is dvc.lock's).
+     Beside each seed file, ``seed<N>.ranks.parquet``: row, target, SID-level rank of every test row (paired tests in
      ``tsrec report``).
 Metric keys everywhere: top-level ``HR@K`` / ``NDCG@K`` = SID level, ``item/HR@K`` / ``item/NDCG@K`` = item level
 (``tsrec.metrics``). ``tsrec baseline --table`` / ``tsrec report`` write ``results/baselines.md``.
@@ -28,7 +28,6 @@ import dataclasses
 import itertools
 import json
 import logging
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -164,13 +163,6 @@ def build(model: str, data: SeqData, cfg: BaselinesConfig, knobs: dict, seed: in
     return TIGER(data, seed, model_cfg, train_cfg)
 
 
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def _train(model: str, data: SeqData, cfg: BaselinesConfig, knobs: dict, seed: int, topk: int):
     """Build and fit one config; returns (recommender, fit entry for the record)."""
     t0 = time.monotonic()
@@ -198,7 +190,6 @@ def run_model(cfg: BaselinesConfig, params: dict, ds: str, model: str, *, comman
     seeds = list(seeds or cfg.seeds)
     if model in DETERMINISTIC:
         seeds, configs = seeds[:1], None  # no randomness, no knobs: one run stands for every seed
-    commit = _git_commit()  # the code that runs (taken before training, not after)
     data_dir = Path(cfg.data) / ds
     if not (data_dir / "train.parquet").is_file():
         raise TsrecError(f"no canonical data for {ds} (run `tsrec data --dataset {ds}`)", file=data_dir)
@@ -260,7 +251,7 @@ def run_model(cfg: BaselinesConfig, params: dict, ds: str, model: str, *, comman
                      "test": len(test_ranks["sid"])},
             "n_items": data.n_items, "n_sids": len(data.gran.sid_items),
             "sid_index": str(data.index_file), "max_rows": max_rows,
-            "torch_threads": torch.get_num_threads(), "git_commit": commit,
+            "torch_threads": torch.get_num_threads(),
         })
     return records, summarise(records, command), row_ranks
 
@@ -286,7 +277,7 @@ def summarise(records: list[dict], command: str) -> dict:
         "epochs": [r["epochs"] for r in records], "stopped": [r["stopped"] for r in records],
         "train_time_s": [r["train_time_s"] for r in records],
         "tuning_wall_s": round(sum(e["wall_s"] for e in first["tuning"]["configs"]), 1),
-        "max_rows": first["max_rows"], "command": command, "git_commit": first["git_commit"],
+        "max_rows": first["max_rows"], "command": command,
     })
     return out
 

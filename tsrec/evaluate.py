@@ -35,6 +35,7 @@ from tsrec.io import atomic_dir, sha256_file
 from tsrec.layout import eval_dir as eval_folder
 from tsrec.layout import results_dir, split_suffix, write_row_ranks
 from tsrec.precision import resolve as resolve_precision
+from tsrec.precision import resolve_device
 from tsrec.scoring import (
     METRIC_COUNTS,
     EvaluateConfig,
@@ -98,8 +99,9 @@ def run(args, params) -> None:
     ds, variant = args.dataset, args.variant
     suffix = split_suffix(cfg.split)
     data_dir = Path(args.data_dir or Path((params.get("data") or {}).get("out", "data")) / ds)
+    device = resolve_device(cfg.device)
     if args.model_dir:
-        model, tokenizer, meta = load_plain(Path(args.model_dir))
+        model, tokenizer, meta = load_plain(Path(args.model_dir), device)
         source = {"kind": "plain_model_UNTRAINED_or_external", "path": args.model_dir}
         index_file = Path(args.index) if args.index else data_dir / "sid_index.json"
     else:
@@ -110,7 +112,7 @@ def run(args, params) -> None:
         if not run_dir.is_dir():
             raise TsrecError("trained run folder not found (run `tsrec train` or pass --run-dir)", file=run_dir)
         index_file = Path(args.index) if args.index else run_index(params, ds, run_dir)
-        model, tokenizer, meta = load_trained(run_dir, index_path=index_file)  # refuses another index
+        model, tokenizer, meta = load_trained(run_dir, index_path=index_file, device=device)  # refuses another index
         source = {"kind": "trained_run", "path": str(run_dir)}
     index = load_index(index_file)
     prompts = run_prompts(params, meta)
@@ -135,7 +137,7 @@ def run(args, params) -> None:
     def prompt_fn(history: list[str]) -> list[str]:
         return seqrec_prompt(history, prompts, kind)
 
-    precision = resolve_precision(cfg.precision, next(model.parameters()).device.type)
+    precision = resolve_precision(cfg.precision, device)
     ranks_df, summary = evaluate_rows(model, tokenizer, trie, index, rows, prompt_fn, encode, beams=cfg.beams,
                                       batch_size=cfg.batch_size, desc=f"evaluate {ds}/{variant}",
                                       precision=precision)
@@ -160,7 +162,7 @@ def run(args, params) -> None:
         "model": {"source": source, "meta": meta},
         "index": {"path": str(index_file), "sha256": sha256_file(index_file), "items": len(index), "sids": len(trie),
                   "items_sharing_a_sid": sum(len(v) for v in trie.items if len(v) > 1)},
-        "torch_threads": torch.get_num_threads(), "host": platform.machine(),
+        "device": device, "torch_threads": torch.get_num_threads(), "host": platform.machine(),
         "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
                 if k in os.environ},
         "command": command_line(args, params),

@@ -1,4 +1,5 @@
-"""Compute precision of the LLM stages: ``auto | fp32 | bf16`` (params ``train.precision``, ``evaluate.precision``).
+"""Compute precision and device of the LLM stages: precision ``auto | fp32 | bf16`` (params ``train.precision``,
+``evaluate.precision``), scoring device ``auto | cpu | cuda[:N]`` (``evaluate.device``; training follows HF Trainer).
 
 bf16 means autocast on the CPU (or GPU): weights, master copy and optimizer state stay fp32; matmuls run in
 bf16. ``auto`` picks bf16 only where the hardware has native bf16 arithmetic (x86 ``avx512_bf16`` /
@@ -18,6 +19,7 @@ import torch
 log = logging.getLogger(__name__)
 
 Precision = Literal["auto", "fp32", "bf16"]
+Device = str  # auto | cpu | cuda | cuda:N
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
@@ -59,3 +61,18 @@ def autocast(resolved: str, device: str = "cpu"):
     if resolved == "bf16":
         return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def resolve_device(device: Device = "auto") -> str:
+    """``auto`` -> ``cuda`` where torch sees a CUDA device, else ``cpu``; an explicit CUDA device must exist."""
+    if device == "auto":
+        resolved = "cuda" if torch.cuda.is_available() else "cpu"
+        log.info("device auto -> %s", resolved)
+        return resolved
+    if device == "cpu":
+        return device
+    if not device.startswith("cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but torch sees no CUDA device")
+    return device

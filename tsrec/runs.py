@@ -144,8 +144,9 @@ def save_final(model, tokenizer, meta: dict, final: Path) -> None:
 
 
 def load_trained(run_dir: str | Path, *, index_path: str | Path | None = None,
-                 backbone: str | Path | None = None):
-    """(model, tokenizer, meta) of ``<run_dir>/final``; refuses a model trained on another index/backbone."""
+                 backbone: str | Path | None = None, device: str = "cpu"):
+    """(model, tokenizer, meta) of ``<run_dir>/final`` (fp32 weights on ``device``); refuses a model trained on
+    another index/backbone."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     final = Path(run_dir) / "final"
@@ -167,6 +168,6 @@ def load_trained(run_dir: str | Path, *, index_path: str | Path | None = None,
         missing = [t for t in index_tokens(load_index(Path(index_path))) if t not in tokenizer.get_vocab()]
         if missing:
             raise TsrecError(f"tokenizer lacks SID tokens {missing[:10]}", file=final)
-    model = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32).to(device)
     model.eval()
     return model, tokenizer, meta

@@ -37,6 +37,7 @@ class EvaluateConfig:
     batch_size: int = 8             # prompts per beam-search batch (each holds `beams` rows while decoding)
     subsample: int | None = None    # evaluate a fixed seeded random subsample of this many rows (None: all)
     threads: int | None = None      # torch intra-op threads (None: torch default)
+    device: str = "auto"            # auto | cpu | cuda | cuda:N (auto: CUDA where torch sees it, else cpu)
     precision: Precision = "auto"   # auto: bf16 autocast where the hardware has native bf16, else fp32
     prompt: Literal["train", "paraphrase"] = "train"  # paraphrase: the run's tasks.prompts.paraphrase (authors')
 
@@ -47,6 +48,8 @@ class EvaluateConfig:
             raise ValueError(f"beams must be >= {max(metrics.KS)} to report HR@{max(metrics.KS)}")
         if self.subsample is not None and self.subsample < 1:
             raise ValueError("subsample must be >= 1 or null")
+        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 def select_rows(n: int, subsample: int | None, seed: int) -> np.ndarray:
@@ -104,14 +107,14 @@ def evaluate_rows(model, tokenizer, trie: SidTrie, index: dict[int, list[str]], 
 
 
 # ---------------------------------------------------------------- model / index / prompt plumbing
-def load_plain(model_dir: Path):
+def load_plain(model_dir: Path, device: str = "cpu"):
     """(model, tokenizer, meta) of a plain HF folder, e.g. an UNTRAINED backbone with SID tokens added."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (model_dir / "config.json").is_file():
         raise TsrecError("not a Hugging Face model folder (no config.json)", file=model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     return model.eval(), tok, {"plain_model_dir": str(model_dir), "trained": False}
 
 

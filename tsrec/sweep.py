@@ -166,28 +166,29 @@ def pruning_callback(trial, maximize: bool):
     return Report()
 
 
-def score_valid(params: dict, cfg: SweepConfig, run_dir: Path) -> dict[str, float]:
+def score_valid(params: dict, cfg: SweepConfig, run_dir: Path, ranks_file: Path | None = None) -> dict[str, float]:
     """HR@K / NDCG@K of a trial's model on the fixed seeded valid subsample (constrained beam search); the row
-    ranks go to ``<run_dir>/valid_ranks.parquet`` (trials can be compared row by row)."""
+    ranks go to ``ranks_file`` (default ``<run_dir>/valid_ranks.parquet``: trials can be compared row by row)."""
     from tsrec.config import global_seed
     from tsrec.datasets import DataConfig, load_index, load_split
     from tsrec.decoding import SidTrie
     from tsrec.layout import write_row_ranks
-    from tsrec.precision import resolve
+    from tsrec.precision import resolve, resolve_device
     from tsrec.runs import load_trained
     from tsrec.scoring import evaluate_rows, run_index, run_prompts, select_rows
     from tsrec.tasks import encode_prompt, seqrec_prompt
 
     index_file = run_index(params, cfg.dataset, run_dir)
-    model, tokenizer, meta = load_trained(run_dir, index_path=index_file)
+    device = resolve_device("auto")  # the trial was trained where HF Trainer put it: score it there too
+    model, tokenizer, meta = load_trained(run_dir, index_path=index_file, device=device)
     index, prompts = load_index(index_file), run_prompts(params, meta)
     split = load_split(Path(section(params, "data", DataConfig).out) / cfg.dataset, "valid")
     rows = split.iloc[select_rows(len(split), cfg.eval_rows, global_seed(params))]
     ranks, summary = evaluate_rows(
         model, tokenizer, SidTrie.from_index(index, tokenizer, suffix=prompts.eos_suffix), index, rows,
         lambda history: seqrec_prompt(history, prompts, "seqrec"), encode_prompt, beams=cfg.eval_beams,
-        batch_size=cfg.eval_batch, desc=f"sweep valid {run_dir.name}", precision=resolve("auto", "cpu"))
-    write_row_ranks(run_dir / "valid_ranks.parquet", ranks)
+        batch_size=cfg.eval_batch, desc=f"sweep valid {run_dir.name}", precision=resolve("auto", device))
+    write_row_ranks(ranks_file or run_dir / "valid_ranks.parquet", ranks)
     return summary["metrics"]
 
 

@@ -283,6 +283,10 @@ def write_table(results_dir: Path) -> Path:
     return path
 
 
+# what one run did (cache hits, new generations, teacher time): results/keywords only, never report.json
+RUN_HISTORY = ("failed_this_run", "generated_this_run", "cached", "teacher_seconds_total", "seconds_per_token")
+
+
 def run_dataset(params: dict, ds: str, teachers: Sequence[str], limit: int | None = None,
                 encode: Callable | None = None, command: str | None = None, optional: bool = False) -> dict[str, Any]:
     cfg = keywords_config(params)
@@ -328,7 +332,10 @@ def run_dataset(params: dict, ds: str, teachers: Sequence[str], limit: int | Non
         log.info("%s %s coherence: keywords %s", ds, name, coh["keywords"])
     if limit is None:
         write_results(res_file, results)
-        write_json(out_dir(params, ds, optional) / "report.json", results)
+        # the DVC output that train depends on: without the run's counters and timings (results file only)
+        stable = {t: {k: v for k, v in r.items() if k not in RUN_HISTORY} for t, r in results["teachers"].items()}
+        report = dict(sorted({**results, "teachers": stable}.items()))  # key order: not the results file's
+        write_json(out_dir(params, ds, optional) / "report.json", report)
         write_table(res_file.parent)
     if failures and limit is None:
         summary = "; ".join(f"{t}: {len(m)} tokens ({', '.join(m[:8])}{' ...' if len(m) > 8 else ''})"
