@@ -39,7 +39,12 @@ def _killed_then_resumed(root: Path, params: dict, where: str, name: str) -> tup
 
 
 def _assert_identical(root: Path, out: Path, full: dict, resumed: dict) -> None:
-    assert (out / "final/model.safetensors").read_bytes() == (root / "full/final/model.safetensors").read_bytes()
+    """final/ (the DVC output later stages hash) byte for byte, meta included, and every logged loss."""
+    files = sorted(p.name for p in (root / "full/final").iterdir())
+    assert "model.safetensors" in files and "tsrec_meta.json" in files
+    assert sorted(p.name for p in (out / "final").iterdir()) == files
+    for name in files:
+        assert (out / "final" / name).read_bytes() == (root / "full/final" / name).read_bytes(), name
     for name in ("train.csv", "valid.csv"):  # every logged train loss and valid loss
         assert (out / "plots" / name).read_text() == (root / "full/plots" / name).read_text()
     for k in ("steps", "best_eval_loss", "best_checkpoint", "stopped_early"):

@@ -133,14 +133,31 @@ def run_dir(params: dict, ds: str, variant: str, seed: int | None = None) -> Pat
     return train_run_dir(section(params, "train", TrainConfig).out, ds, variant, seed)
 
 
+# Run history in a meta's "train" / "rl" section: timings, throughput, threads, the resume point and what HF
+# averages over this session's steps only (train_loss). Two runs that end with the same weights differ in them,
+# so final/ (a DVC output that evaluate and rl hash) leaves them out; the results' train_summary.json /
+# rl_summary.json keep them.
+RUN_HISTORY = frozenset({
+    "wall_s", "eval_s", "tokens_seen", "tokens_per_s", "train_tokens_per_s", "resumed_from", "train_loss",  # train
+    "session_wall_s", "rollout_s", "rollout_cpu_s", "update_s", "update_cpu_s", "rollout_tokens_per_s",  # rl
+    "update_tokens_per_s", "rollout_prompts_per_s", "s_per_step", "cpu_s_per_step", "torch_threads"})
+
+
+def stable_meta(meta: dict) -> dict:
+    """``meta`` without the run history (``RUN_HISTORY``) of its train / rl sections."""
+    return {k: {kk: vv for kk, vv in v.items() if kk not in RUN_HISTORY} if k in ("train", "rl") else v
+            for k, v in meta.items()}
+
+
 def save_final(model, tokenizer, meta: dict, final: Path) -> None:
-    """Merge LoRA (if any) into a plain model and write it with the tokenizer and meta, atomically."""
+    """Merge LoRA (if any) into a plain model and write it with the tokenizer and the meta (less its run
+    history: ``stable_meta``), atomically."""
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     with atomic_dir(final) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        write_json(tmp / META, meta)
+        write_json(tmp / META, stable_meta(meta))
 
 
 def load_trained(run_dir: str | Path, *, index_path: str | Path | None = None,
