@@ -63,16 +63,21 @@ def autocast(resolved: str, device: str = "cpu"):
     return contextlib.nullcontext()
 
 
+def check_device(device: Device) -> Device:
+    """``device`` if it names a device kind this project runs on, else ValueError (config validation)."""
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return device
+
+
 def resolve_device(device: Device = "auto") -> str:
     """``auto`` -> ``cuda`` where torch sees a CUDA device, else ``cpu``; an explicit CUDA device must exist."""
     if device == "auto":
         resolved = "cuda" if torch.cuda.is_available() else "cpu"
         log.info("device auto -> %s", resolved)
         return resolved
-    if device == "cpu":
+    if check_device(device) == "cpu":
         return device
-    if not device.startswith("cuda"):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
     if not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but torch sees no CUDA device")
     return device

@@ -22,7 +22,7 @@ from tsrec import metrics
 from tsrec.decoding import SidTrie, search_batches
 from tsrec.errors import TsrecError
 from tsrec.io import sha256_file
-from tsrec.precision import Precision, autocast
+from tsrec.precision import Precision, autocast, check_device
 from tsrec.sids import sid_str
 
 # counts and timings of evaluate_rows' summary that go to the metrics file (the rest: the run record)
@@ -48,8 +48,7 @@ class EvaluateConfig:
             raise ValueError(f"beams must be >= {max(metrics.KS)} to report HR@{max(metrics.KS)}")
         if self.subsample is not None and self.subsample < 1:
             raise ValueError("subsample must be >= 1 or null")
-        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_device(self.device)
 
 
 def select_rows(n: int, subsample: int | None, seed: int) -> np.ndarray:
