@@ -37,10 +37,11 @@ tables: setup
 	$(DVC) repro --single-item report
 
 # TS-Rec and its ablations: train + evaluate every run of the matrix in params.yaml (train.datasets x
-# train.variants x train.seeds; runs already made are skipped), then the tables and plots. Resumable: DVC
+# train.variants x train.seeds) and of train.extra (the SA-Init depth and teacher ablations; runs already made
+# are skipped), then the tables and plots. Resumable: DVC
 # records each stage as it finishes. `git add -A results dvc.lock` afterwards.
 ablations: setup
-	$(DVC) repro evaluate
+	$(DVC) repro evaluate evaluate_extra
 	$(DVC) repro --single-item report  # its deps (results/) would pull in the sweep and the optional teachers
 
 # GRPO after SFT (dvc stage rl: train.datasets x rl.variants x train.seeds, ~30 min per run on 2 cores) and

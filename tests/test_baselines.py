@@ -29,7 +29,7 @@ def tiny_params(data_root, **extra) -> dict:
         "seed": 0,
         "data": {"out": str(data_root)},
         "baselines": {
-            "data": str(data_root), "max_len": 10, "topk": 20, "threads": 1, "train": FAST, "seeds": [0],
+            "data": str(data_root), "work": str(Path(data_root) / "work"), "max_len": 10, "topk": 20, "threads": 1, "train": FAST, "seeds": [0],
             "sasrec": {"hidden": 16, "layers": 1, "heads": 2}, "gru4rec": {"hidden": 16},
             "caser": {"hidden": 16, "n_v": 2, "n_h": 4}, "hstu": {"hidden": 16, "layers": 1, "heads": 2},
             "tiger": {"d_model": 16, "d_ff": 32, "layers": 1, "heads": 2, "beams": 20, "valid_beams": 20,
@@ -259,6 +259,81 @@ def test_cli_learned_model_one_file_per_seed_with_t_interval(tiny_dataset, tmp_p
     assert math.isclose(summary["NDCG@10"], mean)
     assert math.isclose(summary["ci95"]["NDCG@10"], 4.302652729911275 * sd / math.sqrt(3))  # t(0.975, 2 dof)
     assert summary["seeds"] == [5, 6, 7] and summary["n_runs"] == 3
+
+
+def test_killed_stage_resumes_from_its_finished_fits(tiny_dataset, tmp_path, monkeypatch):
+    """A stage killed during its third fit reruns only that fit, and writes what an uninterrupted run writes."""
+    from tsrec.baselines.sequential import IDRecommender
+    from tsrec.cli import main
+
+    def stage(name: str) -> tuple[list[str], Path, Path]:
+        params = tiny_params(tiny_dataset.parent, seeds=[5, 6], work=str(tmp_path / name / "work"),
+                             tuning={"lr": [0.001, 0.01], "dropout": [0.1], "width": [16]})
+        params["data"] = {"datasets": ["tiny"], "out": str(tiny_dataset.parent)}
+        pfile = tmp_path / f"{name}.yaml"
+        pfile.write_text(yaml.safe_dump(params))
+        out = tmp_path / name / "results"
+        return (["--params", str(pfile), "baseline", "--model", "gru4rec", "--dataset", "tiny", "--out", str(out)],
+                out / "tiny" / "baselines", tmp_path / name / "work" / "tiny" / "baselines" / "gru4rec" / "fits")
+
+    fits_run, real_fit = [], IDRecommender.fit
+
+    def counted_fit(self):
+        fits_run.append((self.seed, self.train_cfg.lr))
+        if kill_at and len(fits_run) == kill_at:
+            raise KeyboardInterrupt("killed")
+        return real_fit(self)
+
+    monkeypatch.setattr(IDRecommender, "fit", counted_fit)
+    kill_at = 0
+    args, ref_out, ref_fits = stage("ref")
+    assert main(args) == 0 and len(fits_run) == 3  # 2 tuning configs (seed 5) + the chosen one with seed 6
+    assert not ref_fits.exists()  # removed once the results are written
+
+    fits_run.clear()
+    kill_at = 3
+    args, out, fits = stage("killed")
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    assert len(list(fits.glob("*.pt"))) == 2 and not (out / "gru4rec.json").exists()
+    fits_run.clear()
+    kill_at = 0
+    assert main(args) == 0
+    assert [s for s, _ in fits_run] == [6]  # only the fit cut by the kill runs again
+    assert not fits.exists()
+    for seed in (5, 6):
+        got, want = (read_with_run(o / "gru4rec" / f"seed{seed}.json") for o in (out, ref_out))
+        for key in ("NDCG@10", "HR@10", "item/NDCG@10", "valid", "epochs", "best_epoch", "curve", "config"):
+            assert got[key] == want[key], key
+        timeless = [[{k: v for k, v in c.items() if k not in ("wall_s", "train_time_s")} for c in r["tuning"]["configs"]]
+                    for r in (got, want)]
+        assert timeless[0] == timeless[1]
+        assert pd.read_parquet(out / "gru4rec" / f"seed{seed}.ranks.parquet").equals(
+            pd.read_parquet(ref_out / "gru4rec" / f"seed{seed}.ranks.parquet"))
+
+
+def test_fit_store_reuses_a_fit_only_for_the_same_settings_inputs_and_code(tiny_dataset, tmp_path):
+    from tsrec.baseline import FitStore, _train
+
+    cfg = cfg_of(tiny_params(tiny_dataset.parent))
+    data = SeqData(tiny_dataset, 10)
+    store = FitStore(tmp_path / "fits", data, "gru4rec", cfg, None)
+    knobs = {"lr": 0.001, "dropout": 0.1, "width": 16}
+    rec, entry = _train("gru4rec", data, cfg, knobs, 0, 20, store)
+    again, loaded = _train("gru4rec", data, cfg, knobs, 0, 20, store)
+    assert loaded == entry and all(torch.equal(a, b) for a, b in zip(
+        rec.module.state_dict().values(), again.module.state_dict().values()))
+    fresh = build("gru4rec", data, cfg, knobs, 0)
+    assert store.load(fresh, knobs, 1) is None  # another seed
+    assert store.load(fresh, {**knobs, "lr": 0.01}, 0) is None  # another config
+    other_cfg = cfg_of(tiny_params(tiny_dataset.parent, max_len=5))
+    assert FitStore(tmp_path / "fits", data, "gru4rec", other_cfg, None).load(fresh, knobs, 0) is None
+    train = pd.read_parquet(tiny_dataset / "train.parquet")
+    train.head(len(train) - 1).to_parquet(tiny_dataset / "train.parquet", index=False)  # the data changed
+    assert FitStore(tmp_path / "fits", SeqData(tiny_dataset, 10), "gru4rec", cfg, None).load(fresh, knobs, 0) is None
+    pop = build("pop", data, cfg, {}, 0)
+    store.save(pop, {}, 0, {"config": {}})  # count models have no weights: nothing to save or resume
+    assert len(list((tmp_path / "fits").glob("*.pt"))) == 1
 
 
 def test_restricted_check_run_is_recorded_and_flagged(tiny_dataset, tmp_path):

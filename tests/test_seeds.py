@@ -94,6 +94,57 @@ def test_matrix_runs_one_stage_per_seed_into_seed_folders(tmp_path):
     assert str(layout.results_dir("results", ds, "no_sainit", 43) / "metrics.json") in {o.def_path for o in ev.outs}
 
 
+def test_extra_runs_are_the_same_stages_over_another_product(tmp_path):
+    """train.extra (the SA-Init depth and teacher ablations): stages train_extra / evaluate_extra run the same
+    command with the same deps, params and outs as train / evaluate, for their own product only."""
+    dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for stage in ("train", "evaluate"):
+        main_stage, extra = dvc_yaml[stage], dvc_yaml[f"{stage}_extra"]
+        assert {k: v for k, v in extra.items() if k != "matrix"} == {k: v for k, v in main_stage.items() if k != "matrix"}
+        assert extra["matrix"] == {"dataset": "${train.extra.datasets}", "variant": "${train.extra.variants}",
+                                   "seed": "${train.extra.seeds}"}
+    shutil.copy(REPO / "dvc.yaml", tmp_path)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    ds = "Industrial_and_Scientific"
+    assert params["train"]["extra"] == {"datasets": [ds], "variants": ["sainit_a", "sainit_ab", "teacher_ctfidf"],
+                                        "seeds": [42]}
+    params["train"].update(seeds=[42], variants=["tsrec"], datasets=[ds])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q", "--no-scm"], cwd=tmp_path, check=True)
+    from dvc.repo import Repo
+
+    with Repo(str(tmp_path)) as repo:
+        stages = {s.name: s for s in repo.index.stages}
+    extra = {n for n in stages if n.startswith(("train_extra@", "evaluate_extra@"))}
+    assert extra == {f"{st}@{ds}-{v}-42" for st in ("train_extra", "evaluate_extra")
+                     for v in ("sainit_a", "sainit_ab", "teacher_ctfidf")}
+    assert stages[f"train_extra@{ds}-sainit_a-42"].cmd == f"tsrec train --dataset {ds} --variant sainit_a --seed 42"
+    assert f"artifacts/{ds}/runs/sainit_a/seed42/final" in {
+        d.def_path for d in stages[f"evaluate_extra@{ds}-sainit_a-42"].deps}
+
+
+def test_extra_variants_resolve_to_their_ablation(tmp_path):
+    from tsrec import sainit
+    from tsrec.keyword_cache import cache_path
+    from tsrec.runs import variant_params
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    ds = "Industrial_and_Scientific"
+    assert sainit.config(variant_params(params, "sainit_a")).levels == ["a"]
+    assert sainit.config(variant_params(params, "sainit_ab")).levels == ["a", "b"]
+    assert sainit.config(variant_params(params, "tsrec")).levels == ["a", "b", "c"]
+    assert cache_path(variant_params(params, "teacher_ctfidf"), ds).name == "ctfidf.json"
+    assert cache_path(variant_params(params, "tsrec"), ds).name == "authors.json"
+    params["variants"]["bad"] = {"evaluate": {"beams": 3}}  # a variant overrides a run's settings only
+    with pytest.raises(ParamError, match="overrides only"):
+        variant_params(params, "bad")
+    both = {"datasets": [ds], "variants": ["tsrec"], "seeds": [42]}
+    with pytest.raises(ParamError, match="in variants too"):
+        from tsrec.config import section
+
+        section({"train": {**params["train"], "extra": both}}, "train", TrainConfig)
+
+
 @pytest.mark.parametrize("seeds", [[], [1, 1]])
 def test_bad_seed_lists_refused(seeds):
     from tsrec.config import section

@@ -18,6 +18,10 @@ Protocol of one (dataset, model) run (``run_model``):
      stopping reason, every config tried (``read_with_run`` merges the two; the code version is dvc.lock's).
      Beside each seed file, ``seed<N>.ranks.parquet``: row, target, SID-level rank of every test row (paired tests in
      ``tsrec report``).
+Resuming: every finished fit (a tuning config, a seed run) is saved to ``<work>/<DS>/baselines/<model>/fits/``
+(``FitStore``), keyed by a fingerprint of its settings, input files and model code; a rerun after a kill loads
+it instead of training again (same weights, so the same metrics). The folder is removed once the results are
+written.
 Metric keys everywhere: top-level ``HR@K`` / ``NDCG@K`` = SID level, ``item/HR@K`` / ``item/NDCG@K`` = item level
 (``tsrec.metrics``). ``tsrec baseline --table`` / ``tsrec report`` write ``results/baselines.md``.
 """
@@ -28,6 +32,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -41,8 +46,8 @@ from tsrec.baselines.sequential import NETS, CaserConfig, GRU4RecConfig, HSTUCon
 from tsrec.baselines.trainer import VALID_METRIC, FitConfig, Recommender, SeqData, evaluate
 from tsrec.config import from_dict, section
 from tsrec.errors import ParamError, TsrecError
-from tsrec.io import atomic_file
-from tsrec.layout import baseline_ranks, baseline_seed_file, baseline_summary, index_path
+from tsrec.io import atomic_file, sha256_file, sha256_json
+from tsrec.layout import baseline_fits, baseline_ranks, baseline_seed_file, baseline_summary, index_path
 from tsrec.metrics import ITEM_PREFIX, mean_ci, run_path, write_metrics
 
 log = logging.getLogger(__name__)
@@ -101,6 +106,7 @@ class BaselinesConfig:
     seeds: list[int] = dataclasses.field(default_factory=lambda: [42, 43, 44])
     data: str = "data"
     out: str = "results"
+    work: str = "artifacts"  # finished fits of a running stage (resume), under <work>/<DS>/baselines/<model>/fits
     max_len: int = 10  # history items kept (the splits hold <= 10)
     topk: int = 20  # ranked list length scored (metrics @1..@20)
     threads: int = 1
@@ -163,10 +169,71 @@ def build(model: str, data: SeqData, cfg: BaselinesConfig, knobs: dict, seed: in
     return TIGER(data, seed, model_cfg, train_cfg)
 
 
-def _train(model: str, data: SeqData, cfg: BaselinesConfig, knobs: dict, seed: int, topk: int):
-    """Build and fit one config; returns (recommender, fit entry for the record)."""
+# the files that define how a model trains and scores: a saved fit is reused only while they are unchanged
+MODEL_CODE = ("baselines/trainer.py", "baselines/sequential.py", "baselines/generative.py",
+              "baselines/general.py", "decoding.py")
+SPLIT_FILES = ("items", "train", "valid", "test")
+
+
+class FitStore:
+    """Finished fits of one (dataset, model) stage, so that a killed stage resumes where it stopped.
+
+    One file per fit, ``<sha256 of its fingerprint>.pt``: the fingerprint (model, knobs, seed, resolved model and
+    train config, max_len, topk, max_rows, the sha256 of the split files, SID index and model code), the
+    record entry and the trained weights. Writes are atomic; a file whose fingerprint does not match is ignored.
+    """
+
+    def __init__(self, folder: Path, data: SeqData, model: str, cfg: "BaselinesConfig", max_rows: int | None):
+        self.folder, self.model, self.cfg = folder, model, cfg
+        code_root = Path(__file__).parent
+        self.inputs = {
+            **{name: sha256_file(data.dir / f"{name}.parquet") for name in SPLIT_FILES},
+            "sid_index": sha256_file(data.index_file),
+            "code": {name: sha256_file(code_root / name) for name in MODEL_CODE},
+            "max_len": cfg.max_len, "topk": cfg.topk, "max_rows": max_rows,
+        }
+
+    def fingerprint(self, knobs: dict, seed: int) -> dict:
+        model_cfg, train_cfg = model_config(self.cfg, self.model, knobs, f"baselines.tuning.{self.model}")
+        return {"model": self.model, "knobs": knobs, "seed": seed, **self.inputs,
+                "model_cfg": dataclasses.asdict(model_cfg) if model_cfg is not None else None,
+                "train_cfg": dataclasses.asdict(train_cfg)}
+
+    def _path(self, fingerprint: dict) -> Path:
+        return self.folder / f"{sha256_json(fingerprint)[:20]}.pt"
+
+    def load(self, rec: Recommender, knobs: dict, seed: int) -> dict | None:
+        """The saved entry of this fit, with its weights loaded into ``rec``; None if it was not saved."""
+        fingerprint = self.fingerprint(knobs, seed)
+        path = self._path(fingerprint)
+        if rec.module is None or not path.is_file():
+            return None
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("fingerprint") != sha256_json(fingerprint):
+            log.warning("%s: fingerprint mismatch, training again", path)
+            return None
+        rec.module.load_state_dict(saved["state"])
+        rec.module.eval()
+        log.info("%s %s seed %d: fit resumed from %s", self.model, knobs, seed, path)
+        return json.loads(saved["entry"])
+
+    def save(self, rec: Recommender, knobs: dict, seed: int, entry: dict) -> None:
+        if rec.module is None:
+            return
+        fingerprint = self.fingerprint(knobs, seed)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_file(self._path(fingerprint), "wb") as fh:
+            torch.save({"fingerprint": sha256_json(fingerprint), "entry": json.dumps(entry),
+                        "state": rec.module.state_dict()}, fh)
+
+
+def _train(model: str, data: SeqData, cfg: BaselinesConfig, knobs: dict, seed: int, topk: int,
+           store: FitStore | None = None):
+    """Build and fit one config (or load its saved fit from ``store``); returns (recommender, record entry)."""
     t0 = time.monotonic()
     rec = build(model, data, cfg, knobs, seed)
+    if store is not None and (entry := store.load(rec, knobs, seed)) is not None:
+        return rec, entry
     fitted = rec.fit()
     valid = fitted.curve[fitted.best_epoch - 1] if fitted is not None else None
     score = fitted.best_valid if fitted is not None else rec.valid_eval(topk)[VALID_METRIC]
@@ -176,16 +243,20 @@ def _train(model: str, data: SeqData, cfg: BaselinesConfig, knobs: dict, seed: i
                      train_time_s=round(fitted.train_time_s, 1), curve=fitted.curve)
         entry[f"valid_{ITEM_PREFIX}{VALID_METRIC}"] = valid[f"valid_{ITEM_PREFIX}{VALID_METRIC}"]
     entry["wall_s"] = round(time.monotonic() - t0, 1)
+    if store is not None:
+        store.save(rec, knobs, seed, entry)
     return rec, entry
 
 
 def run_model(cfg: BaselinesConfig, params: dict, ds: str, model: str, *, command: str,
               max_rows: int | None = None, seeds: list[int] | None = None,
-              configs: list[int] | None = None) -> tuple[list[dict], dict, dict[int, pd.DataFrame]]:
+              configs: list[int] | None = None,
+              fits: Path | None = None) -> tuple[list[dict], dict, dict[int, pd.DataFrame]]:
     """Tune on valid with the first seed, train the chosen config per seed, test each once.
 
     Returns (one record per seed, the summary over seeds, seed -> test row ranks). ``seeds`` / ``configs`` (indices into the grid)
-    restrict a run for smoke tests and checks; both are recorded and flagged in the table.
+    restrict a run for smoke tests and checks; both are recorded and flagged in the table. ``store``: where
+    ``fits``: the folder where finished fits are saved and reloaded (``FitStore``); None trains everything.
     """
     seeds = list(seeds or cfg.seeds)
     if model in DETERMINISTIC:
@@ -194,6 +265,7 @@ def run_model(cfg: BaselinesConfig, params: dict, ds: str, model: str, *, comman
     if not (data_dir / "train.parquet").is_file():
         raise TsrecError(f"no canonical data for {ds} (run `tsrec data --dataset {ds}`)", file=data_dir)
     data = SeqData(data_dir, cfg.max_len, max_rows, index_file=index_path(params, ds))
+    store = FitStore(fits, data, model, cfg, max_rows) if fits is not None else None
     grid = cfg.tuning.grid(model)
     chosen_idx = list(range(len(grid))) if configs is None else configs
     bad = [i for i in chosen_idx if not 0 <= i < len(grid)]
@@ -201,7 +273,7 @@ def run_model(cfg: BaselinesConfig, params: dict, ds: str, model: str, *, comman
         raise ParamError(f"config index(es) {bad} outside the grid of {len(grid)} configs", field="--config")
     tried, best = [], None
     for i in chosen_idx:
-        rec, entry = _train(model, data, cfg, grid[i], seeds[0], cfg.topk)
+        rec, entry = _train(model, data, cfg, grid[i], seeds[0], cfg.topk, store)
         entry = {"index": i, **entry}
         log.info("%s %s config %d %s: valid %s=%.5f (%s)", ds, model, i, grid[i], VALID_METRIC,
                  entry[f"valid_{VALID_METRIC}"], entry.get("stopped", "no training"))
@@ -215,7 +287,7 @@ def run_model(cfg: BaselinesConfig, params: dict, ds: str, model: str, *, comman
               "restricted_to": configs, "chosen": best[1]["index"], "configs": tried}
     records, row_ranks = [], {}
     for seed in seeds:
-        rec, entry = best if seed == seeds[0] else _train(model, data, cfg, knobs, seed, cfg.topk)
+        rec, entry = best if seed == seeds[0] else _train(model, data, cfg, knobs, seed, cfg.topk, store)
         valid_metrics, _ = evaluate(rec, *data.rows("valid"), cfg.topk, rec.eval_batch)  # all rows, for the record
         t0 = time.monotonic()
         test_metrics, test_ranks = evaluate(rec, *data.rows("test"), cfg.topk, rec.eval_batch)
@@ -342,9 +414,11 @@ def run(args, params) -> None:
             for flag, values in (("--max-rows", [args.max_rows] if args.max_rows else []),
                                  ("--seed", args.seed or []), ("--config", args.config or [])):
                 command += "".join(f" {flag} {v}" for v in values)
-            records, summary, row_ranks = run_model(cfg, params, ds, model, command=command,
-                                                    max_rows=args.max_rows, seeds=args.seed, configs=args.config)
+            fits = baseline_fits(cfg.work, ds, model)
+            records, summary, row_ranks = run_model(cfg, params, ds, model, command=command, max_rows=args.max_rows,
+                                                    seeds=args.seed, configs=args.config, fits=fits)
             path = write_results(out, ds, model, records, summary, row_ranks)
+            shutil.rmtree(fits, ignore_errors=True)  # the stage is done: nothing left to resume
             ci = summary["ci95"]
             fmt = lambda k: f"{summary[k]:.4f}" + (f" +- {ci[k]:.4f}" if ci.get(k) is not None else "")  # noqa: E731
             print(f"{ds} {model}: test NDCG@10={fmt('NDCG@10')} item/NDCG@10={fmt('item/NDCG@10')} "

@@ -7,6 +7,8 @@
         metrics*.json, run*.json, ranks*.parquet                       (evaluate; ranks = row, target, rank)
     results/<DS>/baselines/<model>.json, <model>/seed<N>.json    (baseline: dvc metrics, numbers only)
         <model>.run.json, <model>/seed<N>.run.json, <model>/seed<N>.ranks.parquet   (their run records, row ranks)
+    artifacts/<DS>/baselines/<model>/fits/<sha>.pt                     (baseline: finished fits of a running
+                                                                        stage, for resuming; removed at its end)
 
 The seed folder is always explicit, also for the single default seed. The layout before it (no seed folder)
 is moved by ``tsrec migrate-seed-layout`` (tsrec/migrate.py).
@@ -99,6 +101,10 @@ def baseline_seed_file(results: str | Path, ds: str, model: str, seed: int) -> P
 
 def baseline_ranks(results: str | Path, ds: str, model: str, seed: int) -> Path:
     return Path(results) / ds / "baselines" / model / f"{seed_dir(seed)}.ranks.parquet"
+
+
+def baseline_fits(work: str | Path, ds: str, model: str) -> Path:
+    return Path(work) / ds / "baselines" / model / "fits"
 
 
 # ---------------------------------------------------------------- reading the runs of one method

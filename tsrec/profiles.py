@@ -86,8 +86,9 @@ def validate(params: dict[str, Any]) -> None:
     from tsrec.tasks import tasks_config
 
     section(params, "evaluate", EvaluateConfig)
-    trained = section(params, "train", TrainConfig).variants
-    for variant in trained:
+    train = section(params, "train", TrainConfig)
+    trained = train.variants
+    for variant in [*trained, *train.extra.variants]:
         vp = variant_params(params, variant)
         section(vp, "train", TrainConfig), tasks_config(vp), sainit.config(vp), llm.backbone_config(vp)
     if "rl" in params:

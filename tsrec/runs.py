@@ -21,8 +21,20 @@ from tsrec.precision import Precision
 from tsrec.sids import index_tokens
 
 META = "tsrec_meta.json"
-VARIANT_SECTIONS = ("sainit", "tasks", "train", "backbone")  # what a variant may override
-MATRIX_KEYS = ("datasets", "variants", "seeds")  # train keys that list runs (the DVC matrix), not settings of one
+VARIANT_SECTIONS = ("sainit", "tasks", "train", "backbone")  # what a variant may override (and a run records)
+# a variant may also pick another keyword cache (keywords.datasets.<DS>.use: the teacher ablation); the cache's
+# sha256 is in the run's fingerprint and meta, so the section is not recorded with the others
+OVERRIDABLE = (*VARIANT_SECTIONS, "keywords")
+MATRIX_KEYS = ("datasets", "variants", "seeds", "extra")  # train keys that list runs (DVC matrices), not settings
+
+
+@dataclasses.dataclass
+class ExtraRuns:
+    """Runs outside the main matrix (DVC stages train_extra / evaluate_extra, the same commands): another
+    product datasets x variants x seeds, e.g. one seed of the SA-Init depth and teacher ablations."""
+    datasets: list[str] = dataclasses.field(default_factory=lambda: ["Industrial_and_Scientific"])
+    variants: list[str] = dataclasses.field(default_factory=lambda: ["sainit_a", "sainit_ab", "teacher_ctfidf"])
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [42])
 
 
 @dataclasses.dataclass
@@ -30,6 +42,7 @@ class TrainConfig:
     datasets: list[str] = dataclasses.field(default_factory=lambda: ["Industrial_and_Scientific", "Office_Products"])
     variants: list[str] = dataclasses.field(default_factory=lambda: ["tsrec", "sft", "no_sainit", "no_tsalign"])
     seeds: list[int] = dataclasses.field(default_factory=lambda: [42, 43, 44])  # one run per seed (DVC matrix)
+    extra: ExtraRuns = dataclasses.field(default_factory=ExtraRuns)
     out: str = "artifacts"
     epochs: float = 10.0
     max_steps: int = 3200           # > 0 overrides epochs
@@ -69,6 +82,11 @@ class TrainConfig:
             raise ValueError("threads must be >= 0")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
+        if len(set(self.extra.seeds)) != len(self.extra.seeds):
+            raise ValueError(f"extra.seeds must be distinct integers, got {self.extra.seeds}")
+        both = sorted(set(self.extra.variants) & set(self.variants))
+        if both and set(self.extra.datasets) & set(self.datasets) and set(self.extra.seeds) & set(self.seeds):
+            raise ValueError(f"extra.variants {both} are in variants too: their runs would be two stages at once")
 
 
 # ---------------------------------------------------------------- variants
@@ -82,9 +100,9 @@ def variant_params(params: dict, variant: str) -> dict:
 
 
 def apply_overrides(params: dict, over: dict, where: str) -> dict:
-    """params with ``over`` (section -> overrides, sections of VARIANT_SECTIONS only) merged in."""
-    if not isinstance(over, dict) or set(over) - set(VARIANT_SECTIONS):
-        raise ParamError(f"overrides only {list(VARIANT_SECTIONS)}, got {over!r}", file=params.get("_path"),
+    """params with ``over`` (section -> overrides, sections of OVERRIDABLE only) merged in."""
+    if not isinstance(over, dict) or set(over) - set(OVERRIDABLE):
+        raise ParamError(f"overrides only {list(OVERRIDABLE)}, got {over!r}", file=params.get("_path"),
                          field=where)
     return deep_merge(params, over)
 

@@ -114,6 +114,10 @@ class TIGER(Recommender):
             yield ids, mask, labels
 
     # ---------------------------------------------------------------- train / decode
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.model
+
     def fit(self) -> FitResult:
         def loss(batch):
             ids, mask, labels = batch

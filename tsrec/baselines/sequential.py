@@ -292,6 +292,10 @@ class IDRecommender(Recommender):
         self.net = NETS[net](data.n_items, data.max_len, cfg)
         self.train_cfg, self.name = train, net
 
+    @property
+    def module(self) -> nn.Module:
+        return self.net
+
     def fit(self) -> FitResult:
         ce = nn.CrossEntropyLoss()
 

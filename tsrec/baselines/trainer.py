@@ -280,6 +280,11 @@ class Recommender:
     def __init__(self, data: SeqData, seed: int):
         self.data, self.seed = data, seed
 
+    @property
+    def module(self) -> torch.nn.Module | None:
+        """The trained network (its state is what a resumed run restores); None for count models."""
+        return None
+
     def fit(self) -> FitResult | None:
         raise NotImplementedError
 
