@@ -202,3 +202,32 @@ def test_rl_curves_plot_only_where_rl_ran(tmp_path):
     assert rl_variants(tmp_path, "DS") == ["sft_rl"]
     out = plot_rl(tmp_path, "DS", ["sft_rl"], tmp_path / "rl.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_baseline_curves_plot_the_learned_models_against_the_floors(tmp_path, monkeypatch):
+    from tsrec import report
+
+    base = tmp_path / "DS" / "baselines"
+    assert report.plot_baseline_curves(tmp_path, "DS", tmp_path / "none.png") is None  # nothing ran yet
+    write_metrics(base / "pop" / "seed42.json", {"seed": 42, "valid": {"NDCG@10": 0.05}}, {"curve": None})
+    write_metrics(base / "transition" / "seed42.json", {"seed": 42, "valid": {"NDCG@10": 0.09}}, {"curve": None})
+    assert report.plot_baseline_curves(tmp_path, "DS", tmp_path / "none.png") is None  # floors only: no curve
+    for seed, peak in ((42, 0.07), (43, 0.08)):
+        curve = [{"epoch": 1, "train_loss": 5.0}, {"epoch": 2, "train_loss": 4.0, "valid_NDCG@10": peak}]
+        write_metrics(base / "gru4rec" / f"seed{seed}.json", {"seed": seed, "valid": {"NDCG@10": peak}},
+                      {"curve": curve, "valid_rows_early_stopping": 100})
+    drawn = {}
+    real_save = report._save
+
+    def spy(fig, path):
+        ax = fig.axes[0]
+        drawn["lines"] = [(line.get_label(), list(line.get_ydata())) for line in ax.lines]
+        return real_save(fig, path)
+
+    monkeypatch.setattr(report, "_save", spy)
+    dest = report.plot_baseline_curves(tmp_path, "DS", tmp_path / "plots" / "b.png")
+    assert dest.is_file() and dest.stat().st_size > 0
+    labels = [label for label, _ in drawn["lines"]]
+    assert labels[0] == "gru4rec (2 seeds, 100 valid rows)" and labels[1].startswith("_")  # one legend entry per model
+    assert [y for _, y in drawn["lines"][:2]] == [[0.07], [0.08]]  # evaluated epochs only
+    assert "pop (all valid rows): 0.0500" in labels and "transition (all valid rows): 0.0900" in labels

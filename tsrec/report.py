@@ -5,6 +5,8 @@ Per dataset ``<DS>``:
   results/<DS>/table.csv         the same rows as numbers (mean, 95 % half-width, tests)
   results/<DS>/plots/valid_loss.png   valid loss of the TS-Rec variants (mean over seeds, min-max band)
   results/<DS>/plots/hr_at_k.png      HR@K vs K of every method that ran (mean over seeds, 95 % CI bars)
+  results/<DS>/plots/baselines_valid.png  valid NDCG@10 per epoch of every learned baseline (each seed) against
+                                      the Pop and transition floors: why a model ends below a floor
   results/<DS>/plots/rl.png           GRPO curves (reward parts, KL, valid NDCG@10) of the RL variants, where run
 
 Rows: the baselines (mean over ``baselines.seeds``), then TS-Rec and its ablations (mean over ``train.seeds``).
@@ -309,6 +311,44 @@ def plot_hr_at_k(rows: list[Row], ks: list[int], ds: str, dest: Path) -> Path:
     return dest
 
 
+FLOORS = (("pop", ":"), ("transition", "--"))  # deterministic baselines: horizontal lines
+
+
+def plot_baseline_curves(results: Path, ds: str, dest: Path) -> Path | None:
+    """Valid NDCG@10 (SID level) per epoch of each baseline with a learning curve, one line per seed (its chosen
+    config), with the valid NDCG@10 of Pop and the transition floor as horizontal lines. None: no curve."""
+    from tsrec.metrics import read_with_run
+
+    folder = results / ds / "baselines"
+    runs: dict[str, list[dict]] = {}
+    for model_dir in sorted(p for p in folder.glob("*") if p.is_dir()):
+        recs = [read_with_run(f) for f in sorted(model_dir.glob("seed*.json")) if not f.name.endswith(".run.json")]
+        if recs:
+            runs[model_dir.name] = recs
+    learned = {m: recs for m, recs in runs.items() if any(r.get("curve") for r in recs)}
+    if not learned:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for m, recs in learned.items():
+        color = None
+        for i, rec in enumerate(recs):
+            pts = [(p["epoch"], p["valid_NDCG@10"]) for p in rec.get("curve") or [] if "valid_NDCG@10" in p]
+            label = f"{m} ({len(recs)} seeds, {rec.get('valid_rows_early_stopping')} valid rows)" if i == 0 else None
+            line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, lw=1, alpha=0.8, label=label)
+            color = line.get_color()
+    for m, style in FLOORS:
+        if m in runs:
+            value = runs[m][0]["valid"]["NDCG@10"]
+            ax.axhline(value, color="black", ls=style, lw=1, label=f"{m} (all valid rows): {value:.4f}")
+    ax.set(xlabel="epoch", ylabel="valid NDCG@10 (SID level)",
+           title=f"{ds}: learned baselines per epoch (chosen config, each seed) vs the floors")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _save(fig, dest)
+    plt.close(fig)
+    return dest
+
+
 RL_PANELS = [("reward_rule", "reward: rule"), ("reward_ranking", "reward: ranking"), ("kl", "KL to reference"),
              ("NDCG@10", "valid NDCG@10")]
 
@@ -356,13 +396,15 @@ def write_dataset(results: Path, ds: str, ks: list[int], variants: list[str], se
     plot_valid_loss(results, ds, list(CURVE_VARIANTS), plots / "valid_loss.png")
     plot_hr_at_k(table.rows, ks, ds, plots / "hr_at_k.png")
     with_rl = rl_variants(results, ds)
-    rl_link = ""
+    links = ""
+    if plot_baseline_curves(results, ds, plots / "baselines_valid.png") is not None:
+        links += f", [baselines per epoch vs the floors]({ds}/plots/baselines_valid.png)"
     if with_rl:
         plot_rl(results, ds, with_rl, plots / "rl.png")
-        rl_link = f", [GRPO curves]({ds}/plots/rl.png)"
+        links += f", [GRPO curves]({ds}/plots/rl.png)"
     parts = [f"## {ds}", "",
              f"SID level, test split, full ranking. CSV: `{ds}/table.csv`. Plots: [valid loss]({ds}/plots/valid_loss.png), "
-             f"[HR@K vs K]({ds}/plots/hr_at_k.png){rl_link}.", "",
+             f"[HR@K vs K]({ds}/plots/hr_at_k.png){links}.", "",
              shown.to_markdown(index=False, disable_numparse=True), ""]
     parts += summary_lines(table.comparisons, shown) + [""]
     pub = published_md(ds, ks)
