@@ -323,17 +323,20 @@ def test_fit_store_reuses_a_fit_only_for_the_same_settings_inputs_and_code(tiny_
     again, loaded = _train("gru4rec", data, cfg, knobs, 0, 20, store)
     assert loaded == entry and all(torch.equal(a, b) for a, b in zip(
         rec.module.state_dict().values(), again.module.state_dict().values()))
+    pop = build("pop", data, cfg, {}, 0)
+    store.save(pop, {}, 0, {"config": {}})  # count models have no weights: nothing to save or resume
+    assert len(list((tmp_path / "fits").glob("*.pt"))) == 1
     fresh = build("gru4rec", data, cfg, knobs, 0)
     assert store.load(fresh, knobs, 1) is None  # another seed
     assert store.load(fresh, {**knobs, "lr": 0.01}, 0) is None  # another config
     other_cfg = cfg_of(tiny_params(tiny_dataset.parent, max_len=5))
     assert FitStore(tmp_path / "fits", data, "gru4rec", other_cfg, None).load(fresh, knobs, 0) is None
+    store = FitStore(tmp_path / "fits", data, "gru4rec", cfg, None)  # the settings back: fit saved again
+    _train("gru4rec", data, cfg, knobs, 0, 20, store)
+    assert store.load(fresh, knobs, 0) is not None
     train = pd.read_parquet(tiny_dataset / "train.parquet")
     train.head(len(train) - 1).to_parquet(tiny_dataset / "train.parquet", index=False)  # the data changed
     assert FitStore(tmp_path / "fits", SeqData(tiny_dataset, 10), "gru4rec", cfg, None).load(fresh, knobs, 0) is None
-    pop = build("pop", data, cfg, {}, 0)
-    store.save(pop, {}, 0, {"config": {}})  # count models have no weights: nothing to save or resume
-    assert len(list((tmp_path / "fits").glob("*.pt"))) == 1
 
 
 def test_restricted_check_run_is_recorded_and_flagged(tiny_dataset, tmp_path):

@@ -211,11 +211,14 @@ def test_baseline_curves_plot_the_learned_models_against_the_floors(tmp_path, mo
     assert report.plot_baseline_curves(tmp_path, "DS", tmp_path / "none.png") is None  # nothing ran yet
     write_metrics(base / "pop" / "seed42.json", {"seed": 42, "valid": {"NDCG@10": 0.05}}, {"curve": None})
     write_metrics(base / "transition" / "seed42.json", {"seed": 42, "valid": {"NDCG@10": 0.09}}, {"curve": None})
+    for floor in ("pop", "transition"):  # the summaries name the seed files that count
+        write_metrics(base / f"{floor}.json", {"n_runs": 1}, {"seeds": [42]})
     assert report.plot_baseline_curves(tmp_path, "DS", tmp_path / "none.png") is None  # floors only: no curve
     for seed, peak in ((42, 0.07), (43, 0.08)):
         curve = [{"epoch": 1, "train_loss": 5.0}, {"epoch": 2, "train_loss": 4.0, "valid_NDCG@10": peak}]
         write_metrics(base / "gru4rec" / f"seed{seed}.json", {"seed": seed, "valid": {"NDCG@10": peak}},
                       {"curve": curve, "valid_rows_early_stopping": 100})
+    write_metrics(base / "gru4rec.json", {"n_runs": 2}, {"seeds": [42, 43]})
     drawn = {}
     real_save = report._save
 

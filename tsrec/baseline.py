@@ -19,7 +19,7 @@ Protocol of one (dataset, model) run (``run_model``):
      Beside each seed file, ``seed<N>.ranks.parquet``: row, target, SID-level rank of every test row (paired tests in
      ``tsrec report``).
 Resuming: every finished fit (a tuning config, a seed run) is saved to ``<work>/<DS>/baselines/<model>/fits/``
-(``FitStore``), keyed by a fingerprint of its settings, input files and model code; a rerun after a kill loads
+(``FitStore``), claimed for a fingerprint of the settings, input files and model code; a rerun after a kill loads
 it instead of training again (same weights, so the same metrics). The folder is removed once the results are
 written.
 Metric keys everywhere: top-level ``HR@K`` / ``NDCG@K`` = SID level, ``item/HR@K`` / ``item/NDCG@K`` = item level
@@ -46,7 +46,7 @@ from tsrec.baselines.sequential import NETS, CaserConfig, GRU4RecConfig, HSTUCon
 from tsrec.baselines.trainer import VALID_METRIC, FitConfig, Recommender, SeqData, evaluate
 from tsrec.config import from_dict, section
 from tsrec.errors import ParamError, TsrecError
-from tsrec.io import atomic_file, sha256_file, sha256_json
+from tsrec.io import atomic_file, claim_checkpoints, sha256_file, sha256_json
 from tsrec.layout import baseline_fits, baseline_ranks, baseline_seed_file, baseline_summary, index_path
 from tsrec.metrics import ITEM_PREFIX, mean_ci, run_path, write_metrics
 
@@ -178,53 +178,40 @@ SPLIT_FILES = ("items", "train", "valid", "test")
 class FitStore:
     """Finished fits of one (dataset, model) stage, so that a killed stage resumes where it stopped.
 
-    One file per fit, ``<sha256 of its fingerprint>.pt``: the fingerprint (model, knobs, seed, resolved model and
-    train config, max_len, topk, max_rows, the sha256 of the split files, SID index and model code), the
-    record entry and the trained weights. Writes are atomic; a file whose fingerprint does not match is ignored.
+    The folder is claimed for the stage's fingerprint (``tsrec.io.claim_checkpoints``: the model, its own and the
+    train section, max_len, topk, max_rows, the sha256 of the split files, SID index and model code); fits of
+    another fingerprint are removed. One file per fit, keyed by its knobs and seed: the record entry and the
+    trained weights, written atomically.
     """
 
     def __init__(self, folder: Path, data: SeqData, model: str, cfg: "BaselinesConfig", max_rows: int | None):
-        self.folder, self.model, self.cfg = folder, model, cfg
+        self.folder = folder
         code_root = Path(__file__).parent
-        self.inputs = {
+        claim_checkpoints(folder, sha256_json({
+            "model": model, "section": dataclasses.asdict(getattr(cfg, model)) if hasattr(cfg, model) else None,
+            "train": dataclasses.asdict(cfg.train), "max_len": cfg.max_len, "topk": cfg.topk, "max_rows": max_rows,
             **{name: sha256_file(data.dir / f"{name}.parquet") for name in SPLIT_FILES},
             "sid_index": sha256_file(data.index_file),
-            "code": {name: sha256_file(code_root / name) for name in MODEL_CODE},
-            "max_len": cfg.max_len, "topk": cfg.topk, "max_rows": max_rows,
-        }
+            "code": {name: sha256_file(code_root / name) for name in MODEL_CODE}}))
 
-    def fingerprint(self, knobs: dict, seed: int) -> dict:
-        model_cfg, train_cfg = model_config(self.cfg, self.model, knobs, f"baselines.tuning.{self.model}")
-        return {"model": self.model, "knobs": knobs, "seed": seed, **self.inputs,
-                "model_cfg": dataclasses.asdict(model_cfg) if model_cfg is not None else None,
-                "train_cfg": dataclasses.asdict(train_cfg)}
-
-    def _path(self, fingerprint: dict) -> Path:
-        return self.folder / f"{sha256_json(fingerprint)[:20]}.pt"
+    def _path(self, knobs: dict, seed: int) -> Path:
+        return self.folder / f"{sha256_json({'knobs': knobs, 'seed': seed})[:20]}.pt"
 
     def load(self, rec: Recommender, knobs: dict, seed: int) -> dict | None:
         """The saved entry of this fit, with its weights loaded into ``rec``; None if it was not saved."""
-        fingerprint = self.fingerprint(knobs, seed)
-        path = self._path(fingerprint)
+        path = self._path(knobs, seed)
         if rec.module is None or not path.is_file():
             return None
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        if saved.get("fingerprint") != sha256_json(fingerprint):
-            log.warning("%s: fingerprint mismatch, training again", path)
-            return None
         rec.module.load_state_dict(saved["state"])
         rec.module.eval()
-        log.info("%s %s seed %d: fit resumed from %s", self.model, knobs, seed, path)
+        log.info("%s seed %d: fit resumed from %s", knobs, seed, path)
         return json.loads(saved["entry"])
 
     def save(self, rec: Recommender, knobs: dict, seed: int, entry: dict) -> None:
-        if rec.module is None:
-            return
-        fingerprint = self.fingerprint(knobs, seed)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with atomic_file(self._path(fingerprint), "wb") as fh:
-            torch.save({"fingerprint": sha256_json(fingerprint), "entry": json.dumps(entry),
-                        "state": rec.module.state_dict()}, fh)
+        if rec.module is not None:
+            with atomic_file(self._path(knobs, seed), "wb") as fh:
+                torch.save({"entry": json.dumps(entry), "state": rec.module.state_dict()}, fh)
 
 
 def _train(model: str, data: SeqData, cfg: BaselinesConfig, knobs: dict, seed: int, topk: int,
@@ -255,7 +242,7 @@ def run_model(cfg: BaselinesConfig, params: dict, ds: str, model: str, *, comman
     """Tune on valid with the first seed, train the chosen config per seed, test each once.
 
     Returns (one record per seed, the summary over seeds, seed -> test row ranks). ``seeds`` / ``configs`` (indices into the grid)
-    restrict a run for smoke tests and checks; both are recorded and flagged in the table. ``store``: where
+    restrict a run for smoke tests and checks; both are recorded and flagged in the table.
     ``fits``: the folder where finished fits are saved and reloaded (``FitStore``); None trains everything.
     """
     seeds = list(seeds or cfg.seeds)

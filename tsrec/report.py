@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from tsrec import layout, stats
-from tsrec.baselines.table import PUBLISHED_COLUMNS, PUBLISHED_LABEL, ROWS, published_rows, write_table
+from tsrec.baselines.table import PUBLISHED_COLUMNS, PUBLISHED_LABEL, ROWS, baseline_runs, published_rows, write_table
 from tsrec.config import global_seed, section
 from tsrec.errors import TsrecError
 from tsrec.io import atomic_file
@@ -317,14 +317,7 @@ FLOORS = (("pop", ":"), ("transition", "--"))  # deterministic baselines: horizo
 def plot_baseline_curves(results: Path, ds: str, dest: Path) -> Path | None:
     """Valid NDCG@10 (SID level) per epoch of each baseline with a learning curve, one line per seed (its chosen
     config), with the valid NDCG@10 of Pop and the transition floor as horizontal lines. None: no curve."""
-    from tsrec.metrics import read_with_run
-
-    folder = results / ds / "baselines"
-    runs: dict[str, list[dict]] = {}
-    for model_dir in sorted(p for p in folder.glob("*") if p.is_dir()):
-        recs = [read_with_run(f) for f in sorted(model_dir.glob("seed*.json")) if not f.name.endswith(".run.json")]
-        if recs:
-            runs[model_dir.name] = recs
+    runs = {model: recs for _, model, recs in baseline_runs(results, ds)}
     learned = {m: recs for m, recs in runs.items() if any(r.get("curve") for r in recs)}
     if not learned:
         return None

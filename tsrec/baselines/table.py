@@ -120,9 +120,9 @@ def our_rows(results: Path, ds: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def _baseline_runs(results: Path, ds: str):
-    """(display name, per-seed records: metrics merged with their run records) of every baseline that has a
-    summary with seed files."""
+def baseline_runs(results: Path, ds: str):
+    """(display name, model, per-seed records: metrics merged with their run records) of every baseline that
+    has a summary with seed files."""
     for name, src in ROWS:
         if not (src or "").startswith("baseline:"):
             continue
@@ -133,13 +133,13 @@ def _baseline_runs(results: Path, ds: str):
         seeds = read_with_run(path).get("seeds") or []
         recs = [read_with_run(f) for f in (baseline_seed_file(results, ds, model, s) for s in seeds) if f.is_file()]
         if recs:
-            yield name, recs
+            yield name, model, recs
 
 
 def run_rows(results: Path, ds: str) -> pd.DataFrame:
     """Every per-seed run: test NDCG@10 at both levels, valid NDCG@10, epochs, best epoch, stopping reason."""
     rows = []
-    for name, recs in _baseline_runs(results, ds):
+    for name, _, recs in baseline_runs(results, ds):
         for r in recs:
             rows.append({"model": name, "seed": r.get("seed"), "NDCG@10": r.get("NDCG@10"),
                          "item/NDCG@10": r.get(ITEM_PREFIX + "NDCG@10"),
@@ -153,7 +153,7 @@ def run_rows(results: Path, ds: str) -> pd.DataFrame:
 def tuning_rows(results: Path, ds: str) -> pd.DataFrame:
     """Every tuning config tried (valid only, first seed), from the first seed file of each baseline."""
     rows = []
-    for name, recs in _baseline_runs(results, ds):
+    for name, _, recs in baseline_runs(results, ds):
         tuning = recs[0].get("tuning") or {}
         for t in tuning.get("configs", []):
             rows.append({"model": name, "config": json.dumps(t["config"]) if t["config"] else "(none)",
