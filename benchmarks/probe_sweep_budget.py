@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 import yaml
 
 from tsrec.config import section
@@ -44,18 +45,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--params", default=str(REPO / "params.yaml"))
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for scoring and the short runs (default: train.threads)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     params = yaml.safe_load(Path(args.params).read_text(encoding="utf-8"))
     params["_path"] = args.params
     cfg = section(params, "sweep", SweepConfig)
     ds, out = cfg.dataset, REPO / "artifacts" / "probes" / "sweep_budget"
+    short_train = {**cfg.train, **({"threads": args.threads} if args.threads else {})}
     rows = []
     for variant in args.variants.split(","):
         full = run_dir(params, ds, variant, args.seed)
         short = out / variant
         full_ranks, short_ranks = out / f"{variant}.full_ranks.parquet", out / f"{variant}.short_ranks.parquet"
         full_m = score_valid(params, cfg, full, ranks_file=full_ranks)
-        train_run(params, ds, variant, seed=args.seed, out=short, overrides={"train": dict(cfg.train)})
+        train_run(params, ds, variant, seed=args.seed, out=short, overrides={"train": short_train})
         short_m = score_valid(params, cfg, short, ranks_file=short_ranks)
         gains = [np.array([ndcg_gain(int(r), 10) for r in pd.read_parquet(f)["rank"]])
                  for f in (short_ranks, full_ranks)]
@@ -66,13 +72,16 @@ def main(argv: list[str] | None = None) -> None:
     rho = pd.Series([r["short_NDCG@10"] for r in rows]).corr(pd.Series([r["full_NDCG@10"] for r in rows]),
                                                              method="spearman")
     record = {"dataset": ds, "seed": args.seed, "eval_rows": cfg.eval_rows, "short_budget": cfg.train,
+              "threads": torch.get_num_threads(),
               "spearman": None if np.isnan(rho) else round(float(rho), 3), "rows": rows,
-              "command": f"python benchmarks/probe_sweep_budget.py --variants {args.variants} --seed {args.seed}"}
+              "command": f"python benchmarks/probe_sweep_budget.py --variants {args.variants} --seed {args.seed}"
+                         + (f" --threads {args.threads}" if args.threads else "")}
     dest = REPO / "results" / "probes" / f"sweep_budget_{ds}"
     with atomic_file(dest.with_suffix(".json")) as fh:
         fh.write(json.dumps(record, indent=1))
     lines = [f"# Sweep budget fidelity, {ds} (valid NDCG@10 on {cfg.eval_rows} seeded valid rows, seed {args.seed})",
-             "", f"Command: `{record['command']}`. Short budget (a sweep trial's): `{cfg.train}`.", "",
+             "", f"Command: `{record['command']}`. Short budget (a sweep trial's): `{cfg.train}`; "
+             f"torch threads {record['threads']}.", "",
              f"Spearman rank correlation short vs full: {record['spearman']}", "",
              "| variant | short budget | full run | short - full [95 % row bootstrap] |", "|---|---|---|---|"]
     lines += [f"| {r['variant']} | {r['short_NDCG@10']:.4f} | {r['full_NDCG@10']:.4f} | "
