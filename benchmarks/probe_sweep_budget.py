@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--params", default=str(REPO / "params.yaml"))
     ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads for scoring and the short runs (default: train.threads)")
+                    help="torch threads for scoring and the short runs (default: torch's, and train.threads in training)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -74,8 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     record = {"dataset": ds, "seed": args.seed, "eval_rows": cfg.eval_rows, "short_budget": cfg.train,
               "threads": torch.get_num_threads(),
               "spearman": None if np.isnan(rho) else round(float(rho), 3), "rows": rows,
-              "command": f"python benchmarks/probe_sweep_budget.py --variants {args.variants} --seed {args.seed}"
-                         + (f" --threads {args.threads}" if args.threads else "")}
+              "command": shlex.join(["python", "benchmarks/probe_sweep_budget.py",
+                                     *(sys.argv[1:] if argv is None else argv)])}
     dest = REPO / "results" / "probes" / f"sweep_budget_{ds}"
     with atomic_file(dest.with_suffix(".json")) as fh:
         fh.write(json.dumps(record, indent=1))
