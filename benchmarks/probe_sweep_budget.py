@@ -1,9 +1,9 @@
 """Does the sweep's short trial budget rank configurations as full runs do? (issue 18, item 2)
 
 For each configuration with a committed full run (the ablation variants at ``--seed``; DVC outputs under
-``train.out``), the probe trains the same variant on the sweep's trial budget (``sweep.train`` overrides, as a
-trial does) and scores both on the sweep's objective: valid NDCG@10 by constrained beam search on the same
-fixed seeded ``sweep.eval_rows`` rows. Reported: both scores per configuration, the Spearman rank correlation,
+``train.out``), the probe trains the same variant on a short budget (``--short-train``: train overrides; the 600-step
+budget the sweep's trials had before this probe) and scores both on the sweep's objective: valid NDCG@10 by
+constrained beam search on the same fixed seeded ``--eval-rows`` rows (1,000: the sweep's before this probe). Reported: both scores per configuration, the Spearman rank correlation,
 and the paired row-bootstrap CI of each short-vs-full difference (how far the short budget is from the
 plateau). Short runs go to ``artifacts/probes/sweep_budget/<variant>`` (resumable); no DVC output is written.
 Run: flock /tmp/tsrec-cpu.lock python benchmarks/probe_sweep_budget.py [--variants tsrec,sft,...]
@@ -13,6 +13,7 @@ Writes results/probes/sweep_budget_<DS>.md and .json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
@@ -32,6 +33,7 @@ from tsrec.sweep import SweepConfig, score_valid
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("tsrec", "no_sainit", "no_tsalign", "sft")
+SHORT_TRAIN = {"max_steps": 600, "eval_steps": 100, "valid_rows": 256, "keep_checkpoints": False}
 
 
 def bootstrap_diff(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -49,14 +51,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default=str(REPO / "params.yaml"))
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads for scoring and the short runs (default: torch's, and train.threads in training)")
+    ap.add_argument("--short-train", type=json.loads, default=SHORT_TRAIN,
+                    help=f"train overrides of the short runs, JSON (default {json.dumps(SHORT_TRAIN)})")
+    ap.add_argument("--eval-rows", type=int, default=1000, help="seeded valid rows scored (default 1000)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     params = yaml.safe_load(Path(args.params).read_text(encoding="utf-8"))
     params["_path"] = args.params
-    cfg = section(params, "sweep", SweepConfig)
+    cfg = dataclasses.replace(section(params, "sweep", SweepConfig), eval_rows=args.eval_rows)
     ds, out = cfg.dataset, REPO / "artifacts" / "probes" / "sweep_budget"
-    short_train = {**cfg.train, **({"threads": args.threads} if args.threads else {})}
+    short_train = {**args.short_train, **({"threads": args.threads} if args.threads else {})}
     rows = []
     for variant in args.variants.split(","):
         full = run_dir(params, ds, variant, args.seed)
@@ -73,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         print(rows[-1], flush=True)
     rho = pd.Series([r["short_NDCG@10"] for r in rows]).corr(pd.Series([r["full_NDCG@10"] for r in rows]),
                                                              method="spearman")
-    record = {"dataset": ds, "seed": args.seed, "eval_rows": cfg.eval_rows, "short_budget": cfg.train,
+    record = {"dataset": ds, "seed": args.seed, "eval_rows": cfg.eval_rows, "short_budget": args.short_train,
               "threads": torch.get_num_threads(),
               "spearman": None if np.isnan(rho) else round(float(rho), 3), "rows": rows,
               "command": shlex.join(["python", "benchmarks/probe_sweep_budget.py",
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_file(dest.with_suffix(".json")) as fh:
         fh.write(json.dumps(record, indent=1))
     lines = [f"# Sweep budget fidelity, {ds} (valid NDCG@10 on {cfg.eval_rows} seeded valid rows, seed {args.seed})",
-             "", f"Command: `{record['command']}`. Short budget (a sweep trial's): `{cfg.train}`; "
+             "", f"Command: `{record['command']}`. Short budget (train overrides): `{args.short_train}`; "
              f"torch threads {record['threads']}.", "",
              f"Spearman rank correlation short vs full: {record['spearman']}", "",
              "| variant | short budget | full run | short - full [95 % row bootstrap] |", "|---|---|---|---|"]

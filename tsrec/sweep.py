@@ -1,7 +1,8 @@
 """sweep: Optuna search over SA-Init (source, pooling, rescale, levels) and the TS-Align loss weight lambda.
 
-Each trial trains the `tsrec` variant with the trial's overrides on a shortened budget (`sweep.train`) and
-scores it by the project's constrained beam search on a fixed seeded subsample of the valid split
+Each trial trains the `tsrec` variant with the trial's overrides on the `train` budget (plateau stopping;
+`sweep.train` may override it) and scores it by the project's constrained beam search on a fixed seeded
+subsample of the valid split
 (`sweep.eval_rows`; objective valid NDCG@10, maximised). An Optuna pruner stops a trial early on its
 intermediate valid loss (reported at every evaluation of the trainer). The study lives in an Optuna RDB
 storage (`sweep.storage`: sqlite by default; a PostgreSQL/MySQL URL lets many workers, on many machines, run
@@ -43,7 +44,7 @@ OBJECTIVES = {"valid_ndcg10": "maximize", "valid_loss": "minimize"}
 class PrunerConfig:
     kind: Literal["median", "none"] = "median"  # optuna.pruners.MedianPruner on the intermediate valid loss
     startup_trials: int = 4    # no pruning until this many trials are complete
-    warmup_steps: int = 200    # nor before this training step of a trial
+    warmup_steps: int = 500    # nor before this training step of a trial
 
     def validate(self) -> None:
         if self.startup_trials < 0 or self.warmup_steps < 0:
@@ -60,7 +61,7 @@ class SweepConfig:
     study: str = "tsrec-sweep-ndcg"
     n_trials: int = 16
     objective: Literal["valid_ndcg10", "valid_loss"] = "valid_ndcg10"
-    eval_rows: int = 1000      # fixed seeded valid subsample scored by beam search (results/sweep_design)
+    eval_rows: int = 4000      # fixed seeded valid subsample scored by beam search (results/sweep_design)
     eval_beams: int = 20
     eval_batch: int = 8
     sampler_seed: int = 42
@@ -70,8 +71,7 @@ class SweepConfig:
     levels: list[str] = dataclasses.field(default_factory=lambda: list(LEVELS))
     weight_range: list[float] = dataclasses.field(default_factory=lambda: [0.1, 3.0])  # log-uniform
     pruner: PrunerConfig = dataclasses.field(default_factory=PrunerConfig)
-    train: dict = dataclasses.field(default_factory=lambda: {"max_steps": 600, "eval_steps": 100, "valid_rows": 256,
-                                                             "keep_checkpoints": False})  # trials' train overrides
+    train: dict = dataclasses.field(default_factory=lambda: {"keep_checkpoints": False})  # trials' train overrides
     out: str = "artifacts/sweep"
     results: str = "results"
 
