@@ -1,12 +1,13 @@
 """Does the sweep's short trial budget rank configurations as full runs do? (issue 18, item 2)
 
 For each configuration with a committed full run (the ablation variants at ``--seed``; DVC outputs under
-``train.out``), the probe trains the same variant on a short budget (``--short-train``: train overrides; the 600-step
-budget the sweep's trials had before this probe) and scores both on the sweep's objective: valid NDCG@10 by
-constrained beam search on the same fixed seeded ``--eval-rows`` rows (1,000: the sweep's before this probe). Reported: both scores per configuration, the Spearman rank correlation,
-and the paired row-bootstrap CI of each short-vs-full difference (how far the short budget is from the
-plateau). Short runs go to ``artifacts/probes/sweep_budget/<variant>`` (a finished one with the same overrides and seed is
-not trained again); no DVC output is written.
+``train.out``), the probe trains the same variant on a short budget (``--short-train``: train overrides; the
+600-step budget the sweep's trials had before this probe) and scores both on the sweep's objective: valid
+NDCG@10 by constrained beam search on the same fixed seeded ``--eval-rows`` rows (1,000: the sweep's before this
+probe). Reported: both scores per configuration, the Spearman rank correlation, and the paired row-bootstrap CI
+of each short-vs-full difference (how far the short budget is from the plateau). Short runs go to
+``artifacts/probes/sweep_budget/<variant>`` (a finished one with the same overrides and seed is not trained
+again); no DVC output is written.
 Run: flock /tmp/tsrec-cpu.lock python benchmarks/probe_sweep_budget.py [--variants tsrec,sft,...]
 Writes results/probes/sweep_budget_<DS>.md and .json.
 """
