@@ -6,8 +6,7 @@ For each configuration with a committed full run (the ablation variants at ``--s
 NDCG@10 by constrained beam search on the same fixed seeded ``--eval-rows`` rows (1,000: the sweep's before this
 probe). Reported: both scores per configuration, the Spearman rank correlation, and the paired row-bootstrap CI
 of each short-vs-full difference (how far the short budget is from the plateau). Short runs go to
-``artifacts/probes/sweep_budget/<variant>`` (a finished one with the same overrides and seed is not trained
-again); no DVC output is written.
+``artifacts/probes/sweep_budget/<variant>`` (retrained on a rerun); no DVC output is written.
 Run: flock /tmp/tsrec-cpu.lock python benchmarks/probe_sweep_budget.py [--variants tsrec,sft,...]
 Writes results/probes/sweep_budget_<DS>.md and .json.
 """
@@ -46,16 +45,6 @@ def bootstrap_diff(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0) -
     return float(d.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
-def finished(run: Path, train_overrides: dict, seed: int) -> bool:
-    """A short run already trained with these overrides and seed (its final meta records both)."""
-    meta_file = run / "final" / "tsrec_meta.json"
-    if not meta_file.exists():
-        return False
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    train = meta["params"]["train"]
-    return meta["seed"] == seed and all(train.get(k) == v for k, v in train_overrides.items() if k != "threads")
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variants", default=",".join(VARIANTS))
@@ -80,8 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         short = out / variant
         full_ranks, short_ranks = out / f"{variant}.full_ranks.parquet", out / f"{variant}.short_ranks.parquet"
         full_m = score_valid(params, cfg, full, ranks_file=full_ranks)
-        if not finished(short, short_train, args.seed):
-            train_run(params, ds, variant, seed=args.seed, out=short, overrides={"train": short_train})
+        train_run(params, ds, variant, seed=args.seed, out=short, overrides={"train": short_train})
         short_m = score_valid(params, cfg, short, ranks_file=short_ranks)
         gains = [np.array([ndcg_gain(int(r), 10) for r in pd.read_parquet(f)["rank"]])
                  for f in (short_ranks, full_ranks)]
