@@ -136,11 +136,13 @@ def test_profiles_resolve_to_the_intended_params():
         segs, resp = t.prompts.render("tsalign_d2t", description="Saw blades.", token="<a_3>")
         assert segs[0] == AUTHORS_HEADER + "Answer the question about item Semantic ID token identification.\n"
         assert "contain: \"Saw blades.\"?\n\n### Response:\n" in segs[1] and resp == "<a_3>\n"
-    # the cpu profile's knobs are untouched by `authors` (backbone and step budget from params)
+    # the cpu profile's knobs are untouched by `authors` (backbone, batch, lr, precision from params); its step cap
+    # is a cut below the cpu one (a run must fit one session), so its linear schedule anneals within it
     for key in ("backbone", "seed"):
         assert authors[key] == PARAMS[key]
-    assert {k: authors["train"][k] for k in ("max_steps", "batch_size", "lr", "precision")} == {
-        k: PARAMS["train"][k] for k in ("max_steps", "batch_size", "lr", "precision")}
+    assert {k: authors["train"][k] for k in ("batch_size", "lr", "precision")} == {
+        k: PARAMS["train"][k] for k in ("batch_size", "lr", "precision")}
+    assert 0 < authors["train"]["max_steps"] < PARAMS["train"]["max_steps"]
     # paper: + Qwen2.5-1.5B, bf16, global batch 1024, 10 epochs with early stopping
     b = paper["backbone"]
     assert (b["model"], b["keep_layers"], b["finetune"]) == ("Qwen/Qwen2.5-1.5B", None, "full")

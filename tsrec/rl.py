@@ -121,7 +121,7 @@ class RLConfig:
     eval_batch_size: int = 8
     keep_checkpoints: bool = False
     threads: int = 0                  # torch threads (0 = leave as is)
-    precision: Precision = "auto"
+    precision: Precision = "fp32"
 
     def validate(self) -> None:
         if not self.variants or any(not v or v.endswith(SUFFIX) or "/" in v for v in self.variants):

@@ -62,7 +62,7 @@ class TrainConfig:
     save_total_limit: int = 2
     keep_checkpoints: bool = False  # delete checkpoints/ once final/ is written
     threads: int = 0                # torch threads per process (0 = leave as is)
-    precision: Precision = "auto"   # auto: bf16 autocast where the hardware has native bf16, else fp32
+    precision: Precision = "fp32"   # auto: bf16 autocast where the hardware has native bf16 (machine-dependent)
 
     def validate(self) -> None:
         for name in ("batch_size", "grad_accum", "logging_steps", "save_total_limit"):

@@ -38,7 +38,7 @@ class EvaluateConfig:
     subsample: int | None = None    # evaluate a fixed seeded random subsample of this many rows (None: all)
     threads: int | None = None      # torch intra-op threads (None: torch default)
     device: str = "auto"            # auto | cpu | cuda | cuda:N (auto: CUDA where torch sees it, else cpu)
-    precision: Precision = "auto"   # auto: bf16 autocast where the hardware has native bf16, else fp32
+    precision: Precision = "fp32"   # auto: bf16 autocast where the hardware has native bf16 (machine-dependent)
     prompt: Literal["train", "paraphrase"] = "train"  # paraphrase: the run's tasks.prompts.paraphrase (authors')
 
     def validate(self) -> None:
