@@ -29,6 +29,11 @@ def test_sweep_uses_rdb_storage_and_resumes(params, tmp_path):
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
     assert len(study.trials) == 2
     trial = study.trials[0]
+    # trial 0 is the params' own setting (enqueued), the searched ones follow
+    assert trial.user_attrs["enqueued"] == "params defaults"
+    assert trial.params == {"source": "keywords", "pooling": "mean", "rescale": True, "levels": "abc",
+                            "tsalign_weight": 1.0}
+    trial = study.trials[1]
     assert trial.params["pooling"] in ("mean", "max") and 0.5 <= trial.params["tsalign_weight"] <= 2.0
     assert trial.params["levels"] in ("abc", "ab", "a") and trial.params["rescale"] in (True, False)
     # the objective is valid NDCG@10 by beam search over the seeded subsample, ranks kept per trial
@@ -81,6 +86,16 @@ def test_pruning_callback_stops_a_trial_the_pruner_rejects():
     state.global_step = 20
     with pytest.raises(optuna.TrialPruned, match="step 20"):
         cb.on_evaluate(None, state, None, metrics={"eval_loss": 2.4})
+
+
+def test_default_trial_only_inside_the_search_space(params):
+    from tsrec.config import section
+    from tsrec.sweep import SweepConfig, default_trial
+
+    cfg = section(params, "sweep", SweepConfig)
+    assert default_trial(params, cfg)["pooling"] == "mean"
+    params["sainit"] = {**(params.get("sainit") or {}), "pooling": "idf"}  # not in the fixture's [mean, max]
+    assert default_trial(params, cfg) is None
 
 
 def test_bad_sweep_params(params):

@@ -54,12 +54,13 @@ class PrunerConfig:
 @dataclasses.dataclass
 class SweepConfig:
     dataset: str = "Industrial_and_Scientific"
-    storage: str = "sqlite:///artifacts/optuna/sweep.db"
+    storage: str = "sqlite:///results/Industrial_and_Scientific/sweep/study.db"  # in git: workspaces may not persist
     storage_env: str | None = None   # NAME of an env var holding the storage URL (overrides storage)
     password_env: str | None = None  # NAME of an env var holding the password to put into the storage URL
     heartbeat_s: int = 60
     study: str = "tsrec-sweep-ndcg"
     n_trials: int = 16
+    enqueue_default: bool = True  # trial 0 = the params' own sainit / TS-Align weight (the authors' setting)
     objective: Literal["valid_ndcg10", "valid_loss"] = "valid_ndcg10"
     eval_rows: int = 4000      # fixed seeded valid subsample scored by beam search (results/sweep_design)
     eval_beams: int = 20
@@ -247,12 +248,43 @@ def run_sweep(params: dict) -> pd.DataFrame:
         study_name=cfg.study, storage=make_storage(cfg, url), direction=OBJECTIVES[cfg.objective],
         load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=cfg.sampler_seed), pruner=make_pruner(cfg),
     )
+    if cfg.enqueue_default and not study.trials:
+        default = default_trial(params, cfg)
+        if default:
+            study.enqueue_trial(default, user_attrs={"enqueued": "params defaults"})
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     log.info("study %s at %s: %d/%d trials complete", cfg.study, masked(url), done, cfg.n_trials)
+
+    def summarize_after(study, trial) -> None:  # a killed worker leaves tables up to its last finished trial
+        if trial.state == TrialState.COMPLETE:
+            summarize(study, cfg, params)
+
     if done < cfg.n_trials:
         study.optimize(objective_fn(params, cfg), n_trials=cfg.n_trials - done,
-                       callbacks=[MaxTrialsCallback(cfg.n_trials, states=(TrialState.COMPLETE,))])
+                       callbacks=[MaxTrialsCallback(cfg.n_trials, states=(TrialState.COMPLETE,)), summarize_after])
     return summarize(study, cfg, params)
+
+
+def default_trial(params: dict, cfg: SweepConfig) -> dict[str, Any] | None:
+    """The params' own SA-Init and TS-Align weight as trial parameters, or None (with a warning) when a value lies
+    outside the search space."""
+    from tsrec.sainit import config as sainit_config
+
+    sa = sainit_config(params)
+    weight = float((((params.get("tasks") or {}).get("tsalign")) or {}).get("weight", 1.0))
+    trial = {"source": sa.source, "pooling": sa.pooling, "rescale": sa.rescale, "levels": "".join(sa.levels),
+             "tsalign_weight": weight}
+    lo, hi = cfg.weight_range
+    outside = [k for k, allowed in (("source", cfg.source), ("pooling", cfg.pooling), ("rescale", cfg.rescale),
+                                    ("levels", cfg.levels)) if trial[k] not in allowed]
+    if not lo <= weight <= hi:
+        outside.append("tsalign_weight")
+    if outside:
+        log.warning("params defaults not enqueued: %s outside the search space", ", ".join(outside))
+        return None
+    if lo == hi:
+        del trial["tsalign_weight"]  # not a suggested parameter then
+    return trial
 
 
 def best_variant(study) -> dict[str, Any]:
