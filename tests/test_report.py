@@ -234,3 +234,28 @@ def test_baseline_curves_plot_the_learned_models_against_the_floors(tmp_path, mo
     assert labels[0] == "gru4rec (2 seeds, 100 valid rows)" and labels[1].startswith("_")  # one legend entry per model
     assert [y for _, y in drawn["lines"][:2]] == [[0.07], [0.08]]  # evaluated epochs only
     assert "pop (all valid rows): 0.0500" in labels and "transition (all valid rows): 0.0900" in labels
+
+
+def test_run_ledger_lists_each_llm_run_with_its_budget_and_time(three_seeds, tmp_path):
+    from tsrec.report import ledger_lines, run_ledger
+
+    for seed, (steps, wall) in {42: (1100, 1590.0), 43: (1200, 1650.0)}.items():
+        d = three_seeds / DS / "tsrec" / f"seed{seed}"
+        _json(d / "train_summary.json", {"train": {
+            "steps": steps, "stop_reason": "plateau", "best_checkpoint": f"checkpoint-{steps - 300}",
+            "best_eval_loss": 2.87, "precision": {"requested": "fp32", "resolved": "fp32"}, "wall_s": wall}})
+        met = json.loads((d / "metrics.json").read_text())
+        _json(d / "metrics.json", {**met, "wall_time_s": 600.0, "rows_per_s": 7.5})
+    ledger = run_ledger(three_seeds, DS)
+    # only the runs with a train record (tsrec 42/43); sft and seed 44 have none
+    assert ledger[["variant", "seed", "steps", "best checkpoint", "train min", "evaluate min"]].values.tolist() == [
+        ["tsrec", 42, 1100, "800", 26.5, 10.0], ["tsrec", 43, 1200, "900", 27.5, 10.0]]
+    text = "\n".join(ledger_lines(ledger, DS))
+    assert "**1.2 h** over 2 runs" in text  # (26.5 + 27.5 + 2 x 10) min = 74 min
+    assert ledger_lines(run_ledger(tmp_path / "none", DS), DS) == []
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"seed": 42, "data": {"datasets": [DS]}, "variants": {"tsrec": {}},
+                                      "report": {"results": str(three_seeds), "out": str(three_seeds / "t.md")}}))
+    assert main(["--params", str(params), "report"]) == 0
+    assert pd.read_csv(three_seeds / DS / "runs.csv")["steps"].tolist() == [1100, 1200]
+    assert "the LLM runs (budget, stop, measured time)" in (three_seeds / "t.md").read_text()

@@ -3,6 +3,7 @@
 Per dataset ``<DS>``:
   results/tables.md              every dataset's table (``report.out``), with the published rows for context
   results/<DS>/table.csv         the same rows as numbers (mean, 95 % half-width, tests)
+  results/<DS>/runs.csv          one row per LLM run: steps, stop, best checkpoint, precision, measured minutes
   results/<DS>/plots/valid_loss.png   valid loss of the TS-Rec variants (mean over seeds, min-max band)
   results/<DS>/plots/hr_at_k.png      HR@K vs K of every method that ran (mean over seeds, 95 % CI bars)
   results/<DS>/plots/baselines_valid.png  valid NDCG@10 per epoch of every learned baseline (each seed) against
@@ -19,6 +20,7 @@ relative gain on NDCG@10, a paired test on per-row ranks pooled over seeds, and 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -400,12 +402,53 @@ def write_dataset(results: Path, ds: str, ks: list[int], variants: list[str], se
              f"[HR@K vs K]({ds}/plots/hr_at_k.png){links}.", "",
              shown.to_markdown(index=False, disable_numparse=True), ""]
     parts += summary_lines(table.comparisons, shown) + [""]
+    ledger = run_ledger(results, ds)
+    if not ledger.empty:
+        with atomic_file(results / ds / "runs.csv") as fh:
+            ledger.to_csv(fh, index=False)
+    parts += ledger_lines(ledger, ds)
     pub = published_md(ds, ks)
     if pub:
         parts += [f"### {ds}: {PUBLISHED_LABEL}", "",
                   "MiniOneRec Table 1 (REFERENCE.md section 6); not our runs, context only "
                   "(— = not published).", "", pub, ""]
     return parts
+
+
+def run_ledger(results: Path, ds: str) -> pd.DataFrame:
+    """One row per evaluated LLM run (variant x seed; not the RL runs): its budget, stop and measured time, from
+    its train_summary.json and metrics.json. Empty without runs."""
+    rows = []
+    for variant in layout.found_variants(results, ds):
+        for seed, folder in layout.variant_seeds(results, ds, variant).items():
+            summary_file = folder / "train_summary.json"
+            if not summary_file.is_file():  # e.g. the RL runs: their own record
+                continue
+            tr = json.loads(summary_file.read_text()).get("train") or {}
+            met = json.loads((folder / "metrics.json").read_text())
+            prec = tr.get("precision") or {}
+            rows.append({
+                "variant": variant, "seed": seed, "steps": tr.get("steps"), "stop": tr.get("stop_reason"),
+                "best checkpoint": str(tr.get("best_checkpoint") or "").removeprefix("checkpoint-"),
+                "best valid loss": tr.get("best_eval_loss"),
+                "precision": prec.get("resolved") if isinstance(prec, dict) else prec,
+                "train min": round(tr["wall_s"] / 60, 1) if tr.get("wall_s") is not None else None,
+                "evaluate min": round(met["wall_time_s"] / 60, 1) if met.get("wall_time_s") is not None else None,
+                "test rows/s": met.get("rows_per_s"),
+            })
+    return pd.DataFrame(rows)
+
+
+def ledger_lines(ledger: pd.DataFrame, ds: str) -> list[str]:
+    if ledger.empty:
+        return []
+    total = ledger[["train min", "evaluate min"]].sum().sum() / 60
+    return [f"### {ds}: the LLM runs (budget, stop, measured time)", "",
+            "From each run's `train_summary.json` and `metrics.json`. Times are wall clock as each run ran (1 or 2 "
+            "threads, often beside another job; evaluate's `run.json` records its threads), so their sum is what "
+            f"these runs cost on the machines they ran on, not a benchmark: **{total:.1f} h** over {len(ledger)} "
+            f"runs (train + full-test evaluate). CSV: `{ds}/runs.csv`.", "",
+            ledger.to_markdown(index=False, floatfmt=".4g"), ""]
 
 
 def add_arguments(p) -> None:
