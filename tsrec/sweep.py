@@ -248,10 +248,9 @@ def run_sweep(params: dict) -> pd.DataFrame:
         study_name=cfg.study, storage=make_storage(cfg, url), direction=OBJECTIVES[cfg.objective],
         load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=cfg.sampler_seed), pruner=make_pruner(cfg),
     )
-    if cfg.enqueue_default and not study.trials:
-        default = default_trial(params, cfg)
-        if default:
-            study.enqueue_trial(default, user_attrs={"enqueued": "params defaults"})
+    default = default_trial(params, cfg) if cfg.enqueue_default else None
+    if default:  # once per study, whatever the number of workers
+        study.enqueue_trial(default, user_attrs={"enqueued": "params defaults"}, skip_if_exists=True)
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     log.info("study %s at %s: %d/%d trials complete", cfg.study, masked(url), done, cfg.n_trials)
 
