@@ -268,9 +268,10 @@ def default_trial(params: dict, cfg: SweepConfig) -> dict[str, Any] | None:
     """The params' own SA-Init and TS-Align weight as trial parameters, or None (with a warning) when a value lies
     outside the search space."""
     from tsrec.sainit import config as sainit_config
+    from tsrec.tasks import tasks_config
 
     sa = sainit_config(params)
-    weight = float((((params.get("tasks") or {}).get("tsalign")) or {}).get("weight", 1.0))
+    weight = float(tasks_config(params).tsalign.weight)
     trial = {"source": sa.source, "pooling": sa.pooling, "rescale": sa.rescale, "levels": "".join(sa.levels),
              "tsalign_weight": weight}
     lo, hi = cfg.weight_range
