@@ -20,6 +20,7 @@ relative gain on NDCG@10, a paired test on per-row ranks pooled over seeds, and 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -31,7 +32,6 @@ from tsrec.config import global_seed, section
 from tsrec.errors import TsrecError
 from tsrec.io import atomic_file
 from tsrec.metrics import KS
-from tsrec.metrics import _load_object as load_object  # JSON errors name the file and line
 
 log = logging.getLogger(__name__)
 
@@ -424,8 +424,8 @@ def run_ledger(results: Path, ds: str) -> pd.DataFrame:
             summary_file = folder / "train_summary.json"
             if not summary_file.is_file():  # e.g. the RL runs: their own record
                 continue
-            tr = load_object(summary_file).get("train") or {}
-            met = load_object(folder / "metrics.json")
+            tr = json.loads(summary_file.read_text()).get("train") or {}
+            met = json.loads((folder / "metrics.json").read_text())
             prec = tr.get("precision") or {}
             rows.append({
                 "variant": variant, "seed": seed, "steps": tr.get("steps"), "stop": tr.get("stop_reason"),
