@@ -258,4 +258,8 @@ def test_run_ledger_lists_each_llm_run_with_its_budget_and_time(three_seeds, tmp
                                       "report": {"results": str(three_seeds), "out": str(three_seeds / "t.md")}}))
     assert main(["--params", str(params), "report"]) == 0
     assert pd.read_csv(three_seeds / DS / "runs.csv")["steps"].tolist() == [1100, 1200]
+    bad = three_seeds / DS / "tsrec" / "seed43" / "train_summary.json"
+    bad.write_text('{"train": {"steps": 1200,\n  "wall_s": }}')
+    with pytest.raises(TsrecError, match=r"train_summary.json.*line 2|line 2.*train_summary.json"):
+        run_ledger(three_seeds, DS)
     assert "the LLM runs (budget, stop, measured time)" in (three_seeds / "t.md").read_text()

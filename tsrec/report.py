@@ -424,8 +424,8 @@ def run_ledger(results: Path, ds: str) -> pd.DataFrame:
             summary_file = folder / "train_summary.json"
             if not summary_file.is_file():  # e.g. the RL runs: their own record
                 continue
-            tr = json.loads(summary_file.read_text()).get("train") or {}
-            met = json.loads((folder / "metrics.json").read_text())
+            tr = _record(summary_file).get("train") or {}
+            met = _record(folder / "metrics.json")
             prec = tr.get("precision") or {}
             rows.append({
                 "variant": variant, "seed": seed, "steps": tr.get("steps"), "stop": tr.get("stop_reason"),
@@ -437,6 +437,17 @@ def run_ledger(results: Path, ds: str) -> pd.DataFrame:
                 "test rows/s": met.get("rows_per_s"),
             })
     return pd.DataFrame(rows)
+
+
+def _record(path: Path) -> dict:
+    """A run's JSON record; a malformed one names its file and line."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise TsrecError(f"invalid JSON: {exc.msg}", file=path, line=exc.lineno) from exc
+    if not isinstance(raw, dict):
+        raise TsrecError("expected a JSON object", file=path)
+    return raw
 
 
 def ledger_lines(ledger: pd.DataFrame, ds: str) -> list[str]:
