@@ -44,14 +44,20 @@ def metrics_files(results: Path) -> list[Path]:
     return sorted(f for f in files if not is_run_record(f))
 
 
-def read_values(path: Path) -> dict[str, float]:
-    """The comparable numbers of one metrics file (quality metrics and counts, top level)."""
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from a results file; malformed JSON or another JSON type names the file (and line)."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise TsrecError(f"invalid JSON: {exc.msg}", file=path, line=exc.lineno) from exc
     if not isinstance(raw, dict):
         raise TsrecError("expected a JSON object", file=path)
+    return raw
+
+
+def read_values(path: Path) -> dict[str, float]:
+    """The comparable numbers of one metrics file (quality metrics and counts, top level)."""
+    raw = read_json_object(path)
     return {k: v for k, v in raw.items()
             if (QUALITY.match(k) or k in COUNTS) and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
@@ -114,11 +120,8 @@ def render(rows: list[dict[str, Any]], show_all: bool = False) -> str:
 def load_expected(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise TsrecError("expected metrics file not found", file=path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise TsrecError(f"invalid JSON: {exc.msg}", file=path, line=exc.lineno) from exc
-    metrics = raw.get("metrics") if isinstance(raw, dict) else None
+    raw = read_json_object(path)
+    metrics = raw.get("metrics")
     if not isinstance(metrics, dict) or not metrics:
         raise TsrecError("no 'metrics' object of <path> -> {metric: value}", file=path, field="metrics")
     for rel, want in metrics.items():

@@ -20,7 +20,6 @@ relative gain on NDCG@10, a paired test on per-row ranks pooled over seeds, and 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import pandas as pd
 
 from tsrec import layout, stats
 from tsrec.baselines.table import PUBLISHED_COLUMNS, PUBLISHED_LABEL, ROWS, baseline_runs, published_rows, write_table
+from tsrec.check import read_json_object
 from tsrec.config import global_seed, section
 from tsrec.errors import TsrecError
 from tsrec.io import atomic_file
@@ -424,8 +424,8 @@ def run_ledger(results: Path, ds: str) -> pd.DataFrame:
             summary_file = folder / "train_summary.json"
             if not summary_file.is_file():  # e.g. the RL runs: their own record
                 continue
-            tr = _record(summary_file).get("train") or {}
-            met = _record(folder / "metrics.json")
+            tr = read_json_object(summary_file).get("train") or {}
+            met = read_json_object(folder / "metrics.json")
             prec = tr.get("precision") or {}
             rows.append({
                 "variant": variant, "seed": seed, "steps": tr.get("steps"), "stop": tr.get("stop_reason"),
@@ -437,17 +437,6 @@ def run_ledger(results: Path, ds: str) -> pd.DataFrame:
                 "test rows/s": met.get("rows_per_s"),
             })
     return pd.DataFrame(rows)
-
-
-def _record(path: Path) -> dict:
-    """A run's JSON record; a malformed one names its file and line."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise TsrecError(f"invalid JSON: {exc.msg}", file=path, line=exc.lineno) from exc
-    if not isinstance(raw, dict):
-        raise TsrecError("expected a JSON object", file=path)
-    return raw
 
 
 def ledger_lines(ledger: pd.DataFrame, ds: str) -> list[str]:
