@@ -8,7 +8,7 @@ import yaml
 from tiny_train import make_params  # noqa: E402
 
 from tsrec.errors import ParamError
-from tsrec.sweep import masked, run_sweep
+from tsrec.sweep import masked, run_sweep, scoring_precision
 
 
 @pytest.fixture()
@@ -136,3 +136,11 @@ def test_storage_url_from_environment(params, tmp_path, monkeypatch):
     url = storage_url(cfg)
     assert make_url(url).password == "s3cret" and make_url(url).username == "tsrec"
     assert "s3cret" not in masked(url)
+
+
+def test_trials_are_scored_in_the_evaluate_precision(params, monkeypatch):
+    import tsrec.precision
+
+    monkeypatch.setattr(tsrec.precision, "native_bf16", lambda device="cpu": True)  # a native-bf16 CPU
+    assert scoring_precision({**params, "evaluate": {"precision": "fp32"}}, "cpu") == "fp32"
+    assert scoring_precision({**params, "evaluate": {"precision": "auto"}}, "cpu") == "bf16"

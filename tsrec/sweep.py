@@ -167,6 +167,15 @@ def pruning_callback(trial, maximize: bool):
     return Report()
 
 
+def scoring_precision(params: dict, device: str) -> str:
+    """The precision trials are scored in: the evaluate stage's (``evaluate.precision``), so that every trial and
+    the test runs are scored alike whatever the machine (``auto`` would pick bf16 on a native-bf16 CPU only)."""
+    from tsrec.precision import resolve
+    from tsrec.scoring import EvaluateConfig
+
+    return resolve(section(params, "evaluate", EvaluateConfig).precision, device)
+
+
 def score_valid(params: dict, cfg: SweepConfig, run_dir: Path, ranks_file: Path | None = None) -> dict[str, float]:
     """HR@K / NDCG@K of a trial's model on the fixed seeded valid subsample (constrained beam search); the row
     ranks go to ``ranks_file`` (default ``<run_dir>/valid_ranks.parquet``: trials can be compared row by row)."""
@@ -174,7 +183,7 @@ def score_valid(params: dict, cfg: SweepConfig, run_dir: Path, ranks_file: Path 
     from tsrec.datasets import DataConfig, load_index, load_split
     from tsrec.decoding import SidTrie
     from tsrec.layout import write_row_ranks
-    from tsrec.precision import resolve, resolve_device
+    from tsrec.precision import resolve_device
     from tsrec.runs import load_trained
     from tsrec.scoring import evaluate_rows, run_index, run_prompts, select_rows
     from tsrec.tasks import encode_prompt, seqrec_prompt
@@ -188,7 +197,7 @@ def score_valid(params: dict, cfg: SweepConfig, run_dir: Path, ranks_file: Path 
     ranks, summary = evaluate_rows(
         model, tokenizer, SidTrie.from_index(index, tokenizer, suffix=prompts.eos_suffix), index, rows,
         lambda history: seqrec_prompt(history, prompts, "seqrec"), encode_prompt, beams=cfg.eval_beams,
-        batch_size=cfg.eval_batch, desc=f"sweep valid {run_dir.name}", precision=resolve("auto", device))
+        batch_size=cfg.eval_batch, desc=f"sweep valid {run_dir.name}", precision=scoring_precision(params, device))
     write_row_ranks(ranks_file or run_dir / "valid_ranks.parquet", ranks)
     return summary["metrics"]
 
