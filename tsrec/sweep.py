@@ -3,8 +3,9 @@
 Each trial trains the `tsrec` variant with the trial's overrides on the `train` budget (plateau stopping;
 `sweep.train` may override it) and scores it by the project's constrained beam search on a fixed seeded
 subsample of the valid split
-(`sweep.eval_rows`; objective valid NDCG@10, maximised). An Optuna pruner stops a trial early on its
-intermediate valid loss (reported at every evaluation of the trainer). The study lives in an Optuna RDB
+(`sweep.eval_rows`; objective valid NDCG@10, maximised). With `sweep.pruner.kind: median`, an Optuna pruner
+stops a trial early on its intermediate valid loss (reported at every evaluation of the trainer); off by default,
+as early loss ranks these runs in reverse (benchmarks/sweep_pruning_signal.py). The study lives in an Optuna RDB
 storage (`sweep.storage`: sqlite by default; a PostgreSQL/MySQL URL lets many workers, on many machines, run
 `tsrec sweep` against one study). A killed worker's trial is retried through Optuna's heartbeat
 (`RetryHeartbeatStaleTrialCallback`); the trial's run folder is keyed by its parameters, so the retry resumes
@@ -42,7 +43,7 @@ OBJECTIVES = {"valid_ndcg10": "maximize", "valid_loss": "minimize"}
 
 @dataclasses.dataclass
 class PrunerConfig:
-    kind: Literal["median", "none"] = "median"  # optuna.pruners.MedianPruner on the intermediate valid loss
+    kind: Literal["median", "none"] = "none"  # median: optuna MedianPruner on the intermediate valid loss
     startup_trials: int = 4    # no pruning until this many trials are complete
     warmup_steps: int = 500    # nor before this training step of a trial
 
