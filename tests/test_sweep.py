@@ -16,7 +16,7 @@ def params(tmp_path, tiny_dataset, tiny_backbone):
     p = make_params(tmp_path, tiny_dataset, tiny_backbone)
     p["sweep"] = {"dataset": tiny_dataset.name, "storage": f"sqlite:///{tmp_path}/optuna.db", "n_trials": 2,
                   "pooling": ["mean", "max"], "weight_range": [0.5, 2.0], "eval_rows": 12, "eval_beams": 5,
-                  "pruner": {"kind": "none"}, "train": {"max_steps": 2, "eval_steps": 1}, "out": str(tmp_path / "sweep"),
+                  "pruner": {"kind": "threshold", "max_loss": 1000.0, "warmup_steps": 0}, "train": {"max_steps": 2, "eval_steps": 1}, "out": str(tmp_path / "sweep"),
                   "results": str(tmp_path / "results")}
     p["data"]["datasets"] = [tiny_dataset.name]
     return p
@@ -45,15 +45,18 @@ def test_sweep_uses_rdb_storage_and_resumes(params, tmp_path):
     assert meta["params"]["sainit"]["pooling"] == trial.params["pooling"]
     assert meta["params"]["sainit"]["levels"] == list(trial.params["levels"]) and meta["variant"] == "tsrec"
     assert meta["params"]["tasks"]["tsalign"]["weight"] == pytest.approx(trial.params["tsalign_weight"])
-    # asking for 3 complete trials runs exactly one more
+    # asking for 3 complete trials runs exactly one more, and the resumed worker draws a new configuration
     params["sweep"]["n_trials"] = 3
     df = run_sweep(params)
-    assert len(df) == 3 and len(optuna.load_study(study_name="tsrec-sweep-ndcg",
-                                                  storage=params["sweep"]["storage"]).trials) == 3
+    trials = optuna.load_study(study_name="tsrec-sweep-ndcg", storage=params["sweep"]["storage"]).trials
+    assert len(df) == 3 and len(trials) == 3
+    assert trials[2].params != trials[1].params
     dest = tmp_path / "results" / params["sweep"]["dataset"] / "sweep"
     summary = json.loads((dest / "sweep.json").read_text())
     assert summary["best"]["value"] == pytest.approx(df["value"].max())
     assert (dest / "history.png").read_bytes()[:4] == b"\x89PNG"
+    curve = pd.read_csv(dest / "curves" / "trial1.csv")  # each trial's valid loss, kept beside the study
+    assert list(curve.columns) == ["step", "epoch", "eval_loss"] and len(curve) >= 1
     # the best params file is a variant the pipeline takes as it is
     best = yaml.safe_load((dest / "best.yaml").read_text())["sweep_best"]
     assert best["sainit"]["pooling"] == summary["best"]["params"]["pooling"]
@@ -144,3 +147,29 @@ def test_trials_are_scored_in_the_evaluate_precision(params, monkeypatch):
     monkeypatch.setattr(tsrec.precision, "native_bf16", lambda device="cpu": True)  # a native-bf16 CPU
     assert scoring_precision({**params, "evaluate": {"precision": "fp32"}}, "cpu") == "fp32"
     assert scoring_precision({**params, "evaluate": {"precision": "auto"}}, "cpu") == "bf16"
+
+
+def test_threshold_pruner_stops_only_a_loss_above_the_bound_after_warmup(params):
+    from tsrec.config import section
+    from tsrec.sweep import SweepConfig, make_pruner, pruning_callback
+
+    params["sweep"]["pruner"] = {"kind": "threshold", "max_loss": 3.8, "warmup_steps": 500}
+    cfg = section(params, "sweep", SweepConfig)
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(cfg))
+
+    class State:
+        global_step = 400
+
+    healthy, failing = study.ask(), study.ask()
+    for trial, loss in ((healthy, 3.46), (failing, 4.18)):
+        cb, state = pruning_callback(trial, maximize=True), State()
+        cb.on_evaluate(None, state, None, metrics={"eval_loss": loss})  # step 400: before the warmup, kept
+        state.global_step = 500
+        if loss > 3.8:
+            with pytest.raises(optuna.TrialPruned, match="step 500"):
+                cb.on_evaluate(None, state, None, metrics={"eval_loss": loss})
+        else:
+            cb.on_evaluate(None, state, None, metrics={"eval_loss": loss})
+    params["sweep"]["pruner"] = {"kind": "threshold", "max_loss": None}
+    with pytest.raises(ParamError, match="max_loss"):
+        section(params, "sweep", SweepConfig)

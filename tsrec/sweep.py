@@ -3,15 +3,16 @@
 Each trial trains the `tsrec` variant with the trial's overrides on the `train` budget (plateau stopping;
 `sweep.train` may override it) and scores it by the project's constrained beam search on a fixed seeded
 subsample of the valid split
-(`sweep.eval_rows`; objective valid NDCG@10, maximised). With `sweep.pruner.kind: median`, an Optuna pruner
-stops a trial early on its intermediate valid loss (reported at every evaluation of the trainer); off by default,
-as early loss ranks these runs in reverse (benchmarks/sweep_pruning_signal.py). The study lives in an Optuna RDB
+(`sweep.eval_rows`; objective valid NDCG@10, maximised). An Optuna pruner watches the intermediate valid loss
+(reported at every evaluation of the trainer): by default a ThresholdPruner that stops only gross failures, since
+early loss ranks healthy runs in reverse (benchmarks/sweep_pruning_signal.py); a MedianPruner is the other choice. The study lives in an Optuna RDB
 storage (`sweep.storage`: sqlite by default; a PostgreSQL/MySQL URL lets many workers, on many machines, run
 `tsrec sweep` against one study). A killed worker's trial is retried through Optuna's heartbeat
 (`RetryHeartbeatStaleTrialCallback`); the trial's run folder is keyed by its parameters, so the retry resumes
 from the last checkpoint. The sweep stops once `n_trials` trials are complete, counted over all workers.
 
-Written to `<results>/<DS>/sweep/`: `sweep.json` / `sweep.md` (every trial, its state and values), the
+Written to `<results>/<DS>/sweep/`: `sweep.json` / `sweep.md` (every trial, its state and values), `curves/`
+(each trial's valid-loss curve), the
 parameter importances, `history.png` and `importance.png`, and `best.yaml`: the best trial's overrides as
 a variant (`variants.sweep_best`), plus the `dvc exp run -S` line that applies them to the defaults.
 """
@@ -43,13 +44,17 @@ OBJECTIVES = {"valid_ndcg10": "maximize", "valid_loss": "minimize"}
 
 @dataclasses.dataclass
 class PrunerConfig:
-    kind: Literal["median", "none"] = "none"  # median: optuna MedianPruner on the intermediate valid loss
-    startup_trials: int = 4    # no pruning until this many trials are complete
-    warmup_steps: int = 500    # nor before this training step of a trial
+    # on the intermediate valid loss: threshold = optuna ThresholdPruner (loss above max_loss), median = MedianPruner
+    kind: Literal["threshold", "median", "none"] = "threshold"
+    max_loss: float | None = 3.8  # threshold: stop a trial whose valid loss is above this
+    startup_trials: int = 4    # median: no pruning until this many trials are complete
+    warmup_steps: int = 500    # no pruning before this training step of a trial
 
     def validate(self) -> None:
         if self.startup_trials < 0 or self.warmup_steps < 0:
             raise ValueError("startup_trials and warmup_steps must be >= 0")
+        if self.kind == "threshold" and not (self.max_loss and self.max_loss > 0):
+            raise ValueError("kind threshold needs max_loss > 0")
 
 
 @dataclasses.dataclass
@@ -235,8 +240,19 @@ def make_pruner(cfg: SweepConfig):
 
     if cfg.pruner.kind == "none":
         return optuna.pruners.NopPruner()
+    if cfg.pruner.kind == "threshold":  # the callback reports the loss negated when the study maximises
+        bound = ({"lower": -cfg.pruner.max_loss} if OBJECTIVES[cfg.objective] == "maximize"
+                 else {"upper": cfg.pruner.max_loss})
+        return optuna.pruners.ThresholdPruner(**bound, n_warmup_steps=cfg.pruner.warmup_steps)
     return optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner.startup_trials,
                                        n_warmup_steps=cfg.pruner.warmup_steps)
+
+
+def sampler_seed(cfg: SweepConfig, study) -> int:
+    """``sweep.sampler_seed`` offset by the trials the study already holds: a worker that resumes the study draws
+    new configurations (with the bare seed it would repeat the draws of the first worker), and a sequential study
+    stays reproducible. Workers started at the same moment see the same count: start them a trial apart."""
+    return cfg.sampler_seed + len(study.get_trials(deepcopy=False))
 
 
 def run_sweep(params: dict) -> pd.DataFrame:
@@ -256,11 +272,12 @@ def run_sweep(params: dict) -> pd.DataFrame:
     url = storage_url(cfg, params.get("_path"))
     study = optuna.create_study(
         study_name=cfg.study, storage=make_storage(cfg, url), direction=OBJECTIVES[cfg.objective],
-        load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=cfg.sampler_seed), pruner=make_pruner(cfg),
+        load_if_exists=True, pruner=make_pruner(cfg),
     )
     default = default_trial(params, cfg) if cfg.enqueue_default else None
     if default:  # once per study, whatever the number of workers
         study.enqueue_trial(default, user_attrs={"enqueued": "params defaults"}, skip_if_exists=True)
+    study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(cfg, study))
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     log.info("study %s at %s: %d/%d trials complete", cfg.study, masked(url), done, cfg.n_trials)
 
@@ -335,6 +352,12 @@ def summarize(study, cfg: SweepConfig, params: dict) -> pd.DataFrame:
         "trials": json.loads(df.to_json(orient="records")),
     }
     write_json(dest / "sweep.json", record)
+    for trial in study.get_trials(deepcopy=False):  # each trial's valid-loss curve, kept with the study
+        curve = Path(trial.user_attrs.get("run_dir", "-")) / "plots" / "valid.csv"
+        if curve.is_file():
+            (dest / "curves").mkdir(exist_ok=True)
+            with atomic_file(dest / "curves" / f"trial{trial.number}.csv") as fh:
+                fh.write(curve.read_text(encoding="utf-8"))
     if variant:
         sets = [f"sainit.{k}={json.dumps(v) if isinstance(v, list) else str(v).lower() if isinstance(v, bool) else v}"
                 for k, v in variant["sainit"].items()] + [f"tasks.tsalign.weight={variant['tasks']['tsalign']['weight']}"]
