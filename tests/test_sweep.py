@@ -65,6 +65,15 @@ def test_sweep_uses_rdb_storage_and_resumes(params, tmp_path):
     from tsrec.sainit import config as sainit_config
 
     assert sainit_config(variant_params(params, "sweep_best")).levels == list(summary["best"]["params"]["levels"])
+    # a failed trial that shares trial 1's folder (a stopped copy) gets no curve of its own
+    from tsrec.config import section
+    from tsrec.sweep import SweepConfig, summarize
+
+    study = optuna.load_study(study_name="tsrec-sweep-ndcg", storage=params["sweep"]["storage"])
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, params=trials[1].params,
+                                              distributions=trials[1].distributions, user_attrs=trials[1].user_attrs))
+    summarize(study, section(params, "sweep", SweepConfig), params)
+    assert (dest / "curves" / "trial1.csv").is_file() and not (dest / "curves" / "trial3.csv").exists()
 
 
 def test_pruning_callback_stops_a_trial_the_pruner_rejects():

@@ -352,7 +352,9 @@ def summarize(study, cfg: SweepConfig, params: dict) -> pd.DataFrame:
         "trials": json.loads(df.to_json(orient="records")),
     }
     write_json(dest / "sweep.json", record)
-    for trial in study.get_trials(deepcopy=False):  # each trial's valid-loss curve, kept with the study
+    # each finished trial's valid-loss curve, kept with the study (a failed retry may share another trial's folder)
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    for trial in study.get_trials(deepcopy=False, states=finished):
         curve = Path(trial.user_attrs.get("run_dir", "-")) / "plots" / "valid.csv"
         if curve.is_file():
             (dest / "curves").mkdir(exist_ok=True)
