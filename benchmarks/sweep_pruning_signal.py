@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pandas as pd
-import yaml
 from scipy.stats import spearmanr
 
-from tsrec.config import section
+from tsrec.check import read_json_object
+from tsrec.config import load_params, section
 from tsrec.io import atomic_file, write_json
 from tsrec.sweep import SweepConfig, make_pruner
 
@@ -40,7 +39,7 @@ def load_runs(ds: str) -> pd.DataFrame:
             if not (run / "valid.csv").is_file() or not (run / "metrics.json").is_file():
                 continue
             curve = pd.read_csv(run / "valid.csv").set_index("step")["eval_loss"]
-            ndcg = json.loads((run / "metrics.json").read_text())["NDCG@10"]
+            ndcg = read_json_object(run / "metrics.json")["NDCG@10"]
             rows.append({"run": f"{variant}-{run.name.removeprefix('seed')}", "ndcg10": ndcg,
                          "best_loss": float(curve.min()), "steps": int(curve.index.max()),
                          **{f"loss@{s}": float(curve[s]) if s in curve.index else np.nan for s in STEPS},
@@ -74,8 +73,7 @@ def main() -> None:
     ap.add_argument("--dataset", default="Industrial_and_Scientific")
     ap.add_argument("--orders", type=int, default=200)
     args = ap.parse_args()
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    cfg = section({**params, "_path": str(ROOT / "params.yaml")}, "sweep", SweepConfig)
+    cfg = section(load_params(ROOT / "params.yaml"), "sweep", SweepConfig)
     pruner_cfg = {"startup_trials": cfg.pruner.startup_trials, "warmup_steps": cfg.pruner.warmup_steps}
     median = dataclasses.replace(cfg, pruner=dataclasses.replace(cfg.pruner, kind="median"))
     runs = load_runs(args.dataset)
