@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 
 
-.PHONY: setup repro rl teachers test bench tables ablations sweep clean-venv profile
+.PHONY: setup repro rl teachers test bench tables ablations sweep confirm clean-venv profile
 DVC := PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc
 
 setup: $(VENV)/.installed
@@ -53,6 +53,12 @@ rl: setup
 # Optuna sweep over SA-Init pooling and the TS-Align weight (study in sweep.storage; resumable)
 sweep: setup
 	$(DVC) repro sweep
+
+# the sweep's winner retrained over seeds beside tsrec (params sweep.confirm: stages train_confirm / evaluate_confirm)
+confirm: setup
+	@$(PY) -c 'import sys, yaml; c = yaml.safe_load(open("params.yaml"))["sweep"]["confirm"]; sys.exit(0 if c["variants"] else "params.yaml sweep.confirm.variants is empty: paste the sweep_best block of results/<DS>/sweep/best.yaml under variants: and list sweep_best there")'
+	$(DVC) repro evaluate_confirm
+	$(DVC) repro --single-item report  # its deps (results/) would pull in the sweep and the optional teachers
 
 P ?= cpu
 profile: setup

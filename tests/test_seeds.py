@@ -123,6 +123,38 @@ def test_extra_runs_are_the_same_stages_over_another_product(tmp_path):
         d.def_path for d in stages[f"evaluate_extra@{ds}-sainit_a-42"].deps}
 
 
+def test_confirm_runs_are_the_same_stages_over_the_sweep_winner(tmp_path):
+    """sweep.confirm (the sweep's winner over seeds): no stage while its variant list is empty; once a variant is
+    listed, train_confirm / evaluate_confirm are the train / evaluate stages over that product."""
+    dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for stage in ("train", "evaluate"):
+        main_stage, confirm = dvc_yaml[stage], dvc_yaml[f"{stage}_confirm"]
+        assert {k: v for k, v in confirm.items() if k != "matrix"} == {k: v for k, v in main_stage.items() if k != "matrix"}
+        assert confirm["matrix"] == {"dataset": "${sweep.confirm.datasets}", "variant": "${sweep.confirm.variants}",
+                                     "seed": "${sweep.confirm.seeds}"}
+    shutil.copy(REPO / "dvc.yaml", tmp_path)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    ds = "Industrial_and_Scientific"
+    assert params["sweep"]["confirm"] == {"datasets": [ds], "variants": [], "seeds": params["train"]["seeds"]}
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q", "--no-scm"], cwd=tmp_path, check=True)
+    from dvc.repo import Repo
+
+    def confirm_stages(p: dict) -> dict:
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+        with Repo(str(tmp_path)) as repo:
+            return {s.name: s for s in repo.index.stages if "_confirm@" in s.name}
+
+    assert confirm_stages(params) == {}
+    params["variants"]["sweep_best"] = {"sainit": {"pooling": "idf"}}
+    params["sweep"]["confirm"]["variants"] = ["sweep_best"]
+    stages = confirm_stages(params)
+    assert set(stages) == {f"{st}@{ds}-sweep_best-{s}" for st in ("train_confirm", "evaluate_confirm")
+                           for s in (42, 43, 44)}
+    assert stages[f"train_confirm@{ds}-sweep_best-43"].cmd == f"tsrec train --dataset {ds} --variant sweep_best --seed 43"
+    assert f"artifacts/{ds}/runs/sweep_best/seed43/final" in {
+        d.def_path for d in stages[f"evaluate_confirm@{ds}-sweep_best-43"].deps}
+
+
 def test_extra_variants_resolve_to_their_ablation(tmp_path):
     from tsrec import sainit
     from tsrec.keyword_cache import cache_path

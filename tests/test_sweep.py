@@ -119,6 +119,12 @@ def test_bad_sweep_params(params):
     with pytest.raises(ParamError, match="max_stpes") as exc:
         run_sweep(params)
     assert exc.value.field == "sweep.train"
+    params["sweep"]["train"] = {}
+    for confirm in ({"variants": ["sweep_best"]}, {"datasets": [], "variants": "sweep_best", "seeds": [42]},
+                    {"datasets": [], "variants": [], "seeds": ["42"]}):
+        params["sweep"]["confirm"] = confirm
+        with pytest.raises(ParamError, match="confirm"):
+            run_sweep(params)
     assert not (Path(params["sweep"]["storage"].removeprefix("sqlite:///"))).exists()  # no study, no failed trial
 
 

@@ -79,6 +79,8 @@ class SweepConfig:
     weight_range: list[float] = dataclasses.field(default_factory=lambda: [0.1, 3.0])  # log-uniform
     pruner: PrunerConfig = dataclasses.field(default_factory=PrunerConfig)
     train: dict = dataclasses.field(default_factory=lambda: {"keep_checkpoints": False})  # trials' train overrides
+    # the winner's confirmation runs (stages train_confirm / evaluate_confirm): datasets x variants x seeds
+    confirm: dict = dataclasses.field(default_factory=lambda: {"datasets": [], "variants": [], "seeds": []})
     out: str = "artifacts/sweep"
     results: str = "results"
 
@@ -95,6 +97,11 @@ class SweepConfig:
             raise ValueError(f"weight_range must be [low, high] with 0 < low <= high, got {lo_hi}")
         if self.heartbeat_s < 1:
             raise ValueError("heartbeat_s must be >= 1")
+        if set(self.confirm) != {"datasets", "variants", "seeds"} or not all(
+                isinstance(v, list) for v in self.confirm.values()):
+            raise ValueError(f"confirm must map datasets, variants and seeds to lists, got {self.confirm}")
+        if not all(isinstance(s, int) and not isinstance(s, bool) for s in self.confirm["seeds"]):
+            raise ValueError(f"confirm.seeds must be integers, got {self.confirm['seeds']}")
 
 
 def trial_overrides(trial, cfg: SweepConfig) -> dict[str, Any]:
@@ -365,7 +372,8 @@ def summarize(study, cfg: SweepConfig, params: dict) -> pd.DataFrame:
                 for k, v in variant["sainit"].items()] + [f"tasks.tsalign.weight={variant['tasks']['tsalign']['weight']}"]
         with atomic_file(dest / "best.yaml") as fh:
             fh.write(f"# best trial {best.number} of study {cfg.study}: {cfg.objective} = {best.value:.4f}\n"
-                     f"# as a variant: paste under `variants:` in params.yaml (train.variants: [..., sweep_best]);\n"
+                     f"# to confirm it: paste under `variants:` in params.yaml, list sweep_best in sweep.confirm.variants, "
+                     f"then `make confirm`;\n"
                      f"# or on the defaults: dvc exp run " + " ".join(f"-S '{x}'" for x in sets) + "\n")
             yaml.safe_dump({"sweep_best": variant}, fh, sort_keys=False)
     with atomic_file(dest / "sweep.md") as fh:
