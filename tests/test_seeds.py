@@ -94,15 +94,21 @@ def test_matrix_runs_one_stage_per_seed_into_seed_folders(tmp_path):
     assert str(layout.results_dir("results", ds, "no_sainit", 43) / "metrics.json") in {o.def_path for o in ev.outs}
 
 
+def assert_anchor_copies(suffix: str, product: str) -> None:
+    """stages train_<suffix> / evaluate_<suffix> are train / evaluate (same command, deps, params, outs) over the
+    params lists under <product>."""
+    dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for stage in ("train", "evaluate"):
+        main_stage, copy = dvc_yaml[stage], dvc_yaml[f"{stage}_{suffix}"]
+        assert {k: v for k, v in copy.items() if k != "matrix"} == {k: v for k, v in main_stage.items() if k != "matrix"}
+        assert copy["matrix"] == {"dataset": f"${{{product}.datasets}}", "variant": f"${{{product}.variants}}",
+                                  "seed": f"${{{product}.seeds}}"}
+
+
 def test_extra_runs_are_the_same_stages_over_another_product(tmp_path):
     """train.extra (the SA-Init depth and teacher ablations): stages train_extra / evaluate_extra run the same
     command with the same deps, params and outs as train / evaluate, for their own product only."""
-    dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    for stage in ("train", "evaluate"):
-        main_stage, extra = dvc_yaml[stage], dvc_yaml[f"{stage}_extra"]
-        assert {k: v for k, v in extra.items() if k != "matrix"} == {k: v for k, v in main_stage.items() if k != "matrix"}
-        assert extra["matrix"] == {"dataset": "${train.extra.datasets}", "variant": "${train.extra.variants}",
-                                   "seed": "${train.extra.seeds}"}
+    assert_anchor_copies("extra", "train.extra")
     shutil.copy(REPO / "dvc.yaml", tmp_path)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     ds = "Industrial_and_Scientific"
@@ -126,12 +132,7 @@ def test_extra_runs_are_the_same_stages_over_another_product(tmp_path):
 def test_confirm_runs_are_the_same_stages_over_the_sweep_winner(tmp_path):
     """sweep.confirm (the sweep's winner over seeds): no stage while its variant list is empty; once a variant is
     listed, train_confirm / evaluate_confirm are the train / evaluate stages over that product."""
-    dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    for stage in ("train", "evaluate"):
-        main_stage, confirm = dvc_yaml[stage], dvc_yaml[f"{stage}_confirm"]
-        assert {k: v for k, v in confirm.items() if k != "matrix"} == {k: v for k, v in main_stage.items() if k != "matrix"}
-        assert confirm["matrix"] == {"dataset": "${sweep.confirm.datasets}", "variant": "${sweep.confirm.variants}",
-                                     "seed": "${sweep.confirm.seeds}"}
+    assert_anchor_copies("confirm", "sweep.confirm")
     shutil.copy(REPO / "dvc.yaml", tmp_path)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     ds = "Industrial_and_Scientific"
