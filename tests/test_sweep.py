@@ -76,6 +76,28 @@ def test_sweep_uses_rdb_storage_and_resumes(params, tmp_path):
     assert (dest / "curves" / "trial1.csv").is_file() and not (dest / "curves" / "trial3.csv").exists()
 
 
+def test_trial_curve_is_the_trials_own(tmp_path):
+    """A trial's curve: its folder's valid.csv when that ends where the trial's reports end (a resumed trial keeps
+    its steps before the resume), else the losses the trial reported (the folder was rewritten by a copy)."""
+    from tsrec.sweep import trial_curve
+
+    (tmp_path / "plots").mkdir()
+    pd.DataFrame({"step": [100, 200, 300], "epoch": [0.1, 0.2, 0.3], "eval_loss": [4.0, 3.5, 3.2]}).to_csv(
+        tmp_path / "plots" / "valid.csv", index=False)
+
+    def trial(reported: dict, run_dir=tmp_path):
+        return optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=0.05,
+                                         intermediate_values=reported, user_attrs={"run_dir": str(run_dir)})
+
+    resumed = trial_curve(trial({200: -3.5, 300: -3.2}), maximize=True)
+    assert resumed["step"].tolist() == [100, 200, 300] and "epoch" in resumed
+    rewritten = trial_curve(trial({100: -4.1, 200: -3.6, 300: -3.3, 400: -3.1}), maximize=True)
+    assert rewritten["step"].tolist() == [100, 200, 300, 400]
+    assert rewritten["eval_loss"].tolist() == [4.1, 3.6, 3.3, 3.1]  # the study holds -loss when maximising
+    assert trial_curve(trial({400: 3.1}, tmp_path / "gone"), maximize=False)["eval_loss"].tolist() == [3.1]
+    assert trial_curve(trial({}, tmp_path / "gone"), maximize=True) is None
+
+
 def test_pruning_callback_stops_a_trial_the_pruner_rejects():
     from tsrec.sweep import pruning_callback
 

@@ -329,6 +329,22 @@ def best_variant(study) -> dict[str, Any]:
             "tasks": {"tsalign": {"enabled": True, "weight": round(float(p.get("tsalign_weight", 1.0)), 4)}}}
 
 
+def trial_curve(trial, maximize: bool) -> pd.DataFrame | None:
+    """A finished trial's valid-loss curve: its run folder's ``plots/valid.csv`` (the whole history, also the
+    steps before a resume) when that file ends at the last step the trial reported, else the steps the trial
+    reported to the study (a later trial with the same parameters may have rewritten the shared folder)."""
+    reported = {int(step): (-v if maximize else v) for step, v in trial.intermediate_values.items()}
+    path = Path(trial.user_attrs.get("run_dir", "-")) / "plots" / "valid.csv"
+    if path.is_file():
+        curve = pd.read_csv(path)
+        if reported and not curve.empty and int(curve["step"].max()) == max(reported):
+            return curve
+    if not reported:
+        return None
+    return pd.DataFrame({"step": list(reported), "eval_loss": list(reported.values()),
+                         "source": "study intermediate values"}).sort_values("step")
+
+
 def summarize(study, cfg: SweepConfig, params: dict) -> pd.DataFrame:
     """Trials table, importances, plots and the best params file under ``<results>/<DS>/sweep/``."""
     import optuna
@@ -359,14 +375,13 @@ def summarize(study, cfg: SweepConfig, params: dict) -> pd.DataFrame:
         "trials": json.loads(df.to_json(orient="records")),
     }
     write_json(dest / "sweep.json", record)
-    # each finished trial's valid-loss curve, kept with the study (a failed retry may share another trial's folder)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     for trial in study.get_trials(deepcopy=False, states=finished):
-        curve = Path(trial.user_attrs.get("run_dir", "-")) / "plots" / "valid.csv"
-        if curve.is_file():
+        curve = trial_curve(trial, maximize)
+        if curve is not None:
             (dest / "curves").mkdir(exist_ok=True)
             with atomic_file(dest / "curves" / f"trial{trial.number}.csv") as fh:
-                fh.write(curve.read_text(encoding="utf-8"))
+                curve.to_csv(fh, index=False)
     if variant:
         sets = [f"sainit.{k}={json.dumps(v) if isinstance(v, list) else str(v).lower() if isinstance(v, bool) else v}"
                 for k, v in variant["sainit"].items()] + [f"tasks.tsalign.weight={variant['tasks']['tsalign']['weight']}"]
