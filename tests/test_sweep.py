@@ -97,6 +97,13 @@ def test_trial_curve_is_the_trials_own(tmp_path):
     assert trial_curve(trial({400: 3.1}, tmp_path / "gone"), maximize=False)["eval_loss"].tolist() == [3.1]
     assert trial_curve(trial({}, tmp_path / "gone"), maximize=True) is None
 
+    def unreported(steps: int):  # a trial made before the sweep reported intermediate values
+        return optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=0.05,
+                                         user_attrs={"run_dir": str(tmp_path), "steps": steps})
+
+    assert trial_curve(unreported(300), maximize=True)["step"].tolist() == [100, 200, 300]
+    assert trial_curve(unreported(1200), maximize=True) is None  # the folder holds another run's curve
+
 
 def test_pruning_callback_stops_a_trial_the_pruner_rejects():
     from tsrec.sweep import pruning_callback

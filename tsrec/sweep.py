@@ -331,13 +331,15 @@ def best_variant(study) -> dict[str, Any]:
 
 def trial_curve(trial, maximize: bool) -> pd.DataFrame | None:
     """A finished trial's valid-loss curve: its run folder's ``plots/valid.csv`` (the whole history, also the
-    steps before a resume) when that file ends at the last step the trial reported, else the steps the trial
-    reported to the study (a later trial with the same parameters may have rewritten the shared folder)."""
+    steps before a resume) when that file ends at the trial's last step (the last it reported, else its recorded
+    ``steps``), else the steps the trial reported to the study (a later trial with the same parameters may have
+    rewritten the shared folder); None when neither is there."""
     reported = {int(step): (-v if maximize else v) for step, v in trial.intermediate_values.items()}
+    last = max(reported) if reported else trial.user_attrs.get("steps")
     path = Path(trial.user_attrs.get("run_dir", "-")) / "plots" / "valid.csv"
-    if path.is_file():
+    if path.is_file() and last is not None:
         curve = pd.read_csv(path)
-        if reported and not curve.empty and int(curve["step"].max()) == max(reported):
+        if not curve.empty and int(curve["step"].max()) == int(last):
             return curve
     if not reported:
         return None
@@ -377,11 +379,13 @@ def summarize(study, cfg: SweepConfig, params: dict) -> pd.DataFrame:
     write_json(dest / "sweep.json", record)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     for trial in study.get_trials(deepcopy=False, states=finished):
-        curve = trial_curve(trial, maximize)
-        if curve is not None:
-            (dest / "curves").mkdir(exist_ok=True)
-            with atomic_file(dest / "curves" / f"trial{trial.number}.csv") as fh:
-                curve.to_csv(fh, index=False)
+        curve, target = trial_curve(trial, maximize), dest / "curves" / f"trial{trial.number}.csv"
+        if curve is None:
+            target.unlink(missing_ok=True)  # an earlier summary's copy of a file that is not this trial's
+            continue
+        target.parent.mkdir(exist_ok=True)
+        with atomic_file(target) as fh:
+            curve.to_csv(fh, index=False)
     if variant:
         sets = [f"sainit.{k}={json.dumps(v) if isinstance(v, list) else str(v).lower() if isinstance(v, bool) else v}"
                 for k, v in variant["sainit"].items()] + [f"tasks.tsalign.weight={variant['tasks']['tsalign']['weight']}"]
