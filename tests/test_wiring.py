@@ -52,7 +52,7 @@ def test_code_deps_are_the_imports(name):
 
 @pytest.mark.parametrize("name", sorted(DVC))
 def test_params_are_the_sections_read(name):
-    derived = params_read(module_of(DVC[name])) - set(NOT_DECLARED.get(name.removesuffix("_extra"), {}))
+    derived = params_read(module_of(DVC[name])) - set(NOT_DECLARED.get(re.sub(r"_(extra|confirm)$", "", name), {}))
     declared = {re.split(r"[.]", str(p))[0] for p in body(DVC[name]).get("params", [])}
     assert (sorted(derived - declared), sorted(declared - derived)) == ([], []), "(read but undeclared, declared unread)"
 

@@ -80,7 +80,8 @@ class SweepConfig:
     pruner: PrunerConfig = dataclasses.field(default_factory=PrunerConfig)
     train: dict = dataclasses.field(default_factory=lambda: {"keep_checkpoints": False})  # trials' train overrides
     # the winner's confirmation runs (stages train_confirm / evaluate_confirm): datasets x variants x seeds
-    confirm: dict = dataclasses.field(default_factory=lambda: {"datasets": [], "variants": [], "seeds": []})
+    confirm: dict = dataclasses.field(default_factory=lambda: {
+        "datasets": ["Industrial_and_Scientific"], "variants": [], "seeds": [42, 43, 44]})
     out: str = "artifacts/sweep"
     results: str = "results"
 
