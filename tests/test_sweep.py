@@ -149,7 +149,7 @@ def test_bad_sweep_params(params):
         run_sweep(params)
     assert exc.value.field == "sweep.train"
     params["sweep"]["train"] = {}
-    for confirm in ({"variants": ["sweep_best"]}, {"datasets": [], "variants": "sweep_best", "seeds": [42]},
+    for confirm in ({"variant": ["sweep_best"]}, {"datasets": [], "variants": "sweep_best", "seeds": [42]},
                     {"datasets": [], "variants": [], "seeds": ["42"]}):
         params["sweep"]["confirm"] = confirm
         with pytest.raises(ParamError, match="confirm"):

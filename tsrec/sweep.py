@@ -31,6 +31,7 @@ import pandas as pd
 from tsrec.config import section
 from tsrec.errors import ParamError
 from tsrec.io import atomic_file, sha256_json, write_json
+from tsrec.runs import ExtraRuns
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,7 @@ class SweepConfig:
     pruner: PrunerConfig = dataclasses.field(default_factory=PrunerConfig)
     train: dict = dataclasses.field(default_factory=lambda: {"keep_checkpoints": False})  # trials' train overrides
     # the winner's confirmation runs (stages train_confirm / evaluate_confirm): datasets x variants x seeds
-    confirm: dict = dataclasses.field(default_factory=lambda: {
-        "datasets": ["Industrial_and_Scientific"], "variants": [], "seeds": [42, 43, 44]})
+    confirm: ExtraRuns = dataclasses.field(default_factory=lambda: ExtraRuns(variants=[], seeds=[42, 43, 44]))
     out: str = "artifacts/sweep"
     results: str = "results"
 
@@ -98,11 +98,6 @@ class SweepConfig:
             raise ValueError(f"weight_range must be [low, high] with 0 < low <= high, got {lo_hi}")
         if self.heartbeat_s < 1:
             raise ValueError("heartbeat_s must be >= 1")
-        if set(self.confirm) != {"datasets", "variants", "seeds"} or not all(
-                isinstance(v, list) for v in self.confirm.values()):
-            raise ValueError(f"confirm must map datasets, variants and seeds to lists, got {self.confirm}")
-        if not all(isinstance(s, int) and not isinstance(s, bool) for s in self.confirm["seeds"]):
-            raise ValueError(f"confirm.seeds must be integers, got {self.confirm['seeds']}")
 
 
 def trial_overrides(trial, cfg: SweepConfig) -> dict[str, Any]:
