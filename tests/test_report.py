@@ -243,13 +243,15 @@ def test_run_ledger_lists_each_llm_run_with_its_budget_and_time(three_seeds, tmp
         d = three_seeds / DS / "tsrec" / f"seed{seed}"
         _json(d / "train_summary.json", {"train": {
             "steps": steps, "stop_reason": "plateau", "best_checkpoint": f"checkpoint-{steps - 300}",
-            "best_eval_loss": 2.87, "precision": {"requested": "fp32", "resolved": "fp32"}, "wall_s": wall}})
+            "best_eval_loss": 2.87, "precision": {"requested": "fp32", "resolved": "fp32"}, "wall_s": wall,
+            **({"resumed_from": "checkpoint-100"} if seed == 43 else {})}})
         met = json.loads((d / "metrics.json").read_text())
         _json(d / "metrics.json", {**met, "wall_time_s": 600.0, "rows_per_s": 7.5})
     ledger = run_ledger(three_seeds, DS)
     # only the runs with a train record (tsrec 42/43); sft and seed 44 have none
-    assert ledger[["variant", "seed", "steps", "best checkpoint", "train min", "evaluate min"]].values.tolist() == [
-        ["tsrec", 42, 1100, "800", 26.5, 10.0], ["tsrec", 43, 1200, "900", 27.5, 10.0]]
+    assert ledger[["variant", "seed", "steps", "best checkpoint", "resumed from", "train min",
+                   "evaluate min"]].values.tolist() == [
+        ["tsrec", 42, 1100, "800", "", 26.5, 10.0], ["tsrec", 43, 1200, "900", "100", 27.5, 10.0]]
     text = "\n".join(ledger_lines(ledger, DS))
     assert "**1.2 h** over 2 runs" in text  # (26.5 + 27.5 + 2 x 10) min = 74 min
     assert ledger_lines(run_ledger(tmp_path / "none", DS), DS) == []

@@ -430,6 +430,7 @@ def run_ledger(results: Path, ds: str) -> pd.DataFrame:
             rows.append({
                 "variant": variant, "seed": seed, "steps": tr.get("steps"), "stop": tr.get("stop_reason"),
                 "best checkpoint": str(tr.get("best_checkpoint") or "").removeprefix("checkpoint-"),
+                "resumed from": str(tr.get("resumed_from") or "").removeprefix("checkpoint-"),
                 "best valid loss": tr.get("best_eval_loss"),
                 "precision": prec.get("resolved") if isinstance(prec, dict) else prec,
                 "train min": round(tr["wall_s"] / 60, 1) if tr.get("wall_s") is not None else None,
@@ -447,7 +448,8 @@ def ledger_lines(ledger: pd.DataFrame, ds: str) -> list[str]:
             "From each run's `train_summary.json` and `metrics.json`. Times are wall clock as each run ran (1 or 2 "
             "threads, often beside another job; evaluate's `run.json` records its threads), so their sum is what "
             f"these runs cost on the machines they ran on, not a benchmark: **{total:.1f} h** over {len(ledger)} "
-            f"runs (train + full-test evaluate). CSV: `{ds}/runs.csv`.", "",
+            f"runs (train + full-test evaluate). A run `resumed from` a checkpoint counts only its last sitting's train "
+            f"minutes (the sittings before it were stopped with their session). CSV: `{ds}/runs.csv`.", "",
             ledger.to_markdown(index=False, floatfmt=".4g"), ""]
 
 
