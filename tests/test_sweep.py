@@ -40,6 +40,7 @@ def test_sweep_uses_rdb_storage_and_resumes(params, tmp_path):
     assert trial.value == pytest.approx(trial.user_attrs["valid_NDCG@10"]) and 0 <= trial.value <= 1
     ranks = pd.read_parquet(Path(trial.user_attrs["run_dir"], "valid_ranks.parquet"))
     assert len(ranks) == 12
+    assert trial.user_attrs["resumed_from"] is None  # a fresh trial; a retried one names its checkpoint
     assert Path(trial.user_attrs["run_dir"], "final", "tsrec_meta.json").is_file()
     meta = json.loads(Path(trial.user_attrs["run_dir"], "final", "tsrec_meta.json").read_text())
     assert meta["params"]["sainit"]["pooling"] == trial.params["pooling"]

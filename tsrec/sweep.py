@@ -226,7 +226,8 @@ def objective_fn(params: dict, cfg: SweepConfig):
         if loss is None:
             raise RuntimeError(f"trial {trial.number}: training reported no valid loss")
         trial.set_user_attr("steps", meta["train"]["steps"])
-        trial.set_user_attr("train_wall_s", meta["train"]["wall_s"])
+        trial.set_user_attr("train_wall_s", meta["train"]["wall_s"])  # this sitting's; see resumed_from
+        trial.set_user_attr("resumed_from", meta["train"].get("resumed_from"))
         trial.set_user_attr("valid_loss", float(loss))
         if cfg.objective == "valid_loss":
             return float(loss)
