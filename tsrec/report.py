@@ -381,8 +381,10 @@ def plot_rl(results: Path, ds: str, variants: list[str], dest: Path, smooth: int
 
 
 # ---------------------------------------------------------------- the stage
-def write_dataset(results: Path, ds: str, ks: list[int], variants: list[str], seed: int = 42) -> list[str]:
-    """CSV + plots of one dataset; returns its Markdown section."""
+def write_dataset(results: Path, ds: str, ks: list[int], variants: list[str], seed: int = 42,
+                  matrix: tuple[list[str], list[int]] | None = None) -> list[str]:
+    """CSV + plots of one dataset; returns its Markdown section. ``matrix``: the ablation matrix's
+    (train.variants, train.seeds), whose share of the ledger's time is stated apart."""
     table = dataset_table(results, ds, ks, variants, seed)
     shown = table.shown
     with atomic_file(results / ds / "table.csv") as fh:
@@ -406,7 +408,7 @@ def write_dataset(results: Path, ds: str, ks: list[int], variants: list[str], se
     if not ledger.empty:
         with atomic_file(results / ds / "runs.csv") as fh:
             ledger.to_csv(fh, index=False)
-    parts += ledger_lines(ledger, ds)
+    parts += ledger_lines(ledger, ds, matrix)
     pub = published_md(ds, ks)
     if pub:
         parts += [f"### {ds}: {PUBLISHED_LABEL}", "",
@@ -440,16 +442,27 @@ def run_ledger(results: Path, ds: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def ledger_lines(ledger: pd.DataFrame, ds: str) -> list[str]:
+def ledger_hours(ledger: pd.DataFrame) -> float:
+    return float(ledger[["train min", "evaluate min"]].sum().sum() / 60)
+
+
+def ledger_lines(ledger: pd.DataFrame, ds: str, matrix: tuple[list[str], list[int]] | None = None) -> list[str]:
     if ledger.empty:
         return []
-    total = ledger[["train min", "evaluate min"]].sum().sum() / 60
+    total = ledger_hours(ledger)
+    share = ""
+    if matrix:
+        variants, seeds = matrix
+        mine = ledger[ledger["variant"].isin(variants) & ledger["seed"].isin(seeds)]
+        share = (f" Of these, the ablation matrix (`train.variants` x `train.seeds`: {len(variants)} x "
+                 f"{len(seeds)} = {len(variants) * len(seeds)} runs, what `make ablations` trains) has "
+                 f"{len(mine)} runs, **{ledger_hours(mine):.1f} h**.")
     return [f"### {ds}: the LLM runs (budget, stop, measured time)", "",
             "From each run's `train_summary.json` and `metrics.json`. Times are wall clock as each run ran (1 or 2 "
             "threads, often beside another job; evaluate's `run.json` records its threads), so their sum is what "
             f"these runs cost on the machines they ran on, not a benchmark: **{total:.1f} h** over {len(ledger)} "
             f"runs (train + full-test evaluate). A run `resumed from` a checkpoint counts only its last sitting's train "
-            f"minutes (the sittings before it were stopped with their session). CSV: `{ds}/runs.csv`.", "",
+            f"minutes (the sittings before it were stopped with their session).{share} CSV: `{ds}/runs.csv`.", "",
             ledger.to_markdown(index=False, floatfmt=".4g"), ""]
 
 
@@ -475,7 +488,9 @@ def run(args, params) -> None:
              "seed; a method with one run (deterministic) is paired with every seed of `tsrec`.",
              f"* **seed test**: {stats.SEED_TEST} on {MAIN}; n/a with fewer than 2 seeds.", ""]
     for ds in datasets:
-        parts += write_dataset(results, ds, cfg.ks, variants, seed)
+        train = params.get("train") or {}
+        matrix = (list(train.get("variants") or []), [int(s) for s in train.get("seeds") or [seed]])
+        parts += write_dataset(results, ds, cfg.ks, variants, seed, matrix)
     with atomic_file(cfg.out) as fh:
         fh.write("\n".join(parts))
     log.info("wrote %s and %s", cfg.out, write_table(results, datasets))
