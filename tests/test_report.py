@@ -257,7 +257,7 @@ def test_run_ledger_lists_each_llm_run_with_its_budget_and_time(three_seeds, tmp
     assert "ablation matrix" not in text
     # the matrix's share: tsrec x [43, 44] holds one ledger run (seed 43: 27.5 + 10 min)
     text = "\n".join(ledger_lines(ledger, DS, (["tsrec", "sft"], [43, 44])))
-    assert "2 x 2 = 4 runs, what `make ablations` trains) has 1 runs, **0.6 h**" in text
+    assert "2 x 2 = 4 runs, what `make ablations` trains) took **0.6 h** of it, over the 1 of its runs" in text
     assert ledger_lines(run_ledger(tmp_path / "none", DS), DS) == []
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"seed": 42, "data": {"datasets": [DS]}, "variants": {"tsrec": {}},
@@ -265,7 +265,7 @@ def test_run_ledger_lists_each_llm_run_with_its_budget_and_time(three_seeds, tmp
                                       "report": {"results": str(three_seeds), "out": str(three_seeds / "t.md")}}))
     assert main(["--params", str(params), "report"]) == 0
     assert pd.read_csv(three_seeds / DS / "runs.csv")["steps"].tolist() == [1100, 1200]
-    assert "1 x 2 = 2 runs, what `make ablations` trains) has 2 runs, **1.2 h**" in (three_seeds / "t.md").read_text()
+    assert "1 x 2 = 2 runs, what `make ablations` trains) took **1.2 h** of it, over the 2 of its runs" in (three_seeds / "t.md").read_text()
     bad = three_seeds / DS / "tsrec" / "seed43" / "train_summary.json"
     bad.write_text('{"train": {"steps": 1200,\n  "wall_s": }}')
     with pytest.raises(TsrecError, match=r"train_summary.json.*line 2|line 2.*train_summary.json"):

@@ -454,9 +454,9 @@ def ledger_lines(ledger: pd.DataFrame, ds: str, matrix: tuple[list[str], list[in
     if matrix:
         variants, seeds = matrix
         mine = ledger[ledger["variant"].isin(variants) & ledger["seed"].isin(seeds)]
-        share = (f" Of these, the ablation matrix (`train.variants` x `train.seeds`: {len(variants)} x "
-                 f"{len(seeds)} = {len(variants) * len(seeds)} runs, what `make ablations` trains) has "
-                 f"{len(mine)} runs, **{ledger_hours(mine):.1f} h**.")
+        share = (f" The ablation matrix (`train.variants` x `train.seeds`: {len(variants)} x {len(seeds)} = "
+                 f"{len(variants) * len(seeds)} runs, what `make ablations` trains) took **{ledger_hours(mine):.1f} h**"
+                 f" of it, over the {len(mine)} of its runs listed here.")
     return [f"### {ds}: the LLM runs (budget, stop, measured time)", "",
             "From each run's `train_summary.json` and `metrics.json`. Times are wall clock as each run ran (1 or 2 "
             "threads, often beside another job; evaluate's `run.json` records its threads), so their sum is what "
