@@ -487,10 +487,11 @@ def run(args, params) -> None:
              f"* **paired test (rows)**: {stats.ROW_TEST.format(k=PAIRED_K, n_boot=N_BOOT)}. Runs are paired by "
              "seed; a method with one run (deterministic) is paired with every seed of `tsrec`.",
              f"* **seed test**: {stats.SEED_TEST} on {MAIN}; n/a with fewer than 2 seeds.", ""]
+    train = params.get("train") or {}
+    matrix = (list(train.get("variants") or []), [int(s) for s in train.get("seeds") or [seed]])
     for ds in datasets:
-        train = params.get("train") or {}
-        matrix = (list(train.get("variants") or []), [int(s) for s in train.get("seeds") or [seed]])
-        parts += write_dataset(results, ds, cfg.ks, variants, seed, matrix)
+        in_matrix = ds in (train.get("datasets") or datasets)
+        parts += write_dataset(results, ds, cfg.ks, variants, seed, matrix if in_matrix else None)
     with atomic_file(cfg.out) as fh:
         fh.write("\n".join(parts))
     log.info("wrote %s and %s", cfg.out, write_table(results, datasets))
