@@ -261,7 +261,7 @@ def test_run_ledger_lists_each_llm_run_with_its_budget_and_time(three_seeds, tmp
     assert ledger_lines(run_ledger(tmp_path / "none", DS), DS) == []
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"seed": 42, "data": {"datasets": [DS]}, "variants": {"tsrec": {}},
-                                      "train": {"variants": ["tsrec"], "seeds": [42, 43]},
+                                      "train": {"datasets": [DS], "variants": ["tsrec"], "seeds": [42, 43]},
                                       "report": {"results": str(three_seeds), "out": str(three_seeds / "t.md")}}))
     assert main(["--params", str(params), "report"]) == 0
     assert pd.read_csv(three_seeds / DS / "runs.csv")["steps"].tolist() == [1100, 1200]

@@ -487,10 +487,10 @@ def run(args, params) -> None:
              f"* **paired test (rows)**: {stats.ROW_TEST.format(k=PAIRED_K, n_boot=N_BOOT)}. Runs are paired by "
              "seed; a method with one run (deterministic) is paired with every seed of `tsrec`.",
              f"* **seed test**: {stats.SEED_TEST} on {MAIN}; n/a with fewer than 2 seeds.", ""]
-    train = params.get("train") or {}
-    matrix = (list(train.get("variants") or []), [int(s) for s in train.get("seeds") or [seed]])
+    train = params.get("train") or {}  # the train matrix as dvc.yaml and config.check_top_level read it
+    matrix = (list(train.get("variants") or []), list(train.get("seeds") or []))
     for ds in datasets:
-        in_matrix = ds in (train.get("datasets") or datasets)
+        in_matrix = ds in (train.get("datasets") or []) and all(matrix)
         parts += write_dataset(results, ds, cfg.ks, variants, seed, matrix if in_matrix else None)
     with atomic_file(cfg.out) as fh:
         fh.write("\n".join(parts))
