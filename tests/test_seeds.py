@@ -136,7 +136,9 @@ def test_confirm_runs_are_the_same_stages_over_the_sweep_winner(tmp_path):
     shutil.copy(REPO / "dvc.yaml", tmp_path)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     ds = "Industrial_and_Scientific"
-    assert params["sweep"]["confirm"] == {"datasets": [ds], "variants": [], "seeds": params["train"]["seeds"]}
+    confirm = params["sweep"]["confirm"]
+    assert confirm["datasets"] == [ds] and confirm["seeds"] == params["train"]["seeds"]
+    assert set(confirm["variants"]) <= set(params["variants"]), "sweep.confirm lists a variant params does not define"
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q", "--no-scm"], cwd=tmp_path, check=True)
     from dvc.repo import Repo
 
@@ -145,6 +147,7 @@ def test_confirm_runs_are_the_same_stages_over_the_sweep_winner(tmp_path):
         with Repo(str(tmp_path)) as repo:
             return {s.name: s for s in repo.index.stages if "_confirm@" in s.name}
 
+    params["sweep"]["confirm"]["variants"] = []
     assert confirm_stages(params) == {}
     params["variants"]["sweep_best"] = {"sainit": {"pooling": "idf"}}
     params["sweep"]["confirm"]["variants"] = ["sweep_best"]

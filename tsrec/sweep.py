@@ -80,8 +80,9 @@ class SweepConfig:
     weight_range: list[float] = dataclasses.field(default_factory=lambda: [0.1, 3.0])  # log-uniform
     pruner: PrunerConfig = dataclasses.field(default_factory=PrunerConfig)
     train: dict = dataclasses.field(default_factory=lambda: {"keep_checkpoints": False})  # trials' train overrides
-    # the winner's confirmation runs (stages train_confirm / evaluate_confirm): datasets x variants x seeds
-    confirm: ExtraRuns = dataclasses.field(default_factory=lambda: ExtraRuns(variants=[], seeds=[42, 43, 44]))
+    # the winner's confirmation runs (stages train_confirm / evaluate_confirm): datasets x variants x seeds;
+    # sweep_best: best.yaml's block, pasted under params variants (none listed: no such stage)
+    confirm: ExtraRuns = dataclasses.field(default_factory=lambda: ExtraRuns(variants=["sweep_best"], seeds=[42, 43, 44]))
     out: str = "artifacts/sweep"
     results: str = "results"
 
