@@ -10,10 +10,8 @@ Canonical form, one folder per dataset (``data/<DS>/``):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -34,6 +32,7 @@ from tsrec.datasets import (
     subpaths,
     verify,
 )
+from tsrec.download import download_url, download_verified
 from tsrec.errors import ParamError, TsrecError
 from tsrec.io import atomic_dir, atomic_file, sha256_file, write_json
 
@@ -55,29 +54,18 @@ def fetch(cfg: DataConfig, subpath: str, *, optional: bool = False) -> Path | No
         verify(path, expected)
         return path
     expected = PINNED_SHA256.get(subpath)
-    dest = Path(cfg.download_cache) / cfg.commit / subpath
-    if dest.is_file() and expected and sha256_file(dest) == expected:
-        return dest
-    url = URL_PATTERN.format(commit=cfg.commit, subpath=subpath)
-    log.info("downloading %s", url)
-    try:
-        with urllib.request.urlopen(url, timeout=cfg.timeout_s) as resp:
-            payload = resp.read()
-    except OSError as exc:
-        if optional:
-            return None
-        raise TsrecError(f"download failed: {exc}", file=url) from exc
     if expected is None:
         if optional:
             log.warning("%s has no pinned checksum; not using it", subpath)
             return None
-        raise TsrecError("no pinned checksum for this file", file=url)
-    got = hashlib.sha256(payload).hexdigest()
-    if got != expected:
-        raise TsrecError(f"sha256 mismatch: expected {expected}, got {got}", file=url)
-    with atomic_file(dest, "wb") as out:
-        out.write(payload)
-    return dest
+        raise TsrecError("no pinned checksum for this file", file=URL_PATTERN.format(commit=cfg.commit, subpath=subpath))
+    try:
+        return download_verified(URL_PATTERN.format(commit=cfg.commit, subpath=subpath),
+                                 Path(cfg.download_cache) / cfg.commit / subpath, expected, cfg.timeout_s)
+    except TsrecError as exc:
+        if optional and isinstance(exc.__cause__, OSError):  # not reachable: an optional file is skipped
+            return None
+        raise
 
 
 def reconstruct_train(valid: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
@@ -136,7 +124,7 @@ def build_dataset(cfg: DataConfig, ds: str, out_root: Path) -> dict:
                     ds, len(splits["train"]))
     sids = {tuple(v) for v in index.values()}
     url = URL_PATTERN.split("{commit}")[0]
-    log.info("%s: inputs from %s (sha256 in card.json)", ds, cfg.mirror_root if cfg.source == "mirror" else url)
+    log.info("%s: inputs from %s (sha256 in card.json)", ds, cfg.mirror_root if cfg.source == "mirror" else download_url(url))
     card = {
         "dataset": ds,
         "protocol": protocol,

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from tsrec.config import global_seed, section
 from tsrec.datasets import DataConfig, load_index, load_items, mirror_sums, verify
+from tsrec.download import AUTHORS_COMMIT, AUTHORS_SHA256, AUTHORS_URL_PATTERN, download_verified
 from tsrec.encoder import EmbedConfig, clean_text, embeddings_path, encode_texts, item_text, load_embeddings
 from tsrec.errors import ParamError, TsrecError
 from tsrec.io import sha256_json, write_json
@@ -214,17 +215,33 @@ def make_teacher(name: str, params: dict) -> Teacher:
     raise ParamError(f"{name!r} is not a generating teacher", field="keywords.datasets")
 
 
-def import_authors(params: dict, ds: str, tokens: Sequence[str]) -> dict[str, dict]:
-    """The TS-Rec authors' file from the data mirror: sha256-checked, tokens must equal the index's."""
+def authors_file(params: dict, ds: str) -> Path:
+    """The TS-Rec authors' keyword file of ``ds``, sha256-checked: from the data mirror, or (``data.source:
+    download``) from the authors' repository at a pinned commit into ``data.download_cache``."""
     dcfg = section(params, "data", DataConfig)
     rel = keywords_config(params).authors.file.format(ds=ds)
+    if dcfg.source == "download":
+        name = Path(rel).name
+        url = AUTHORS_URL_PATTERN.format(commit=AUTHORS_COMMIT, name=name)
+        if name not in AUTHORS_SHA256:
+            raise TsrecError(f"no pinned checksum for the authors' keyword file of {ds!r} (the authors published "
+                             f"{sorted(AUTHORS_SHA256)}); use another teacher in keywords.datasets.{ds}", file=url)
+        return download_verified(url, Path(dcfg.download_cache) / "tsrec-authors" / AUTHORS_COMMIT / name,
+                                 AUTHORS_SHA256[name], dcfg.timeout_s)
     path = dcfg.mirror_root / rel
     if not path.is_file():
-        raise TsrecError("authors' keyword file not in the mirror (set data.mirror or $TSREC_MIRROR)", file=path)
+        raise TsrecError("authors' keyword file not in the mirror (set data.mirror or $TSREC_MIRROR, or "
+                         "data.source: download)", file=path)
     expected = mirror_sums(dcfg.mirror_root).get(rel)
     if expected is None:
         raise TsrecError("no checksum for this file in the mirror's SHA256SUMS; refusing it", file=path)
     verify(path, expected)
+    return path
+
+
+def import_authors(params: dict, ds: str, tokens: Sequence[str]) -> dict[str, dict]:
+    """The TS-Rec authors' file (``authors_file``); its tokens must equal the index's."""
+    path = authors_file(params, ds)
     records = load_cache(path)
     missing = sorted(set(tokens) - set(records), key=token_key)
     extra = sorted(set(records) - set(tokens), key=token_key)
