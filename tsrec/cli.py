@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -35,10 +37,38 @@ NO_PARAMS = {"check", "migrate-seed-layout"}  # they run wherever the results ar
 log = logging.getLogger("tsrec")
 
 
+HELP = {"-h", "--help"}
+
+
+def help_arguments(path: str):
+    """The ``add_arguments`` of stage module ``path`` without importing it (a stage module imports torch & co.,
+    seconds; help must not wait for that): compiled from the module's source together with its top-level
+    assignments of literal constants (e.g. ``MODELS = (...)``). None when the function needs anything else, then
+    the caller imports the module. tests/test_cli_help.py checks every stage's help equals the imported one."""
+    spec = importlib.util.find_spec(path)
+    tree = ast.parse(open(spec.origin, encoding="utf-8").read(), spec.origin)
+    func = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "add_arguments"), None)
+    if func is None:
+        return None
+    namespace: dict = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets):
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+            namespace.update({t.id: value for t in node.targets})
+    code = compile(ast.Module(body=[func], type_ignores=[]), spec.origin, "exec")
+    exec(code, {"__builtins__": __builtins__, **namespace}, namespace)
+    return namespace["add_arguments"]
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """The CLI; only the stage named in ``argv`` (if any) is imported to register its options."""
+    """The CLI; only the stage named in ``argv`` (if any) is imported to register its options (for ``--help``
+    not even that: ``help_arguments``)."""
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((a for i, a in enumerate(argv) if a in STAGES and (i == 0 or argv[i - 1] != "--params")), None)
+    want_help = bool(HELP & set(argv))
     parser = argparse.ArgumentParser(prog="tsrec", description=__doc__)
     parser.add_argument("--params", default=None, help="params file (default: params.yaml or $TSREC_PARAMS)")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -46,6 +76,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     for name, (path, help_text) in STAGES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:
+            add = help_arguments(path) if want_help else None
+            try:
+                if add is not None:
+                    add(argparse.ArgumentParser())  # a dry run: it may read a name that is no literal constant
+                    add(p)
+                    continue
+            except NameError:
+                pass
             mod = importlib.import_module(path)
             mod.add_arguments(p)
             p.set_defaults(_module=mod)
