@@ -44,7 +44,7 @@ ablations: setup
 	$(DVC) repro evaluate evaluate_extra
 	$(DVC) repro --single-item report  # its deps (results/) would pull in the sweep and the optional teachers
 
-# GRPO after SFT (dvc stage rl: train.datasets x rl.variants x train.seeds, ~30 min per run on 2 cores) and
+# GRPO after SFT (dvc stage rl: rl.datasets x rl.variants x rl.seeds, ~30 min per run on 2 cores) and
 # the RL runs' evaluation (stage evaluate_rl; it pulls in rl and, where not done, the SFT runs), then the tables
 rl: setup
 	$(DVC) repro rl evaluate_rl

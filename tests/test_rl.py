@@ -202,7 +202,8 @@ def test_rl_stage_tracks_every_rl_setting_but_the_matrix_list(profile):
     listed = {p.split(".", 1)[1] for p in params if p.startswith("rl.")}
     full = profile_params(profile)
     keys = set(full["rl"])
-    assert set(full["rl"]["variants"]) <= set(full["train"]["variants"]), profile.name
+    for key in MATRIX_KEYS:  # the RL runs start from SFT runs of the train matrix
+        assert set(full["rl"][key]) <= set(full["train"][key]), (profile.name, key)
     assert "rl" not in params and not listed & set(MATRIX_KEYS)
     assert listed == keys - set(MATRIX_KEYS), (f"{profile.name}: rl keys {sorted(keys - set(MATRIX_KEYS))} vs "
                                                f"dvc.yaml rl params {sorted(listed)}")
@@ -216,7 +217,8 @@ def test_rl_stages_run_one_per_dataset_variant_seed_into_seed_folders(tmp_path):
 
     shutil.copy(REPO / "dvc.yaml", tmp_path)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["train"].update(seeds=[42, 43], datasets=["Industrial_and_Scientific"])
+    params["train"].update(seeds=[42, 43, 44], datasets=["Industrial_and_Scientific"])
+    params["rl"].update(seeds=[42, 43], datasets=["Industrial_and_Scientific"])  # the RL matrix, not train's
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q", "--no-scm"], cwd=tmp_path, check=True)
     from dvc.repo import Repo

@@ -208,6 +208,108 @@ def dataset_table(results: Path, ds: str, ks: list[int], variants: list[str] | N
     return Table(pd.DataFrame(shown), pd.DataFrame(numeric), comparisons, rows)
 
 
+# ---------------------------------------------------------------- views
+DELTA = f"tsrec − row, {MAIN} [95 % CI]"   # named by its sign: positive = tsrec above the row
+PROFILE_PREFIXES = ("authors_", "paper_")    # variants of the authors / paper profiles: a table of their own
+# the paper's claim, TS-Rec over the best baseline on NDCG@10 (REFERENCE.md section 6), shown beside ours
+PAPER_GAIN = {"Industrial_and_Scientific": 7.17, "Office_Products": 4.27}
+
+
+def is_profile_row(row: Row) -> bool:
+    return bool(row.runs and row.runs.name.startswith(PROFILE_PREFIXES))
+
+
+def _delta_cells(c: dict | None) -> dict[str, str]:
+    """The narrow view of tsrec vs a row: Δ with its CI, the sign test, the seed test, what was paired."""
+    if not c:
+        return {DELTA: "", f"HR@{PAIRED_K} sign p": "", "seed test p": "", "paired on": ""}
+    p, t = c.get("paired"), c["seed"]
+    if p:
+        lo, hi = p[f"NDCG@{PAIRED_K}_diff_ci95"]
+        delta = f"{p[f'NDCG@{PAIRED_K}_diff']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+        sign = f"{p[f'HR@{PAIRED_K}_sign_test_p']:.2g}"
+        on = f"{p['pairs']} run pair{'s' * (p['pairs'] != 1)}, {p['rows']} rows"
+    else:
+        delta, sign, on = "n/a", "", c.get("paired_note", "no row ranks")
+    seed = (f"n/a (n={t['n']})" if t["test"] == "n/a" else
+            f"{t['p']:.2g} (n={t['n']})" if t["p"] is not None else f"no spread (n={t['n']})")
+    return {DELTA: delta, f"HR@{PAIRED_K} sign p": sign, "seed test p": seed, "paired on": on}
+
+
+def headline_md(table: Table, rows: list[Row]) -> str:
+    """Narrow: the verdict's metrics first (NDCG@10, HR@10), then tsrec − row with its tests."""
+    want = {id(r) for r in rows}
+    recs = []
+    for r, shown in zip(table.rows, table.shown.to_dict("records")):
+        if id(r) in want:
+            recs.append({"method": shown["method"], "runs": shown["runs"], MAIN: shown[MAIN],
+                         f"HR@{PAIRED_K}": shown[f"HR@{PAIRED_K}"], **_delta_cells(table.comparisons.get(shown["method"]))})
+    return pd.DataFrame(recs).to_markdown(index=False, disable_numparse=True)
+
+
+def full_md(table: Table, ks: list[int]) -> str:
+    """Every K (HR@1 = NDCG@1 shown once), the row's runs and source files; no tests."""
+    cols = ["method", "runs"]
+    for k in ks:
+        cols += [f"HR@{k}"] if k == 1 else [f"HR@{k}", f"NDCG@{k}"]
+    shown = table.shown[cols + ["source"]].rename(columns={"HR@1": "HR@1 = NDCG@1"})
+    return shown.to_markdown(index=False, disable_numparse=True)
+
+
+def readme_block(results: Path, datasets: list[str], variants: list[str], seed: int = 42) -> str:
+    """The README's result block: per dataset a compact table (HR@10, NDCG@10, n, tsrec − row paired CI) of the
+    best baseline, the transition floor and the TS-Rec variants of the cpu profile, and the paper's claim beside
+    ours. ``tsrec report --readme README.md`` writes it between the README's markers; a test checks it."""
+    out = []
+    for ds in datasets:
+        table = dataset_table(results, ds, [PAIRED_K], variants, seed)
+        best = best_baseline(table.rows)
+        keep = [r for r in table.rows if r.runs and (r is best or r.runs.name == "transition" or
+                                                     (r.kind == "variant" and r.runs.name in VARIANTS))]
+        recs = []
+        for r in keep:
+            shown = next(x for x, y in zip(table.shown.to_dict("records"), table.rows) if y is r)
+            c = _delta_cells(table.comparisons.get(shown["method"]))
+            recs.append({"method": shown["method"], "n": str(len(r.runs.seeds)), f"HR@{PAIRED_K}": shown[f"HR@{PAIRED_K}"],
+                         MAIN: shown[MAIN], DELTA: c[DELTA], "seed test p": c["seed test p"]})
+        ours = next((r.runs for r in table.rows if r.runs and r.runs.name == OURS), None)
+        claim = f"paper: TS-Rec {PAPER_GAIN[ds]:+.2f} % {MAIN} vs its best baseline" if ds in PAPER_GAIN else ""
+        if ours and best:
+            a, b = ours.mean_ci(MAIN)[0], best.runs.mean_ci(MAIN)[0]
+            mine = (f"here: `tsrec` {100 * (a / b - 1):+.1f} % vs the best baseline, {best.label}, "
+                    f"mean of {len(ours.seeds)} seeds")
+            claim = "; ".join(x for x in (claim, mine) if x)
+        out += [f"**{ds}** ({claim})", "", pd.DataFrame(recs).to_markdown(index=False, disable_numparse=True), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+README_BEGIN = "<!-- tsrec report: results (generated from results/ by `tsrec report --readme README.md`; do not edit) -->"
+README_END = "<!-- tsrec report: end of results -->"
+
+
+def write_readme(path: Path, block: str) -> bool:
+    """Replace the text between the README's markers with ``block``; False (and nothing written) without them."""
+    if not path.is_file():
+        raise TsrecError("no such README (tsrec report --readme)", file=path)
+    text = path.read_text(encoding="utf-8")
+    if README_BEGIN not in text or README_END not in text:
+        log.warning("%s: no result markers (%s ... %s); not written", path, README_BEGIN, README_END)
+        return False
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    with atomic_file(path) as fh:
+        fh.write(f"{head}{README_BEGIN}\n{block}{README_END}{tail}")
+    return True
+
+
+def readme_current(path: Path) -> str | None:
+    """The block between the README's markers, None without them."""
+    text = Path(path).read_text(encoding="utf-8")
+    if README_BEGIN not in text or README_END not in text:
+        return None
+    return text.split(README_BEGIN, 1)[1].split(README_END, 1)[0].removeprefix("\n")
+
+
 def published_md(ds: str, ks: list[int]) -> str | None:
     pub = published_rows(ds)
     if not len(pub):
@@ -228,7 +330,9 @@ def summary_lines(comparisons: dict, shown: pd.DataFrame) -> list[str]:
                 out.append(f"- TS-Rec vs {label}: not available (a side has not run).")
             else:
                 gain = "n/a" if c["gain"] is None else f"{100 * c['gain']:+.1f} %"
-                out.append(f"- TS-Rec vs {label}: {MAIN} {gain}; paired rows: {_paired_cell(c)}; "
+                d = _delta_cells(c)
+                out.append(f"- TS-Rec vs {label}: {MAIN} {gain}; tsrec − row {d[DELTA].replace(' [', ', 95 % CI [')}"
+                           f" ({d['paired on']}; HR@{PAIRED_K} sign p={d[f'HR@{PAIRED_K} sign p']}); "
                            f"seeds: {_seed_cell(c)}.")
     return out
 
@@ -272,7 +376,8 @@ def plot_valid_loss(results: Path, ds: str, variants: list[str], dest: Path) -> 
             missing.append(v)
             continue
         mean = curves.mean(axis=1)
-        line, = ax.plot(mean.index, mean.values, label=f"{v} (n={curves.shape[1]})")
+        line, = ax.plot(mean.index, mean.values, label=f"{v} (n={curves.shape[1]})", markersize=3,
+                        **series_style(len(ax.lines)))
         if curves.shape[1] > 1:
             ax.fill_between(curves.index, curves.min(axis=1), curves.max(axis=1), color=line.get_color(), alpha=0.2)
     ax.set(xlabel="step", ylabel="valid loss", title=f"{ds}: valid loss, mean over seeds (band: min-max)")
@@ -289,6 +394,7 @@ def plot_hr_at_k(rows: list[Row], ks: list[int], ds: str, dest: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     missing, item_only = [], []
+    drawn = 0
     for r in rows:
         if r.kind == "not ours":
             continue
@@ -297,11 +403,12 @@ def plot_hr_at_k(rows: list[Row], ks: list[int], ds: str, dest: Path) -> Path:
             continue
         pts = [(k, *r.runs.mean_ci(f"HR@{k}")) for k in ks]
         pts = [(k, m, ci or 0.0) for k, m, ci in pts if m is not None]
-        style = "-" if r.kind == "variant" else "--"
-        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt=style, marker="o",
-                    markersize=3, capsize=2, label=f"{r.label} (n={len(r.runs.seeds)})")
+        style = {**series_style(drawn), **({"linestyle": "--"} if r.kind == "baseline" else {})}
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], markersize=4, capsize=2,
+                    lw=1.2, label=f"{r.label} (n={len(r.runs.seeds)})", **style)
+        drawn += 1
     ax.set(xlabel="K", ylabel="HR@K (SID level)", xticks=ks,
-           title=f"{ds}: HR@K, mean over seeds (bars: 95 % t-interval)")
+           title=f"{ds}: HR@K, mean over seeds (bars: 95 % t-interval; dashed: baselines)")
     if ax.containers:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     notes = [f"{what}: {', '.join(labels)}" for what, labels in (("not run", missing),
@@ -311,6 +418,19 @@ def plot_hr_at_k(rows: list[Row], ks: list[int], ds: str, dest: Path) -> Path:
     _save(fig, dest)
     plt.close(fig)
     return dest
+
+
+MARKERS = "osD^vP*Xph<>"
+LINESTYLES = ("-", "--", "-.", ":")
+
+
+def series_style(i: int) -> dict:
+    """The i-th series' style: a tab20 colour and a marker, both unique up to 20 / 12 series, and a line style;
+    no two of the first 240 series look alike."""
+    import matplotlib
+
+    return {"color": matplotlib.colormaps["tab20"](i % 20), "marker": MARKERS[i % len(MARKERS)],
+            "linestyle": LINESTYLES[(i // 20) % len(LINESTYLES)]}
 
 
 FLOORS = (("pop", ":"), ("transition", "--"))  # deterministic baselines: horizontal lines
@@ -325,13 +445,13 @@ def plot_baseline_curves(results: Path, ds: str, dest: Path) -> Path | None:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
-    for m, recs in learned.items():
-        color = None
+    for j, (m, recs) in enumerate(learned.items()):
+        style = series_style(j)
         for i, rec in enumerate(recs):
             pts = [(p["epoch"], p["valid_NDCG@10"]) for p in rec.get("curve") or [] if "valid_NDCG@10" in p]
             label = f"{m} ({len(recs)} seeds, {rec.get('valid_rows_early_stopping')} valid rows)" if i == 0 else None
-            line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, lw=1, alpha=0.8, label=label)
-            color = line.get_color()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1, alpha=0.8, label=label, markersize=2,
+                    markevery=5, **style)
     for m, style in FLOORS:
         if m in runs:
             value = runs[m][0]["valid"]["NDCG@10"]
@@ -359,7 +479,10 @@ def plot_rl(results: Path, ds: str, variants: list[str], dest: Path, smooth: int
     steps) from ``rl.csv``, valid NDCG@10 from ``rl_valid.csv``."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(RL_PANELS), figsize=(4 * len(RL_PANELS), 3.4))
-    for v in variants:
+    for ax, (_, title) in zip(axes, RL_PANELS):
+        ax.set_xlabel("RL step", fontsize=8)
+        ax.set_ylabel(title, fontsize=8)
+    for j, v in enumerate(variants):
         seeds = sorted((results / ds / v).glob("seed*"))
         for ax, (col, title) in zip(axes, RL_PANELS):
             name = "rl_valid.csv" if col == "NDCG@10" else "rl.csv"
@@ -369,10 +492,10 @@ def plot_rl(results: Path, ds: str, variants: list[str], dest: Path, smooth: int
             curve = pd.concat(frames, axis=1).mean(axis=1)
             if name == "rl.csv":
                 curve = curve.rolling(smooth, min_periods=1).mean()
-            ax.plot(curve.index, curve.values, marker="o" if name != "rl.csv" else None, ms=3,
-                    label=f"{v} (n={len(frames)})")
-            ax.set_title(title, fontsize=9)
-            ax.set_xlabel("RL step", fontsize=8)
+            style = series_style(j)
+            if name == "rl.csv":
+                style["marker"] = None
+            ax.plot(curve.index, curve.values, ms=3, label=f"{v} (n={len(frames)})", **style)
     axes[-1].legend(fontsize=7)
     fig.suptitle(f"{ds}: GRPO (rewards and KL: rolling mean over {smooth} steps)", fontsize=9)
     _save(fig, dest)
@@ -399,15 +522,23 @@ def write_dataset(results: Path, ds: str, ks: list[int], variants: list[str], se
     if with_rl:
         plot_rl(results, ds, with_rl, plots / "rl.png")
         links += f", [GRPO curves]({ds}/plots/rl.png)"
+    main_rows = [r for r in table.rows if not is_profile_row(r)]
+    profile_rows = [r for r in table.rows if is_profile_row(r)]
     parts = [f"## {ds}", "",
-             f"SID level, test split, full ranking. CSV: `{ds}/table.csv`. Plots: [valid loss]({ds}/plots/valid_loss.png), "
+             f"SID level, test split, full ranking. Every K and the source files: the second table below and "
+             f"`{ds}/table.csv`. Plots: [valid loss]({ds}/plots/valid_loss.png), "
              f"[HR@K vs K]({ds}/plots/hr_at_k.png){links}.", "",
-             shown.to_markdown(index=False, disable_numparse=True), ""]
+             headline_md(table, main_rows), ""]
+    if profile_rows:
+        parts += [f"### {ds}: runs of the `authors` / `paper` profiles", "",
+                  "Other protocols (profiles/*.yaml; deviations in docs/profiles.md), compared with the cpu "
+                  "profile's `tsrec` on the same rows.", "", headline_md(table, profile_rows), ""]
     parts += summary_lines(table.comparisons, shown) + [""]
     ledger = run_ledger(results, ds)
     if not ledger.empty:
         with atomic_file(results / ds / "runs.csv") as fh:
             ledger.to_csv(fh, index=False)
+    parts += [f"### {ds}: every K", "", full_md(table, ks), ""]
     parts += ledger_lines(ledger, ds, matrix)
     pub = published_md(ds, ks)
     if pub:
@@ -468,6 +599,7 @@ def ledger_lines(ledger: pd.DataFrame, ds: str, matrix: tuple[list[str], list[in
 
 def add_arguments(p) -> None:
     p.add_argument("--dataset", action="append", help="dataset(s) to tabulate (default: data.datasets)")
+    p.add_argument("--readme", help="also write the result block between the markers of this README")
 
 
 def run(args, params) -> None:
@@ -483,10 +615,12 @@ def run(args, params) -> None:
              "it, the authors' protocol). Item-level numbers of the baselines: results/baselines.md.",
              "* **Cells**: mean over seeds ± half-width of the 95 % Student-t interval (n - 1 dof); `runs` says n "
              "and the seeds; one run shows its value (n=1). \"not run\" = no files, never filled in.",
-             f"* **tsrec gain {MAIN}**: mean {MAIN} of `tsrec` / the row's - 1.",
-             f"* **paired test (rows)**: {stats.ROW_TEST.format(k=PAIRED_K, n_boot=N_BOOT)}. Runs are paired by "
-             "seed; a method with one run (deterministic) is paired with every seed of `tsrec`.",
-             f"* **seed test**: {stats.SEED_TEST} on {MAIN}; n/a with fewer than 2 seeds.", ""]
+             f"* **{DELTA}**: `tsrec` minus the row, so positive = `tsrec` above the row; "
+             f"{stats.ROW_TEST.format(k=PAIRED_K, n_boot=N_BOOT)}. Runs are paired by "
+             "seed (`paired on`); a method with one run (deterministic) is paired with every seed of `tsrec`.",
+             f"* **seed test p**: {stats.SEED_TEST} on {MAIN}; n/a with fewer than 2 seeds. A row CI holds the "
+             "trained models fixed; the seed test is what a retrain faces.",
+             f"* **Relative gain** (`tsrec` / row - 1 on {MAIN}) and all K: `<DS>/table.csv`.", ""]
     train = params.get("train") or {}  # the train matrix as dvc.yaml and config.check_top_level read it
     matrix = (list(train.get("variants") or []), list(train.get("seeds") or []))
     for ds in datasets:
@@ -495,4 +629,6 @@ def run(args, params) -> None:
     with atomic_file(cfg.out) as fh:
         fh.write("\n".join(parts))
     log.info("wrote %s and %s", cfg.out, write_table(results, datasets))
+    if args.readme and write_readme(Path(args.readme), readme_block(results, datasets, variants, seed)):
+        log.info("wrote the result block of %s", args.readme)
     print("\n".join(parts))

@@ -70,7 +70,7 @@ from tsrec.precision import resolve as resolve_precision
 log = logging.getLogger(__name__)
 
 SUFFIX = "_rl"           # runs/<variant>_rl: the RL run of SFT variant <variant>
-MATRIX_KEYS = ("variants",)  # rl keys that list runs (the DVC matrix, with train.datasets/seeds), not settings of one
+MATRIX_KEYS = ("datasets", "variants", "seeds")  # rl keys that list runs (the DVC matrix), not settings of one
 SID_TASKS = ("seqrec", "item2sid", "title_hist2sid")  # the SFT tasks whose response is a SID
 PLOTS = {"rl.csv": ["step", "epoch", "learning_rate", "loss", "kl", "reward", "reward_rule", "reward_ranking",
                     "reward_std", "target_in_group"],
@@ -98,7 +98,10 @@ class RLTasks:
 
 @dataclasses.dataclass
 class RLConfig:
+    # the RL runs (dvc stages rl / evaluate_rl): datasets x variants x seeds, each a subset of the train matrix's
+    datasets: list[str] = dataclasses.field(default_factory=lambda: ["Industrial_and_Scientific"])
     variants: list[str] = dataclasses.field(default_factory=lambda: ["sft", "tsrec"])  # SFT runs to start from
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [42])
     tasks: RLTasks = dataclasses.field(default_factory=RLTasks)
     train_prompts: int | None = 1024  # fixed seeded subsample of the prompt pool (None: all of it)
     epochs: float = 2.0
@@ -124,6 +127,8 @@ class RLConfig:
     precision: Precision = "fp32"
 
     def validate(self) -> None:
+        if not self.datasets or not self.seeds:
+            raise ValueError("datasets and seeds must not be empty")
         if not self.variants or any(not v or v.endswith(SUFFIX) or "/" in v for v in self.variants):
             raise ValueError(f"variants must be SFT variant names (not *{SUFFIX}), got {self.variants}")
         for name in ("batch_size", "eval_steps", "ref_sync_steps", "valid_rows", "eval_batch_size"):

@@ -363,7 +363,7 @@ def summarize(study, cfg: SweepConfig, params: dict) -> pd.DataFrame:
                 study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=cfg.sampler_seed))
         except (RuntimeError, ValueError) as exc:  # e.g. every complete trial has the same value
             log.warning("no parameter importances: %s", exc)
-        _plots(study, dest, importances)
+        _plots(study, dest, importances, OBJECTIVE_LABELS[cfg.objective])
     best = study.best_trial if len(done) else None
     variant = best_variant(study) if best else None
     record = {
@@ -405,14 +405,18 @@ def summarize(study, cfg: SweepConfig, params: dict) -> pd.DataFrame:
     return done
 
 
-def _plots(study, dest: Path, importances: dict) -> None:
+OBJECTIVE_LABELS = {"valid_ndcg10": "valid NDCG@10", "valid_loss": "valid loss"}
+
+
+def _plots(study, dest: Path, importances: dict, target_name: str = "objective") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from optuna.visualization.matplotlib import plot_optimization_history
 
-    ax = plot_optimization_history(study)
+    ax = plot_optimization_history(study, target_name=target_name)
+    ax.set_xlabel("trial")
     _save(ax.figure, dest / "history.png")
     if importances:
         fig, ax = plt.subplots(figsize=(6, 3))
