@@ -204,14 +204,14 @@ def dataset_table(results: Path, ds: str, ks: list[int], variants: list[str] | N
     pub = published_rows(ds)
     for rec in pub.to_dict("records"):
         numeric.append({"method": f"{rec['model']} ({PUBLISHED_LABEL})", "kind": "published", "status": "published",
-                        **{m: rec.get(m) for m in metrics}, "source": "MiniOneRec Table 1 (REFERENCE.md section 6)"})
+                        **{m: rec.get(m) for m in metrics}, "source": "MiniOneRec paper (arXiv 2510.24431), Table 1"})
     return Table(pd.DataFrame(shown), pd.DataFrame(numeric), comparisons, rows)
 
 
 # ---------------------------------------------------------------- views
 DELTA = f"tsrec − row, {MAIN} [95 % CI]"   # named by its sign: positive = tsrec above the row
 PROFILE_PREFIXES = ("authors_", "paper_")    # variants of the authors / paper profiles: a table of their own
-# the paper's claim, TS-Rec over the best baseline on NDCG@10 (REFERENCE.md section 6), shown beside ours
+# the paper's claim, TS-Rec over the best baseline on NDCG@10 (TS-Rec paper, arXiv 2602.22632), shown beside ours
 PAPER_GAIN = {"Industrial_and_Scientific": 7.17, "Office_Products": 4.27}
 
 
@@ -543,7 +543,7 @@ def write_dataset(results: Path, ds: str, ks: list[int], variants: list[str], se
     pub = published_md(ds, ks)
     if pub:
         parts += [f"### {ds}: {PUBLISHED_LABEL}", "",
-                  "MiniOneRec Table 1 (REFERENCE.md section 6); not our runs, context only "
+                  "MiniOneRec paper (arXiv 2510.24431), Table 1; not our runs, context only "
                   "(— = not published).", "", pub, ""]
     return parts
 
