@@ -116,6 +116,6 @@ def stage_threads(own: int | None, params: dict) -> int:
 
 def describe(rec: dict | None) -> str:
     """``AVX2 x 2 threads`` from a record (``?`` where the run predates the record)."""
-    if not rec:
-        return "? (not recorded)"
-    return f"{rec.get('cpu_capability', '?')} x {rec.get('threads', '?')} threads"
+    if not rec or not rec.get("cpu_capability"):
+        return f"? (not recorded) x {rec.get('threads') or '?'} threads" if rec else "? (not recorded)"
+    return f"{rec['cpu_capability']} x {rec.get('threads') or '?'} threads"
