@@ -24,7 +24,8 @@ PENDING = {line.strip() for line in (ROOT / "tests" / "docs_pending.txt").read_t
 ROOTS = ("tsrec", "tests", "results", "docs", "profiles", "benchmarks")
 TOP_FILES = ("params.yaml", "dvc.yaml", "dvc.lock", "Makefile", "README.md", "LICENSE", "CITATION.cff",
              "pyproject.toml", "requirements.txt", "requirements-models.txt")
-FILE_EXT = re.compile(r"\.(py|md|json|ya?ml|csv|png|txt|parquet|db|npy|log|cff|toml|html|lock|jsonl|gguf|sh|com|org|io)$")
+FILE_EXT = re.compile(r"\.(py|md|json|ya?ml|csv|png|txt|parquet|db|npy|log|cff|toml|html|lock|jsonl|gguf|sh"
+                      r"|com|org|io)$")  # file names and host names, not params keys
 GLOBAL_FLAGS = {"--params", "-v", "--verbose", "-h", "--help"}
 
 

@@ -54,14 +54,14 @@ def fetch(cfg: DataConfig, subpath: str, *, optional: bool = False) -> Path | No
         verify(path, expected)
         return path
     expected = PINNED_SHA256.get(subpath)
+    url = URL_PATTERN.format(commit=cfg.commit, subpath=subpath)
     if expected is None:
         if optional:
             log.warning("%s has no pinned checksum; not using it", subpath)
             return None
-        raise TsrecError("no pinned checksum for this file", file=URL_PATTERN.format(commit=cfg.commit, subpath=subpath))
+        raise TsrecError("no pinned checksum for this file", file=url)
     try:
-        return download_verified(URL_PATTERN.format(commit=cfg.commit, subpath=subpath),
-                                 Path(cfg.download_cache) / cfg.commit / subpath, expected, cfg.timeout_s)
+        return download_verified(url, Path(cfg.download_cache) / cfg.commit / subpath, expected, cfg.timeout_s)
     except TsrecError as exc:
         if optional and isinstance(exc.__cause__, OSError):  # not reachable: an optional file is skipped
             return None
@@ -124,7 +124,8 @@ def build_dataset(cfg: DataConfig, ds: str, out_root: Path) -> dict:
                     ds, len(splits["train"]))
     sids = {tuple(v) for v in index.values()}
     url = URL_PATTERN.split("{commit}")[0]
-    log.info("%s: inputs from %s (sha256 in card.json)", ds, cfg.mirror_root if cfg.source == "mirror" else download_url(url))
+    log.info("%s: inputs from %s (sha256 in card.json)", ds,
+             cfg.mirror_root if cfg.source == "mirror" else download_url(url))
     card = {
         "dataset": ds,
         "protocol": protocol,

@@ -244,7 +244,8 @@ def headline_md(table: Table, rows: list[Row]) -> str:
     for r, shown in zip(table.rows, table.shown.to_dict("records")):
         if id(r) in want:
             recs.append({"method": shown["method"], "runs": shown["runs"], MAIN: shown[MAIN],
-                         f"HR@{PAIRED_K}": shown[f"HR@{PAIRED_K}"], **_delta_cells(table.comparisons.get(shown["method"]))})
+                         f"HR@{PAIRED_K}": shown[f"HR@{PAIRED_K}"],
+                         **_delta_cells(table.comparisons.get(shown["method"]))})
     return pd.DataFrame(recs).to_markdown(index=False, disable_numparse=True)
 
 
@@ -271,8 +272,9 @@ def readme_block(results: Path, datasets: list[str], variants: list[str], seed: 
         for r in keep:
             shown = next(x for x, y in zip(table.shown.to_dict("records"), table.rows) if y is r)
             c = _delta_cells(table.comparisons.get(shown["method"]))
-            recs.append({"method": shown["method"], "n": str(len(r.runs.seeds)), f"HR@{PAIRED_K}": shown[f"HR@{PAIRED_K}"],
-                         MAIN: shown[MAIN], DELTA: c[DELTA], "seed test p": c["seed test p"]})
+            recs.append({"method": shown["method"], "n": str(len(r.runs.seeds)),
+                         f"HR@{PAIRED_K}": shown[f"HR@{PAIRED_K}"], MAIN: shown[MAIN], DELTA: c[DELTA],
+                         "seed test p": c["seed test p"]})
         ours = next((r.runs for r in table.rows if r.runs and r.runs.name == OURS), None)
         claim = f"paper: TS-Rec {PAPER_GAIN[ds]:+.2f} % {MAIN} vs its best baseline" if ds in PAPER_GAIN else ""
         if ours and best:
@@ -284,7 +286,8 @@ def readme_block(results: Path, datasets: list[str], variants: list[str], seed: 
     return "\n".join(out).rstrip() + "\n"
 
 
-README_BEGIN = "<!-- tsrec report: results (generated from results/ by `tsrec report --readme README.md`; do not edit) -->"
+README_BEGIN = ("<!-- tsrec report: results (generated from results/ by `tsrec report --readme README.md`; "
+                "do not edit) -->")
 README_END = "<!-- tsrec report: end of results -->"
 
 
