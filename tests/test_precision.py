@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.attention
 
 from tsrec import precision
 
@@ -70,7 +71,10 @@ def test_train_precision_sets_weight_and_optimizer_dtypes(tmp_path, tiny_dataset
 
     params = make_params(tmp_path, tiny_dataset, tiny_backbone, max_steps=2, precision=mode)
     params["backbone"]["finetune"] = "full"
-    meta = train_run(params, "tiny", "tsrec", seed=3, callbacks=[Dtypes()])
+    # the math attention kernel: torch's CPU flash kernel refuses bf16 under the pinned avx2 kernel set
+    # (conftest, repro.cpu_capability: "pack_vnni2 is only supported when avx512 is supported")
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        meta = train_run(params, "tiny", "tsrec", seed=3, callbacks=[Dtypes()])
     assert meta["train"]["precision"] == {"requested": mode, "resolved": mode}
     assert seen == {"bf16_arg": mode != "fp32", "weights": {weights}, "moments": {weights}}
     assert meta["train"]["train_loss"] == meta["train"]["train_loss"]  # not NaN
