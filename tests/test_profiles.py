@@ -164,6 +164,9 @@ AUTHORS = {
     "train.patience": (3, "ts_rec_sft.py: EarlyStoppingCallback(early_stopping_patience=3)"),
     "train.min_delta": (0.0, "HF early_stopping_threshold"),
     "train.group_by_length": (False, "ts_rec_sft.py: group_by_length=False"),
+    "train.early_stopping": (True, "ts_rec_sft.py: callbacks=[EarlyStoppingCallback(...)]"),
+    "train.select": ("valid_loss", "ts_rec_sft.py: load_best_model_at_end=True, HF metric_for_best_model loss"),
+    "train.rank_rows": (0, "their valid pass computes the loss only (no ranking during training)"),
     "tasks.seqrec": ({"enabled": True, "share": 1.0}, "SidSFTDataset: every train row"),
     "tasks.item2sid": ({"enabled": True, "share": 1.0}, "SidItemFeatDataset title2sid: every distinct title"),
     "tasks.sid2item": ({"enabled": True, "share": 1.0}, "SidItemFeatDataset sid2title: every distinct SID"),
@@ -196,7 +199,7 @@ FORCED = {
 }
 # train keys that set no numerics of the run (where it writes, what it logs and keeps, threads, which runs)
 OPERATIONAL = {"datasets", "variants", "seeds", "extra", "out", "grad_accum", "logging_steps", "save_total_limit",
-               "keep_checkpoints", "threads"}
+               "keep_checkpoints", "threads", "rank_beams", "rank_batch"}  # rank_*: unused at rank_rows 0
 
 
 def _get(params: dict, dotted: str):
