@@ -41,7 +41,7 @@ def code_texts(text: str) -> list[str]:
 def path_glob(token: str) -> list[str] | None:
     """The glob patterns a documented path stands for (``<DS>``, ``seed<N>``, ``${x}`` and ``*`` match any name,
     ``{a,b}`` either), or None when the token is not a repository path."""
-    token = token.strip(".,;:()'\"").removeprefix("./")
+    token = token.strip(".,;:()'\"").removeprefix("./").split("::", 1)[0]  # a pytest node id names its file
     if not token or "..." in token or "://" in token:
         return None
     first = token.split("/", 1)[0]
