@@ -266,9 +266,9 @@ def test_run_ledger_lists_each_llm_run_with_its_budget_and_time(three_seeds, tmp
     assert main(["--params", str(params), "report"]) == 0
     assert pd.read_csv(three_seeds / DS / "runs.csv")["steps"].tolist() == [1100, 1200]
     assert "1 x 2 = 2 runs, what `make ablations` trains) took **1.2 h** of it, over the 2 of its runs" in (three_seeds / "t.md").read_text()
-    params.write_text(yaml.safe_dump({**yaml.safe_load(params.read_text()), "train": {
-        "datasets": ["Office_Products"], "variants": ["tsrec"], "seeds": [42, 43]}}))
-    assert main(["--params", str(params), "report"]) == 0  # DS is outside the matrix: no share stated
+    params.write_text(yaml.safe_dump({**yaml.safe_load(params.read_text()), "data": {"datasets": [DS, "Office_Products"]},
+                                      "train": {"datasets": ["Office_Products"], "variants": ["tsrec"], "seeds": [42, 43]}}))
+    assert main(["--params", str(params), "report", "--dataset", DS]) == 0  # DS is outside the matrix: no share stated
     assert "ablation matrix" not in (three_seeds / "t.md").read_text()
     bad = three_seeds / DS / "tsrec" / "seed43" / "train_summary.json"
     bad.write_text('{"train": {"steps": 1200,\n  "wall_s": }}')

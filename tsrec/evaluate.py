@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 
 from tsrec import metrics
-from tsrec.config import global_seed, section
+from tsrec.config import global_seed, section_with_flags
 from tsrec.datasets import load_index, load_split
 from tsrec.decoding import SidTrie
 from tsrec.errors import TsrecError
-from tsrec.io import atomic_dir, sha256_file
+from tsrec.io import atomic_dir, commit_group, output_lock, sha256_file
 from tsrec.layout import eval_dir as eval_folder
 from tsrec.layout import results_dir, split_suffix, write_row_ranks
 from tsrec.precision import resolve as resolve_precision
@@ -53,19 +53,21 @@ log = logging.getLogger(__name__)
 
 def commit_outputs(metrics_file: Path, numbers: dict, record: dict, eval_dir: Path, ranks_name: str,
                    ranks_df) -> None:
-    """metrics.json is the commit record of all outputs: it goes first, the ranks are written (the full ones
-    under ``eval_dir``, the slim ones beside the metrics), then the run record (holding both sha256) and the
-    metrics come back. A kill in between leaves no metrics (DVC reruns), never a mismatched pair."""
-    metrics_file.unlink(missing_ok=True)
+    """All outputs as one unit (``tsrec.io.commit_group``), by one writer (``output_lock`` on ``eval_dir``): the
+    full ranks (under ``eval_dir``, the other split's kept), the slim ones beside the metrics, the metrics and
+    the run record naming the sha256 of all three. Everything is written to temps first and only then renamed
+    over the previous files, the record last: a full disk or a signal leaves the previous complete outputs,
+    and readers (``scoring.check_ranks``, ``tsrec check``) refuse a mix."""
     eval_dir.parent.mkdir(parents=True, exist_ok=True)
-    keep = [p for p in eval_dir.glob("ranks*.parquet") if p.name != ranks_name] if eval_dir.is_dir() else []
-    with atomic_dir(eval_dir) as tmp:
-        for p in keep:  # the other split's ranks survive
-            (tmp / p.name).write_bytes(p.read_bytes())
-        ranks_df.to_parquet(tmp / ranks_name, index=False)
-    record = {**record, "ranks": {"path": str(eval_dir / ranks_name), "sha256": sha256_file(eval_dir / ranks_name)},
-              "row_ranks": write_row_ranks(metrics_file.parent / ranks_name, ranks_df)}
-    metrics.write_metrics(metrics_file, numbers, record)
+    with output_lock(eval_dir), commit_group():
+        keep = [p for p in eval_dir.glob("ranks*.parquet") if p.name != ranks_name] if eval_dir.is_dir() else []
+        with atomic_dir(eval_dir) as tmp:
+            for p in keep:  # the other split's ranks survive
+                (tmp / p.name).write_bytes(p.read_bytes())
+            ranks_df.to_parquet(tmp / ranks_name, index=False)
+            full = {"path": str(eval_dir / ranks_name), "sha256": sha256_file(tmp / ranks_name)}
+        record = {**record, "ranks": full, "row_ranks": write_row_ranks(metrics_file.parent / ranks_name, ranks_df)}
+        metrics.write_metrics(metrics_file, numbers, record)
 
 
 def add_arguments(p) -> None:
@@ -90,16 +92,20 @@ def add_arguments(p) -> None:
 def run(args, params) -> None:
     overrides = {k: getattr(args, k) for k in ("split", "subsample", "beams", "batch_size", "prompt")
                  if getattr(args, k) is not None}
-    raw = {**(params.get("evaluate") or {}), **overrides}
-    cfg = section({**params, "evaluate": raw}, "evaluate", EvaluateConfig)
+    cfg = section_with_flags(params, "evaluate", EvaluateConfig, overrides)
     seed = global_seed(params)  # the subsample's and the bootstrap's: the same for every run
     run_seed = seed if args.seed is None else args.seed
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ds, variant = args.dataset, args.variant
-    suffix = split_suffix(cfg.split)
     data_dir = Path(args.data_dir or Path((params.get("data") or {}).get("out", "data")) / ds)
     device = resolve_device(cfg.device)
+    with output_lock(eval_folder(args.artifacts, ds, variant, run_seed)):  # one evaluate per run at a time
+        _evaluate(args, params, cfg, seed, run_seed, data_dir, device)
+
+
+def _evaluate(args, params, cfg: EvaluateConfig, seed: int, run_seed: int, data_dir: Path, device: str) -> None:
+    ds, variant, suffix = args.dataset, args.variant, split_suffix(cfg.split)
     if args.model_dir:
         model, tokenizer, meta = load_plain(Path(args.model_dir), device)
         source = {"kind": "plain_model_UNTRAINED_or_external", "path": args.model_dir}
@@ -117,6 +123,10 @@ def run(args, params) -> None:
     index = load_index(index_file)
     prompts = run_prompts(params, meta)
     trie = SidTrie.from_index(index, tokenizer, suffix=prompts.eos_suffix)
+    if cfg.beams > len(trie):
+        log.warning("evaluate.beams %d > the %d SIDs of %s: every ranked list holds all %d SIDs and fewer than "
+                    "B entries (HR@K for K >= %d is 1.0 by construction)", cfg.beams, len(trie), index_file,
+                    len(trie), len(trie))
     split_df = load_split(data_dir, cfg.split)
     missing = sorted({int(i) for h, t in zip(split_df["history"], split_df["target"]) for i in [*h, t]} - set(index))
     if missing:

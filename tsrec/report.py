@@ -30,7 +30,7 @@ from tsrec.baselines.table import PUBLISHED_COLUMNS, PUBLISHED_LABEL, ROWS, base
 from tsrec.check import read_json_object
 from tsrec.config import global_seed, section
 from tsrec.errors import TsrecError
-from tsrec.io import atomic_file
+from tsrec.io import atomic_file, commit_group
 from tsrec.metrics import KS
 
 log = logging.getLogger(__name__)
@@ -489,10 +489,12 @@ def run(args, params) -> None:
              f"* **seed test**: {stats.SEED_TEST} on {MAIN}; n/a with fewer than 2 seeds.", ""]
     train = params.get("train") or {}  # the train matrix as dvc.yaml and config.check_top_level read it
     matrix = (list(train.get("variants") or []), list(train.get("seeds") or []))
-    for ds in datasets:
-        in_matrix = ds in (train.get("datasets") or []) and all(matrix)
-        parts += write_dataset(results, ds, cfg.ks, variants, seed, matrix if in_matrix else None)
-    with atomic_file(cfg.out) as fh:
-        fh.write("\n".join(parts))
-    log.info("wrote %s and %s", cfg.out, write_table(results, datasets))
+    with commit_group():  # every table and plot, or (a full disk, a signal) none: they never disagree
+        for ds in datasets:
+            in_matrix = ds in (train.get("datasets") or []) and all(matrix)
+            parts += write_dataset(results, ds, cfg.ks, variants, seed, matrix if in_matrix else None)
+        with atomic_file(cfg.out) as fh:
+            fh.write("\n".join(parts))
+        baselines_md = write_table(results, datasets)
+    log.info("wrote %s and %s", cfg.out, baselines_md)
     print("\n".join(parts))

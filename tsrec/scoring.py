@@ -153,13 +153,16 @@ def command_line(args, params, command: str = "evaluate") -> str:
 
 
 def check_ranks(ranks_file: Path, metrics_file: Path, key: str = "row_ranks") -> None:
-    """Refuse ranks that are not the ones their metrics file was committed with (sha256 under ``key`` in its
-    run record: ``row_ranks`` for the slim file beside the metrics, ``ranks`` for the full one)."""
+    """Refuse ranks that are not the ones their metrics file was committed with: the metrics file's run record
+    must exist, match it (``metrics.verify_record``) and name these ranks' sha256 under ``key`` (``row_ranks``
+    for the slim file beside the metrics, ``ranks`` for the full one)."""
     if not metrics_file.is_file():
-        return
-    record = metrics.run_path(metrics_file)
-    source = record if record.is_file() else metrics_file
-    want = (json.loads(source.read_text(encoding="utf-8")).get(key) or {}).get("sha256")
-    if want and sha256_file(ranks_file) != want:
+        raise TsrecError("no metrics file beside the ranks: an incomplete commit (rerun tsrec evaluate)",
+                         file=metrics_file)
+    want = (metrics.verify_record(metrics_file).get(key) or {}).get("sha256")
+    if not want:
+        raise TsrecError(f"its run record names no sha256 of the ranks ({key}); rerun tsrec evaluate",
+                         file=metrics.run_path(metrics_file))
+    if sha256_file(ranks_file) != want:
         raise TsrecError(f"ranks differ from the ones {metrics_file} was written with (rerun tsrec evaluate)",
                          file=ranks_file, field="sha256")
