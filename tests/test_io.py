@@ -56,7 +56,7 @@ def test_killed_data_stage_temp_folder_cleaned_on_next_run(tmp_path):
     other.mkdir()
     make_dataset(out)  # the next run
     assert (out / "items.parquet").is_file()
-    assert sorted(p.name for p in out.parent.iterdir() if not p.name.endswith(".lock")) == sorted(["DS", live.name, other.name])
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["DS", live.name, other.name])
 
 
 def test_clean_stale_leaves_other_files(tmp_path):

@@ -190,15 +190,18 @@ def test_second_train_of_a_run_is_refused_naming_the_holder(tmp_path, tiny_datas
     import filelock
     from tiny_train import make_params
 
+    from tsrec.io import _lock_file
+
     params = make_params(tmp_path, tiny_dataset, tiny_backbone, max_steps=1)
     run = tmp_path / "artifacts" / "tiny" / "runs" / "sft" / "seed5"
-    run.parent.mkdir(parents=True, exist_ok=True)
-    holder = filelock.FileLock(run.parent / ".seed5.lock", timeout=0)
+    lock = _lock_file(run)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    holder = filelock.FileLock(lock, timeout=0)
     done = threading.Event()
 
     def hold():  # another writer of the same run (its own open file: a second flock)
         with holder:
-            (run.parent / ".seed5.lock").write_text("pid 4242 on otherbox since 2026-01-01 (tsrec train ...)\n")
+            lock.write_text("pid 4242 on otherbox since 2026-01-01 (tsrec train ...)\n")
             done.wait(60)
 
     t = threading.Thread(target=hold)
@@ -244,6 +247,7 @@ def test_simultaneous_commits_never_mix(tmp_path):
     assert len(outcome) == 8 and "ok" in outcome
     _consistent(tmp_path)
     assert not [p for p in (*mfile.parent.iterdir(), *full.parent.parent.iterdir()) if ".tmp-" in p.name]
+    assert sorted(p.name for p in full.parent.iterdir()) == ["ranks.parquet"]  # no lock file inside an output
 
 
 def test_two_atomic_dirs_finishing_together_both_succeed(tmp_path, monkeypatch):

@@ -73,18 +73,24 @@ def clean_stale(final: Path) -> list[Path]:
 _held: dict[tuple[int, Path], int] = {}  # (thread, lock file) -> depth: a writer may take its own lock again
 
 
+LOCKS = Path(tempfile.gettempdir()) / "tsrec-locks"
+
+
 def _lock_file(output: Path) -> Path:
-    return output.parent / f".{output.name}.lock"
+    """The lock of ``output``: one file per output path under ``LOCKS``, not beside it (a file inside a DVC
+    output folder would change its hash)."""
+    return LOCKS / f"{hashlib.sha256(str(output.resolve()).encode()).hexdigest()[:24]}.lock"
 
 
 @contextlib.contextmanager
 def output_lock(output: str | os.PathLike, *, wait_s: float = 0) -> Iterator[None]:
-    """Hold ``.<name>.lock`` beside ``output`` (``filelock``): one writer per output. Another process holding
-    it: wait up to ``wait_s``, then a one-line error naming the holder (pid, host, command, since)."""
+    """Hold the lock of ``output`` (``filelock``, an OS lock released when its holder dies): one writer per
+    output. Another process holding it: wait up to ``wait_s``, then a one-line error naming the holder (pid,
+    host, command, since)."""
     import filelock
 
     output = Path(output)
-    path = _lock_file(output).resolve()
+    path = _lock_file(output)
     key = (threading.get_ident(), path)
     if key in _held:
         _held[key] += 1
@@ -94,6 +100,8 @@ def output_lock(output: str | os.PathLike, *, wait_s: float = 0) -> Iterator[Non
             _held[key] -= 1
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # shared by every user of the machine
+        os.chmod(path.parent, 0o1777)
     lock = filelock.FileLock(path, timeout=wait_s)
     try:
         lock.acquire()
@@ -104,7 +112,7 @@ def output_lock(output: str | os.PathLike, *, wait_s: float = 0) -> Iterator[Non
     try:
         with open(path, "w", encoding="utf-8") as fh:  # the holder, for the error above (the lock is the flock)
             fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')} "
-                     f"({' '.join(['tsrec', *sys.argv[1:]])[:200]})\n")
+                     f"({' '.join(['tsrec', *sys.argv[1:]])[:200]}) [{output}]\n")
         _held[key] = 1
         yield
     finally:

@@ -210,7 +210,9 @@ def read_with_run(path: str | os.PathLike) -> dict[str, Any]:
     if rec.is_file():
         from tsrec.config import deep_merge
 
-        merged = deep_merge(merged, json.loads(rec.read_text(encoding="utf-8")))
+        record = json.loads(rec.read_text(encoding="utf-8"))
+        record.pop("metrics_sha256", None)  # commit bookkeeping (verify_record), not part of the run
+        merged = deep_merge(merged, record)
     return merged
 
 
