@@ -31,15 +31,16 @@ from tsrec.config import global_seed, section
 from tsrec.datasets import load_index, load_split
 from tsrec.decoding import SidTrie
 from tsrec.errors import TsrecError
-from tsrec.io import atomic_dir, sha256_file
+from tsrec.io import sha256_file
 from tsrec.layout import eval_dir as eval_folder
-from tsrec.layout import results_dir, split_suffix, write_row_ranks
+from tsrec.layout import results_dir, split_suffix
 from tsrec.precision import resolve as resolve_precision
 from tsrec.precision import resolve_device
 from tsrec.scoring import (
     METRIC_COUNTS,
     EvaluateConfig,
     command_line,
+    commit_outputs,
     evaluate_rows,
     load_plain,
     run_index,
@@ -49,23 +50,6 @@ from tsrec.scoring import (
 from tsrec.sids import sid_str
 
 log = logging.getLogger(__name__)
-
-
-def commit_outputs(metrics_file: Path, numbers: dict, record: dict, eval_dir: Path, ranks_name: str,
-                   ranks_df) -> None:
-    """metrics.json is the commit record of all outputs: it goes first, the ranks are written (the full ones
-    under ``eval_dir``, the slim ones beside the metrics), then the run record (holding both sha256) and the
-    metrics come back. A kill in between leaves no metrics (DVC reruns), never a mismatched pair."""
-    metrics_file.unlink(missing_ok=True)
-    eval_dir.parent.mkdir(parents=True, exist_ok=True)
-    keep = [p for p in eval_dir.glob("ranks*.parquet") if p.name != ranks_name] if eval_dir.is_dir() else []
-    with atomic_dir(eval_dir) as tmp:
-        for p in keep:  # the other split's ranks survive
-            (tmp / p.name).write_bytes(p.read_bytes())
-        ranks_df.to_parquet(tmp / ranks_name, index=False)
-    record = {**record, "ranks": {"path": str(eval_dir / ranks_name), "sha256": sha256_file(eval_dir / ranks_name)},
-              "row_ranks": write_row_ranks(metrics_file.parent / ranks_name, ranks_df)}
-    metrics.write_metrics(metrics_file, numbers, record)
 
 
 def add_arguments(p) -> None:

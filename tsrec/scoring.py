@@ -21,7 +21,8 @@ from tqdm import tqdm
 from tsrec import metrics
 from tsrec.decoding import SidTrie, search_batches
 from tsrec.errors import TsrecError
-from tsrec.io import sha256_file
+from tsrec.io import atomic_dir, sha256_file
+from tsrec.layout import write_row_ranks
 from tsrec.precision import Precision, autocast, check_device
 from tsrec.sids import sid_str
 
@@ -103,6 +104,23 @@ def evaluate_rows(model, tokenizer, trie: SidTrie, index: dict[int, list[str]], 
         "rows_per_s": round(len(rows) / wall, 3) if wall > 0 else None,
     }
     return out, summary
+
+
+def commit_outputs(metrics_file: Path, numbers: dict, record: dict, eval_dir: Path, ranks_name: str,
+                   ranks_df) -> None:
+    """metrics.json is the commit record of all outputs: it goes first, the ranks are written (the full ones
+    under ``eval_dir``, the slim ones beside the metrics), then the run record (holding both sha256) and the
+    metrics come back. A kill in between leaves no metrics (DVC reruns), never a mismatched pair."""
+    metrics_file.unlink(missing_ok=True)
+    eval_dir.parent.mkdir(parents=True, exist_ok=True)
+    keep = [p for p in eval_dir.glob("ranks*.parquet") if p.name != ranks_name] if eval_dir.is_dir() else []
+    with atomic_dir(eval_dir) as tmp:
+        for p in keep:  # the other split's ranks survive
+            (tmp / p.name).write_bytes(p.read_bytes())
+        ranks_df.to_parquet(tmp / ranks_name, index=False)
+    record = {**record, "ranks": {"path": str(eval_dir / ranks_name), "sha256": sha256_file(eval_dir / ranks_name)},
+              "row_ranks": write_row_ranks(metrics_file.parent / ranks_name, ranks_df)}
+    metrics.write_metrics(metrics_file, numbers, record)
 
 
 # ---------------------------------------------------------------- model / index / prompt plumbing
