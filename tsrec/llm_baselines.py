@@ -44,11 +44,9 @@ SID's first occurrence (``tsrec.baselines.trainer.Granularity``), as for the ID 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import json
 import logging
-import math
-import os
 import platform
 import random
 import shutil
@@ -57,7 +55,6 @@ import time
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -253,8 +250,6 @@ def train_title_sft(params: dict, ds: str, seed: int, *, train: bool = True) -> 
                                "dataset": ds, "seed": int(seed)})
     meta_file = out / "final" / META
     if meta_file.is_file():
-        import json
-
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
         if meta.get("fingerprint") == fingerprint:
             log.info("%s: title SFT already trained with this configuration, kept", out)
@@ -337,7 +332,7 @@ def sdpo_examples(tt: TitleText, rows: pd.DataFrame, tokenizer, neg_num: int, se
         negs: list[int] = []
         while len(negs) < neg_num:
             j = rng.choice(pool)
-            if tt.title(j) != tt.title(target) and j not in negs:
+            if tt.title(j) not in {tt.title(x) for x in [target, *negs]}:  # distinct titles, none the target's
                 negs.append(j)
         prompt, _ = tt.render(hist, target)
         seqs = [encode_pair(tokenizer, prompt, tt.response(i), tt.cfg.max_len) for i in [target, *negs]]
@@ -398,7 +393,7 @@ def train_sdpo(params: dict, ds: str, seed: int) -> dict:
     """S-DPO from the title SFT of ``seed`` -> ``runs/sdpo/seed<N>/final``."""
     from transformers import TrainingArguments, set_seed
 
-    from tsrec.runs import load_trained, save_final
+    from tsrec.runs import META, load_trained, save_final
 
     lcfg = llm_config(params)
     scfg = lcfg.sdpo
@@ -423,6 +418,10 @@ def train_sdpo(params: dict, ds: str, seed: int) -> dict:
     ckpt_dir = out / "checkpoints"
     fingerprint = sha256_json({"sdpo": dataclasses.asdict(scfg), "sft": sft_meta.get("fingerprint"), "seed": int(seed),
                                "finetune": bcfg.finetune, "lora": dataclasses.asdict(bcfg.lora)})
+    done = out / "final" / META
+    if done.is_file() and json.loads(done.read_text(encoding="utf-8")).get("fingerprint") == fingerprint:
+        log.info("%s: S-DPO already trained with this configuration, kept", out)
+        return json.loads(done.read_text(encoding="utf-8"))
     claim_checkpoints(ckpt_dir, fingerprint)
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -517,10 +516,17 @@ class AssistantProcessor:
             for d in range(1, len(seq) + 1):
                 self.under.setdefault(seq[:d], []).append(leaf)
             self.under[(*seq, trie.end[0])] = [leaf]
+        self._segments: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def mass(self, row: int, prefix: tuple[int, ...]) -> float:
-        leaves = self.under.get(prefix)
-        return (float(self.probs[row, leaves].sum()) if leaves else 0.0) + 1e-20
+    def masses(self, row: int, prefix: tuple[int, ...], allowed: list[int]) -> torch.Tensor:
+        """mass(prefix + t) for every allowed t, + 1e-20 (one index_add per step; segments cached per prefix)."""
+        seg = self._segments.get(prefix)
+        if seg is None:
+            under = [self.under.get((*prefix, t), []) for t in allowed]
+            seg = self._segments[prefix] = (torch.tensor([x for u in under for x in u], dtype=torch.long),
+                                            torch.tensor([j for j, u in enumerate(under) for _ in u], dtype=torch.long))
+        leaves, which = seg
+        return torch.zeros(len(allowed)).index_add_(0, which, self.probs[row, leaves]) + 1e-20
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.gs == 1.0:
@@ -532,7 +538,7 @@ class AssistantProcessor:
             if len(allowed) < 2:  # a ghost token (or a finished beam): no assistant term
                 out[r] = self.gs * scores[r]
                 continue
-            m = torch.tensor([self.mass(r // self.B, (*prefix, t)) for t in allowed])
+            m = self.masses(r // self.B, prefix, allowed)
             a = torch.log(m / m.sum()).to(scores.device, scores.dtype)
             idx = torch.tensor(allowed, device=scores.device)
             out[r] = self.gs * scores[r]
@@ -669,8 +675,8 @@ def score(params: dict, ds: str, model_name: str, seed: int, *, results: str = "
         pred_emb = last_hidden(encoder, enc_tok, [clean_title(t) for t in texts], g.batch_size)
         top = ground(pred_emb, item_emb, min(len(item_ids), k + gran.slack)).tolist()
         ranked_items = [[item_ids[c] for c in row] for row in top]
-        extra = {"generated": texts, "exact_title_match": sum(clean_title(t) in {clean_title(tt.title(i)) for i in
-                                                                                 item_ids} for t in texts)}
+        catalogue = {clean_title(tt.title(i)) for i in item_ids}
+        extra = {"generated": texts, "exact_title_match": sum(clean_title(t) in catalogue for t in texts)}
         scores_col = None
     else:
         trie = title_trie(tt, tokenizer)
