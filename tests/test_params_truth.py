@@ -24,8 +24,9 @@ CONFIGS = {
     "evaluate": "tsrec.evaluate:EvaluateConfig", "codebook": "tsrec.codebook:CodebookConfig",
     "keywords": "tsrec.keyword_cache:KeywordsConfig", "rl": "tsrec.rl:RLConfig",
     "llm_baselines": "tsrec.llm_baselines:LLMBaselinesConfig",
+    "repro": "tsrec.pinning:ReproConfig",
 }
-UNTYPED = {"seed", "variants", "repro"}
+UNTYPED = {"seed", "variants"}
 
 
 def config_class(spec: str):

@@ -27,11 +27,12 @@ import pandas as pd
 
 from tsrec import layout, stats
 from tsrec.baselines.table import PUBLISHED_COLUMNS, PUBLISHED_LABEL, ROWS, baseline_runs, published_rows, write_table
-from tsrec.check import read_json_object
+from tsrec.check import machine, read_json_object
 from tsrec.config import global_seed, section
 from tsrec.errors import TsrecError
 from tsrec.io import atomic_file
 from tsrec.metrics import KS
+from tsrec.pinning import describe
 
 log = logging.getLogger(__name__)
 
@@ -438,6 +439,8 @@ def run_ledger(results: Path, ds: str) -> pd.DataFrame:
                 "resumed from": str(tr.get("resumed_from") or "").removeprefix("checkpoint-"),
                 "best valid loss": tr.get("best_eval_loss"),
                 "precision": prec.get("resolved") if isinstance(prec, dict) else prec,
+                # CPU kernel set x threads (tsrec.pinning): the train record's, else the legacy reconstruction
+                "kernels": describe(tr.get("machine") or machine(results, f"{ds}/{variant}/{folder.name}/metrics.json")),
                 "train min": round(tr["wall_s"] / 60, 1) if tr.get("wall_s") is not None else None,
                 "evaluate min": round(met["wall_time_s"] / 60, 1) if met.get("wall_time_s") is not None else None,
                 "test rows/s": met.get("rows_per_s"),

@@ -24,6 +24,7 @@ from tsrec.io import claim_checkpoints, sha256_file, sha256_json
 from tsrec.keyword_cache import cache_path, read_records
 from tsrec.layout import index_path
 from tsrec.llm import backbone_path
+from tsrec import pinning
 from tsrec.precision import resolve as resolve_precision
 from tsrec.runs import (
     PLOTS,
@@ -353,7 +354,8 @@ def train_run(params: dict, ds: str, variant: str, *, seed: int | None = None, o
                   "tokens_per_s": round(tokens_seen / wall, 1) if wall else None,  # end to end incl. evals
                   "train_tokens_per_s": round(tokens_seen / max(wall - csv_log.eval_s, 1e-9), 1),
                   "resumed_from": resume and Path(resume).name, "examples": len(train_rows),
-                  "world_size": trainer.args.world_size},
+                  "world_size": trainer.args.world_size,
+                  "machine": pinning.record(pinning.config(params), file=params.get("_path"))},
     })
     if trainer.is_world_process_zero():
         save_final(trainer.model, tokenizer, meta, out / "final")
