@@ -59,6 +59,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from tsrec import pinning
 from tsrec.config import deep_merge, global_seed, section
 from tsrec.datasets import DataConfig, load_items, load_split
 from tsrec.errors import ParamError, TsrecError
@@ -290,7 +291,8 @@ def train_title_sft(params: dict, ds: str, seed: int, *, train: bool = True) -> 
                       "stopped_early": trainer.state.global_step < trainer.state.max_steps,
                       "best_eval_loss": trainer.state.best_metric, "examples": len(train_rows),
                       "precision": precision, "train_loss": result.training_loss, "wall_s": round(wall, 1),
-                      "tokens_seen": tokens, "tokens_per_s": round(tokens / wall, 1) if wall else None}}
+                      "tokens_seen": tokens, "tokens_per_s": round(tokens / wall, 1) if wall else None,
+                      "machine": pinning.record(pinning.config(params), file=params.get("_path"))}}
     save_final(trainer.model, tokenizer, meta, out / "final")
     if not cfg.keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -354,17 +356,6 @@ class SDPOCollator:
             ids[i, :len(x)], labels[i, :len(y)], mask[i, :len(x)] = torch.tensor(x), torch.tensor(y), 1
         return {"input_ids": ids, "attention_mask": mask, "labels": labels,
                 "group": torch.tensor(len(batch[0]["seqs"]))}
-
-
-class _Rows(torch.utils.data.Dataset):
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.rows[i]
 
 
 def _sdpo_trainer_class():
@@ -434,7 +425,7 @@ def train_sdpo(params: dict, ds: str, seed: int) -> dict:
         save_steps=max(scfg.logging_steps, 1) * 5, save_total_limit=1, logging_steps=scfg.logging_steps,
         report_to="none", remove_unused_columns=False, dataloader_num_workers=0, dataloader_pin_memory=False,
         disable_tqdm=True)
-    trainer = _sdpo_trainer_class()(model=model, args=args, train_dataset=_Rows(examples),
+    trainer = _sdpo_trainer_class()(model=model, args=args, train_dataset=examples,  # a list: map-style dataset
                                     data_collator=SDPOCollator(tokenizer.pad_token_id), processing_class=tokenizer,
                                     ref_model=ref, beta=scfg.beta)
     t0 = time.time()
@@ -442,7 +433,8 @@ def train_sdpo(params: dict, ds: str, seed: int) -> dict:
     meta = {**sft_meta, "variant": SDPO_RUN, "sft_fingerprint": sft_meta.get("fingerprint"),
             "fingerprint": fingerprint, "sdpo": dataclasses.asdict(scfg),
             "sdpo_train": {"steps": trainer.state.global_step, "prompts": len(examples),
-                           "train_loss": result.training_loss, "wall_s": round(time.time() - t0, 1)}}
+                           "train_loss": result.training_loss, "wall_s": round(time.time() - t0, 1),
+                           "machine": pinning.record(pinning.config(params), file=params.get("_path"))}}
     save_final(trainer.model, tokenizer, meta, out / "final")
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return meta
@@ -641,6 +633,7 @@ def score(params: dict, ds: str, model_name: str, seed: int, *, results: str = "
     from tsrec.layout import eval_dir, index_path, results_dir, split_suffix
     from tsrec.metrics import both_levels, ranks
     from tsrec.runs import load_trained
+    from tsrec.precision import resolve_device
     from tsrec.scoring import EvaluateConfig, commit_outputs, select_rows
 
     lcfg = llm_config(params)
@@ -648,7 +641,10 @@ def score(params: dict, ds: str, model_name: str, seed: int, *, results: str = "
     data_dir = Path(section(params, "data", DataConfig).out) / ds
     ipath = index_path(params, ds)
     run = run_folder(params, ds, SDPO_RUN if model_name == "sdpo" else SFT_RUN, seed)
-    model, tokenizer, meta = load_trained(run)
+    device = resolve_device(ecfg.device)
+    if ecfg.threads:
+        torch.set_num_threads(ecfg.threads)
+    model, tokenizer, meta = load_trained(run, device=device)
     tt = TitleText(title_text(params, data_dir).titles, lcfg, _run_prompts(params, meta))
     data = SeqData(data_dir, index_file=ipath)
     gran = data.gran
@@ -667,7 +663,7 @@ def score(params: dict, ds: str, model_name: str, seed: int, *, results: str = "
 
             bcfg = backbone_config(params)
             encoder, enc_tok = load_backbone(bcfg.path, bcfg.keep_layers)
-            encoder.eval()
+            encoder.to(device).eval()
         else:
             encoder, enc_tok = model, tokenizer
         item_ids = sorted(tt.titles)
@@ -717,7 +713,8 @@ def score(params: dict, ds: str, model_name: str, seed: int, *, results: str = "
               "decoding": {"bigrec": "unconstrained beam search -> top text -> L2 grounding over item titles",
                            "d3": "title-trie beam search, length_penalty 0, text-free assistant",
                            "sdpo": "title-trie beam search, length_penalty 0"}[model_name],
-              "host": platform.machine(), "torch_threads": torch.get_num_threads(), "command": command}
+              "device": device, "host": platform.machine(), "torch_threads": torch.get_num_threads(),
+              "machine": pinning.record(pinning.config(params), file=params.get("_path")), "command": command}
     suffix = split_suffix(ecfg.split)
     metrics_file = results_dir(results, ds, model_name, seed) / f"metrics{suffix}.json"
     commit_outputs(metrics_file, numbers, record, eval_dir(artifacts, ds, model_name, seed),
