@@ -191,6 +191,20 @@ def test_tiny_end_to_end_writes_the_evaluate_stage_files(tiny_run, model, capsys
         assert "generated" in full and record["exact_title_match"] <= 12
 
 
+def test_planning_more_runs_keeps_the_title_sft_but_a_budget_change_refuses_it(tiny_run):
+    from tsrec.config import load_params
+    from tsrec.errors import TsrecError
+
+    params = load_params(tiny_run / "params.yaml")
+    if not (tiny_run / "artifacts" / "tiny" / "runs" / lb.SFT_RUN / "seed0" / "final").is_dir():
+        pytest.skip("the end-to-end runs did not run")
+    more = {**params, "train": {**params["train"], "seeds": [0, 1, 2], "variants": ["tsrec", "sft", "x"]}}
+    assert lb.train_title_sft(more, "tiny", 0, train=False)["variant"] == lb.SFT_RUN
+    other = {**params, "train": {**params["train"], "lr": 5e-4}}
+    with pytest.raises(TsrecError, match="--sft-only"):
+        lb.train_title_sft(other, "tiny", 0, train=False)
+
+
 def test_the_report_and_paired_read_the_llm_baselines(tiny_run, capsys):
     from tsrec import layout
     from tsrec.baselines.table import our_rows

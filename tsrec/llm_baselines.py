@@ -129,6 +129,9 @@ def _prompt() -> PromptText:
 @dataclasses.dataclass
 class LLMBaselinesConfig:
     models: list[str] = dataclasses.field(default_factory=lambda: list(MODELS))
+    # the DVC matrix (stages llm-sft, llm-baseline); the seeds: those of train.seeds, so the report pairs them
+    datasets: list[str] = dataclasses.field(default_factory=lambda: ["Industrial_and_Scientific", "Office_Products"])
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [42, 43, 44])
     title_words: int = 0       # titles cut to N words in prompts and responses (0 = whole titles, official)
     title_history: int = 10    # last N titles of the history (official: the whole history, <= 10 here)
     max_len: int = 512         # tokens per example; longer prompts are cut from the left
@@ -187,10 +190,6 @@ def title_text(params: dict, data_dir: Path) -> TitleText:
                      tasks_config(params).prompts)
 
 
-def split_rows(data_dir: Path, split: str) -> pd.DataFrame:
-    return load_split(data_dir, split)
-
-
 def title_examples(tt: TitleText, rows: pd.DataFrame, tokenizer) -> list[dict]:
     out = []
     for hist, target in zip(rows["history"], rows["target"]):
@@ -242,8 +241,10 @@ def train_title_sft(params: dict, ds: str, seed: int, *, train: bool = True) -> 
     data_dir = Path(section(params, "data", DataConfig).out) / ds
     _check_dataset(data_dir)
     out = run_folder(params, ds, SFT_RUN, seed)
-    recorded = {"train": dataclasses.asdict(cfg), "llm_baselines": {k: v for k, v in dataclasses.asdict(lcfg).items()
-                                                                    if k not in ("models", "sdpo", "d3", "grounding")},
+    # the matrix lists (datasets, variants, seeds, extra) left out: planning more runs retrains nothing
+    budget = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("datasets", "variants", "seeds", "extra")}
+    recorded = {"train": budget, "llm_baselines": {k: v for k, v in dataclasses.asdict(lcfg).items()
+                                                                    if k not in ("models", "datasets", "seeds", "sdpo", "d3", "grounding")},
                 "tasks": {"prompts": dataclasses.asdict(tasks_config(params).prompts)},
                 "backbone": dataclasses.asdict(bcfg)}
     inputs = {n: sha256_file(data_dir / f"{n}.parquet") for n in ("items", "train", "valid")}
@@ -257,7 +258,7 @@ def train_title_sft(params: dict, ds: str, seed: int, *, train: bool = True) -> 
             return meta
     if not train:
         raise TsrecError(f"no title SFT run of this configuration (run `tsrec llm-baseline --dataset {ds} --seed "
-                         f"{seed} --sft-only`, DVC stage llm_sft)", file=meta_file)
+                         f"{seed} --sft-only`, DVC stage llm-sft)", file=meta_file)
     precision = resolve_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -265,8 +266,8 @@ def train_title_sft(params: dict, ds: str, seed: int, *, train: bool = True) -> 
     model, tokenizer = bb.load_backbone(bcfg.path, bcfg.keep_layers)
     model = bb.prepare_for_finetune(model, bcfg.finetune, bcfg.lora)
     tt = title_text(params, data_dir)
-    train_rows = title_examples(tt, split_rows(data_dir, "train"), tokenizer)
-    valid_rows = title_examples(tt, _subsample(split_rows(data_dir, "valid"), cfg.valid_rows, int(seed)), tokenizer)
+    train_rows = title_examples(tt, load_split(data_dir, "train"), tokenizer)
+    valid_rows = title_examples(tt, _subsample(load_split(data_dir, "valid"), cfg.valid_rows, int(seed)), tokenizer)
     ckpt_dir = out / "checkpoints"
     claim_checkpoints(ckpt_dir, fingerprint, also=(out / "plots",))
     drop_incomplete_checkpoints(ckpt_dir)
@@ -403,7 +404,7 @@ def train_sdpo(params: dict, ds: str, seed: int) -> dict:
     model = bb.prepare_for_finetune(model, bcfg.finetune, bcfg.lora)  # official: LoRA on the SFT adapter
     model.train()
     tt = TitleText(title_text(params, data_dir).titles, lcfg, _run_prompts(params, sft_meta))
-    rows = _subsample(split_rows(data_dir, "train"), scfg.train_prompts, int(seed))
+    rows = _subsample(load_split(data_dir, "train"), scfg.train_prompts, int(seed))
     examples = sdpo_examples(tt, rows, tokenizer, scfg.neg_num, int(seed))
     out = run_folder(params, ds, SDPO_RUN, seed)
     ckpt_dir = out / "checkpoints"
@@ -727,7 +728,7 @@ def add_arguments(p) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--model", choices=MODELS, help="the baseline to train (S-DPO) and score")
     p.add_argument("--sft-only", action="store_true", help="train the shared title SFT of --seed only "
-                   "(stage llm_sft); without it the SFT run must exist")
+                   "(stage llm-sft); without it the SFT run must exist")
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the top-level seed)")
     p.add_argument("--results", default="results")
     p.add_argument("--artifacts", default="artifacts")
