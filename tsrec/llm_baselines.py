@@ -231,11 +231,14 @@ def train_title_sft(params: dict, ds: str, seed: int, *, train: bool = True) -> 
 
     from tsrec import llm as bb
     from tsrec.precision import resolve as resolve_precision
+    from tsrec.precision import weight_dtype
     from tsrec.runs import META, TrainConfig, backbone_id, save_final
     from tsrec.sft import Collator, Examples, csv_logger, trainer_class, drop_incomplete_checkpoints, training_arguments
 
     vp = sft_params({**params, "seed": int(seed)})
     cfg = section(vp, "train", TrainConfig)
+    if cfg.select == "valid_ndcg10":  # a SID ranking: the title model is selected (and stopped) on valid loss
+        cfg = dataclasses.replace(cfg, select="valid_loss", rank_rows=0)
     lcfg = llm_config(params)
     bcfg = bb.backbone_config(params)
     data_dir = Path(section(params, "data", DataConfig).out) / ds
@@ -259,12 +262,14 @@ def train_title_sft(params: dict, ds: str, seed: int, *, train: bool = True) -> 
     if not train:
         raise TsrecError(f"no title SFT run of this configuration (run `tsrec llm-baseline --dataset {ds} --seed "
                          f"{seed} --sft-only`, DVC stage llm-sft)", file=meta_file)
-    precision = resolve_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = resolve_precision(cfg.precision, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     set_seed(int(seed))
     model, tokenizer = bb.load_backbone(bcfg.path, bcfg.keep_layers)
     model = bb.prepare_for_finetune(model, bcfg.finetune, bcfg.lora)
+    model = model.to(weight_dtype(precision))  # bf16_pure: bf16 weights and optimizer state, as tsrec train
     tt = title_text(params, data_dir)
     train_rows = title_examples(tt, load_split(data_dir, "train"), tokenizer)
     valid_rows = title_examples(tt, _subsample(load_split(data_dir, "valid"), cfg.valid_rows, int(seed)), tokenizer)
@@ -274,12 +279,13 @@ def train_title_sft(params: dict, ds: str, seed: int, *, train: bool = True) -> 
     from transformers.trainer_utils import get_last_checkpoint
 
     resume = get_last_checkpoint(str(ckpt_dir))
-    args = training_arguments(cfg, ckpt_dir, int(seed), precision, params.get("_path"))
+    args = training_arguments(cfg, ckpt_dir, int(seed), precision, device, params.get("_path"))
     csv_log = csv_logger(out / "plots")
     trainer = trainer_class()(
         model=model, args=args, train_dataset=Examples(train_rows), eval_dataset=Examples(valid_rows),
         data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience, early_stopping_threshold=cfg.min_delta),
+        callbacks=[*([EarlyStoppingCallback(early_stopping_patience=cfg.patience,
+                                            early_stopping_threshold=cfg.min_delta)] if cfg.early_stopping else []),
                    csv_log])
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
@@ -290,7 +296,8 @@ def train_title_sft(params: dict, ds: str, seed: int, *, train: bool = True) -> 
             "inputs_sha256": inputs,
             "train": {"steps": trainer.state.global_step, "max_steps": trainer.state.max_steps,
                       "stopped_early": trainer.state.global_step < trainer.state.max_steps,
-                      "best_eval_loss": trainer.state.best_metric, "examples": len(train_rows),
+                      "best_metric": trainer.state.best_metric, "select": cfg.select,
+                      "examples": len(train_rows),
                       "precision": precision, "train_loss": result.training_loss, "wall_s": round(wall, 1),
                       "tokens_seen": tokens, "tokens_per_s": round(tokens / wall, 1) if wall else None,
                       "machine": pinning.record(pinning.config(params), file=params.get("_path"))}}

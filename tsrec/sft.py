@@ -26,6 +26,7 @@ from tsrec.layout import index_path
 from tsrec.llm import backbone_path
 from tsrec import pinning
 from tsrec.precision import resolve as resolve_precision
+from tsrec.precision import trainer_args, weight_dtype
 from tsrec.runs import (
     PLOTS,
     VARIANT_SECTIONS,
@@ -152,7 +153,8 @@ def label_position_loss(model, head, inputs: dict) -> tuple[torch.Tensor, torch.
                 output_hidden_states=True, logits_to_keep=1, use_cache=False)
     keep = labels != IGNORE
     hidden = out.hidden_states[-1][:, :-1][keep]
-    ce = F.cross_entropy(head(hidden).float(), labels[keep], reduction="none")
+    # the head's dtype: under Trainer bf16 the outputs come back fp32 (accelerate), a bf16_pure head is bf16
+    ce = F.cross_entropy(head(hidden.to(head.weight.dtype)).float(), labels[keep], reduction="none")
     w = inputs["weight"].to(ce.dtype)[:, None].expand_as(labels)[keep]
     return (ce * w).sum(), keep.sum()
 
@@ -227,7 +229,8 @@ def csv_logger(plots: Path):
             self.eval_s += float((logs or {}).get("eval_runtime", 0.0))
             if not state.is_world_process_zero or not logs:
                 return
-            for name, fields in PLOTS.items():
+            for name in ("train.csv", "valid.csv"):
+                fields = PLOTS[name]
                 if fields[-1] in logs:
                     row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4),
                            **{k: logs[k] for k in fields[2:] if k in logs}}
@@ -236,9 +239,49 @@ def csv_logger(plots: Path):
     return CsvLog()
 
 
-def training_arguments(cfg: TrainConfig, ckpt_dir: Path, seed: int, precision: str, params_file: str | None = None):
-    """The HF TrainingArguments of a run on the ``train`` section's budget and schedule (steps, epochs, lr,
-    warmup, evaluation and checkpoint cadence, early-stopping metric); shared by the SFT of every LLM model."""
+def _rank_callback(rows, trie, index, prompts, cfg: TrainConfig, plots: Path, precision: str):
+    """Valid ranking at every evaluation: constrained beam search (the evaluate stage's) on the fixed seeded
+    valid rows; adds ``eval_ndcg10`` / ``eval_hr10`` to the evaluation's metrics (so ``select: valid_ndcg10``
+    and early stopping can use them; placed before those callbacks) and appends to ``valid_rank*.csv``.
+    Decoding draws no random numbers, so a run's training trajectory is the same with or without it."""
+    from transformers import TrainerCallback
+
+    from tsrec.scoring import evaluate_rows
+    from tsrec.tasks import encode_prompt, seqrec_prompt
+
+    class RankEval(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, model=None, processing_class=None, **kw):
+            was_training = model.training
+            with torch.no_grad():
+                ranks, summary = evaluate_rows(
+                    model, processing_class, trie, index, rows, lambda h: seqrec_prompt(h, prompts, "seqrec"),
+                    encode_prompt, beams=cfg.rank_beams, batch_size=cfg.rank_batch,
+                    desc=f"valid ranking @ step {state.global_step}", precision=precision)
+            model.train(was_training)
+            m = summary["metrics"]
+            if metrics is not None:
+                metrics.update({"eval_ndcg10": m["NDCG@10"], "eval_hr10": m["HR@10"]})
+            if state.is_world_process_zero:
+                append_row(plots / "valid_rank.csv", PLOTS["valid_rank.csv"],
+                           {"step": state.global_step, "epoch": round(state.epoch or 0, 4), "rows": len(rows),
+                            **{k: m[k] for k in PLOTS["valid_rank.csv"][3:-1]}, "wall_s": summary["wall_time_s"]})
+                for r, rank in zip(ranks["row"], ranks["rank"]):
+                    append_row(plots / "valid_rank_rows.csv", PLOTS["valid_rank_rows.csv"],
+                               {"step": state.global_step, "row": int(r), "rank": int(rank)})
+            log.info("step %d: valid NDCG@10 %.4f HR@10 %.4f (%d rows, %.0f s)", state.global_step, m["NDCG@10"],
+                     m["HR@10"], len(rows), summary["wall_time_s"])
+
+    return RankEval()
+
+
+SELECT_METRIC = {"valid_loss": ("eval_loss", False), "valid_ndcg10": ("eval_ndcg10", True), "final": (None, None)}
+
+
+def training_arguments(cfg: TrainConfig, ckpt_dir: Path, seed: int, precision: str, device: str,
+                       params_file: str | None = None):
+    """The HF TrainingArguments of a run on the ``train`` section's budget, schedule and selection (steps,
+    epochs, lr, warmup, evaluation and checkpoint cadence, the metric ``final/`` is chosen by); shared by the
+    SFT of every LLM model (tsrec.llm_baselines)."""
     from transformers import TrainingArguments
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -251,14 +294,14 @@ def training_arguments(cfg: TrainConfig, ckpt_dir: Path, seed: int, precision: s
         learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
         lr_scheduler_type=cfg.schedule, warmup_steps=cfg.warmup_steps,
         eval_strategy="steps", eval_steps=cfg.eval_steps, save_strategy="steps", save_steps=cfg.eval_steps,
-        save_total_limit=cfg.save_total_limit, load_best_model_at_end=True,
-        metric_for_best_model="eval_loss", greater_is_better=False,
+        save_total_limit=cfg.save_total_limit, load_best_model_at_end=cfg.select != "final",
+        metric_for_best_model=SELECT_METRIC[cfg.select][0], greater_is_better=SELECT_METRIC[cfg.select][1],
         logging_steps=cfg.logging_steps, logging_first_step=True, report_to="none",
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         remove_unused_columns=False, label_names=["labels"], prediction_loss_only=True,
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, dataloader_pin_memory=False,
         ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None, ddp_find_unused_parameters=False,
-        disable_tqdm=not rank0, bf16=precision == "bf16",
+        disable_tqdm=not rank0, **trainer_args(precision, device),
     )
 
 
@@ -277,7 +320,8 @@ def train_run(params: dict, ds: str, variant: str, *, seed: int | None = None, o
     if overrides:
         vp = apply_overrides(vp, overrides, "overrides")
     cfg = section(vp, "train", TrainConfig)
-    precision = resolve_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = resolve_precision(cfg.precision, device)
     tcfg = tasks_config(vp)
     seed = global_seed(params)
     if cfg.threads:
@@ -294,6 +338,7 @@ def train_run(params: dict, ds: str, variant: str, *, seed: int | None = None, o
 
     set_seed(seed)
     model, tokenizer, sainit_report = load_model(vp, tokens, keywords)
+    model = model.to(weight_dtype(precision))  # bf16_pure: bf16 weights, so bf16 AdamW state (the authors')
     train_rows = build_examples(corpus, tokenizer, seed)
     valid_rows = seqrec_examples(data_dir, "valid", corpus.sids, tokenizer, tcfg.max_len, cfg.valid_rows, seed,
                                  tcfg.prompts)
@@ -327,27 +372,48 @@ def train_run(params: dict, ds: str, variant: str, *, seed: int | None = None, o
     if resume:
         log.info("resuming from %s", resume)
 
-    args = training_arguments(cfg, ckpt_dir, seed, precision, params.get("_path"))
+    args = training_arguments(cfg, ckpt_dir, seed, precision, device, params.get("_path"))
     csv_log = csv_logger(plots)
+    rank_cb = []
+    if cfg.rank_rows:
+        from tsrec.datasets import load_split
+        from tsrec.decoding import SidTrie
+        from tsrec.scoring import select_rows
+
+        split = load_split(data_dir, "valid")
+        rank_rows = split.iloc[select_rows(len(split), cfg.rank_rows, seed)]
+        rank_cb = [_rank_callback(rank_rows, SidTrie.from_index(index, tokenizer, suffix=tcfg.prompts.eos_suffix),
+                                  index, tcfg.prompts, cfg, plots, precision)]
+    if rank0:  # header-only files where nothing is measured, so every run has the same files (DVC plots)
+        for name in ("valid_rank.csv", "valid_rank_rows.csv"):
+            if not (plots / name).exists():
+                append_row(plots / name, PLOTS[name], None)
+    stopper = ([EarlyStoppingCallback(early_stopping_patience=cfg.patience, early_stopping_threshold=cfg.min_delta)]
+               if cfg.early_stopping else [])
     trainer = trainer_class()(
         model=model, args=args, train_dataset=Examples(train_rows), eval_dataset=Examples(valid_rows),
         data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience,
-                                                         early_stopping_threshold=cfg.min_delta), csv_log,
-                   *(callbacks or [])],
+        callbacks=[*rank_cb, *stopper, csv_log, *(callbacks or [])],
     )
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - t0
     stopped_early = trainer.state.global_step < trainer.state.max_steps
     stop_reason = "plateau" if stopped_early else ("step_cap" if cfg.max_steps > 0 else "epochs")
+    if not cfg.early_stopping and cfg.max_steps > 0:
+        stop_reason = "budget"  # the equal budget of a comparison, not a per-run stop
     best = trainer.state.best_metric
+    losses = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
+    best_loss = best if cfg.select == "valid_loss" else (min(losses) if losses else None)
     tokens_seen = int(trainer.state.num_input_tokens_seen or 0) - csv_log.tokens_at_start  # this session
     meta.update({
         "train": {"steps": trainer.state.global_step, "max_steps": trainer.state.max_steps,
-                  "stopped_early": stopped_early, "stop_reason": stop_reason, "best_eval_loss": best,
+                  "stopped_early": stopped_early, "stop_reason": stop_reason, "best_eval_loss": best_loss,
                   "precision": {"requested": cfg.precision, "resolved": precision},
-                  "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
+                  "select": cfg.select, "schedule": cfg.schedule, "early_stopping": cfg.early_stopping,
+                  "best_metric": {"name": SELECT_METRIC[cfg.select][0], "value": best} if cfg.select != "final" else None,
+                  "best_checkpoint": (trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name
+                                      if cfg.select != "final" else None),
                   "train_loss": result.training_loss, "wall_s": round(wall, 1),
                   "eval_s": round(csv_log.eval_s, 1), "tokens_seen": tokens_seen,
                   "tokens_total": int(trainer.state.num_input_tokens_seen or 0),
