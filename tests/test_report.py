@@ -168,7 +168,8 @@ def test_cli_writes_tables_csv_plots_and_survives_missing_runs(three_seeds, tmp_
             assert (three_seeds / ds / "plots" / name).read_bytes()[:4] == b"\x89PNG"
         assert f"({ds}/plots/valid_loss.png)" in md
     csv = pd.read_csv(three_seeds / DS / "table.csv")
-    assert set(csv["kind"]) == {"baseline", "not ours", "variant", "published"}
+    assert set(csv["kind"]) == {"baseline", "variant", "published"}  # BIGRec, D3, S-DPO: LLM baselines, not run
+    assert csv.set_index("method").loc["D3", "kind"] == "baseline"
     pub = csv[csv["kind"] == "published"].set_index("method")
     assert pub.loc["MiniOneRec (published, official split, Qwen2.5-1.5B, not comparable in absolute terms)",
                    "NDCG@10"] == 0.1167

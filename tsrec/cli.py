@@ -24,6 +24,7 @@ STAGES = {
     "rl": ("tsrec.rl", "GRPO after SFT: beam-search rollouts over the SID trie, ranking reward (one variant)"),
     "evaluate": ("tsrec.evaluate", "constrained beam search on valid/test -> HR@K / NDCG@K"),
     "baseline": ("tsrec.baseline", "train and score one baseline model"),
+    "llm-baseline": ("tsrec.llm_baselines", "BIGRec / D3 / S-DPO: the title SFT, S-DPO, grounding or title-trie decoding"),
     "sweep": ("tsrec.sweep", "Optuna sweep over SA-Init pooling and the TS-Align weight"),
     "report": ("tsrec.report", "Recall/NDCG tables from the metrics files"),
     "paired": ("tsrec.paired", "paired test of two evaluated variants on their saved row ranks (no decoding)"),

@@ -72,7 +72,7 @@ def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
 
 # every top-level key some stage reads (a typo such as ``sede:`` or ``trian:`` would be silently ignored)
 SECTIONS = ("seed", "data", "raw", "report", "embed", "backbone", "sainit", "tasks", "train", "variants",
-            "baselines", "sweep", "evaluate", "codebook", "keywords", "rl", "repro")
+            "baselines", "sweep", "evaluate", "codebook", "keywords", "rl", "repro", "llm_baselines")
 
 
 def _key_lines(path: Path) -> dict[str, int]:

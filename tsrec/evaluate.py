@@ -31,15 +31,16 @@ from tsrec.config import global_seed, section_with_flags
 from tsrec.datasets import load_index, load_split
 from tsrec.decoding import SidTrie
 from tsrec.errors import TsrecError
-from tsrec.io import atomic_dir, commit_group, output_lock, sha256_file
+from tsrec.io import output_lock, sha256_file
 from tsrec.layout import eval_dir as eval_folder
-from tsrec.layout import results_dir, split_suffix, write_row_ranks
+from tsrec.layout import results_dir, split_suffix
 from tsrec.precision import resolve as resolve_precision
 from tsrec.precision import resolve_device
 from tsrec.scoring import (
     METRIC_COUNTS,
     EvaluateConfig,
     command_line,
+    commit_outputs,
     evaluate_rows,
     load_plain,
     run_index,
@@ -49,25 +50,6 @@ from tsrec.scoring import (
 from tsrec.sids import sid_str
 
 log = logging.getLogger(__name__)
-
-
-def commit_outputs(metrics_file: Path, numbers: dict, record: dict, eval_dir: Path, ranks_name: str,
-                   ranks_df) -> None:
-    """All outputs as one unit (``tsrec.io.commit_group``), by one writer (``output_lock`` on ``eval_dir``): the
-    full ranks (under ``eval_dir``, the other split's kept), the slim ones beside the metrics, the metrics and
-    the run record naming the sha256 of all three. Everything is written to temps first and only then renamed
-    over the previous files, the record last: a full disk or a signal leaves the previous complete outputs,
-    and readers (``scoring.check_ranks``, ``tsrec check``) refuse a mix."""
-    eval_dir.parent.mkdir(parents=True, exist_ok=True)
-    with output_lock(eval_dir), commit_group():
-        keep = [p for p in eval_dir.glob("ranks*.parquet") if p.name != ranks_name] if eval_dir.is_dir() else []
-        with atomic_dir(eval_dir) as tmp:
-            for p in keep:  # the other split's ranks survive
-                (tmp / p.name).write_bytes(p.read_bytes())
-            ranks_df.to_parquet(tmp / ranks_name, index=False)
-            full = {"path": str(eval_dir / ranks_name), "sha256": sha256_file(tmp / ranks_name)}
-        record = {**record, "ranks": full, "row_ranks": write_row_ranks(metrics_file.parent / ranks_name, ranks_df)}
-        metrics.write_metrics(metrics_file, numbers, record)
 
 
 def add_arguments(p) -> None:

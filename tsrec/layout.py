@@ -26,7 +26,8 @@ from tsrec.sids import codebook_config
 
 SEED_DIR = re.compile(r"^seed(-?\d+)$")
 # folders under results/<DS>/ that are not variants
-NOT_VARIANTS = frozenset({"baselines", "paired", "sweep", "plots"})
+NOT_VARIANTS = frozenset({"baselines", "paired", "sweep", "plots",
+                          "bigrec", "d3", "sdpo"})  # the LLM baselines' runs (tsrec.llm_baselines), own rows
 
 
 def seed_dir(seed: int) -> str:

@@ -83,6 +83,9 @@ def method_rows(results: Path, ds: str, variants: list[str]) -> list[Row]:
                 rows.append(Row(label, "baseline", None, ITEM_ONLY))
             else:
                 rows.append(Row(label, "baseline", runs, "ok" if runs else "not run"))
+        elif kind == "llm":  # tsrec.llm_baselines: the evaluate stage's files under results/<DS>/<model>/
+            runs = layout.load_variant(results, ds, name)
+            rows.append(Row(label, "baseline", runs, "ok" if runs else "not run"))
         elif not src:
             rows.append(Row(label, "not ours", None, "not run (not implemented here)"))
     names = list(dict.fromkeys([*VARIANTS, *variants, *layout.found_variants(results, ds)]))

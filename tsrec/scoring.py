@@ -21,7 +21,8 @@ from tqdm import tqdm
 from tsrec import metrics
 from tsrec.decoding import SidTrie, search_batches
 from tsrec.errors import TsrecError
-from tsrec.io import sha256_file
+from tsrec.io import atomic_dir, commit_group, output_lock, sha256_file
+from tsrec.layout import write_row_ranks
 from tsrec.precision import Precision, autocast, check_device
 from tsrec.sids import sid_str
 
@@ -103,6 +104,25 @@ def evaluate_rows(model, tokenizer, trie: SidTrie, index: dict[int, list[str]], 
         "rows_per_s": round(len(rows) / wall, 3) if wall > 0 else None,
     }
     return out, summary
+
+
+def commit_outputs(metrics_file: Path, numbers: dict, record: dict, eval_dir: Path, ranks_name: str,
+                   ranks_df) -> None:
+    """All outputs as one unit (``tsrec.io.commit_group``), by one writer (``output_lock`` on ``eval_dir``): the
+    full ranks (under ``eval_dir``, the other split's kept), the slim ones beside the metrics, the metrics and
+    the run record naming the sha256 of all three. Everything is written to temps first and only then renamed
+    over the previous files, the record last: a full disk or a signal leaves the previous complete outputs,
+    and readers (``scoring.check_ranks``, ``tsrec check``) refuse a mix."""
+    eval_dir.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(eval_dir), commit_group():
+        keep = [p for p in eval_dir.glob("ranks*.parquet") if p.name != ranks_name] if eval_dir.is_dir() else []
+        with atomic_dir(eval_dir) as tmp:
+            for p in keep:  # the other split's ranks survive
+                (tmp / p.name).write_bytes(p.read_bytes())
+            ranks_df.to_parquet(tmp / ranks_name, index=False)
+            full = {"path": str(eval_dir / ranks_name), "sha256": sha256_file(tmp / ranks_name)}
+        record = {**record, "ranks": full, "row_ranks": write_row_ranks(metrics_file.parent / ranks_name, ranks_df)}
+        metrics.write_metrics(metrics_file, numbers, record)
 
 
 # ---------------------------------------------------------------- model / index / prompt plumbing
