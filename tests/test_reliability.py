@@ -221,7 +221,7 @@ def test_second_train_of_a_run_is_refused_naming_the_holder(tmp_path, tiny_datas
 def test_simultaneous_commits_never_mix(tmp_path):
     """Many writers of one evaluate output at once: each either commits whole or is refused; what is left is
     one writer's complete set (metrics, run record and both ranks agree)."""
-    from tsrec.evaluate import commit_outputs
+    from tsrec.scoring import commit_outputs
 
     mfile, _, slim, full = _outputs(tmp_path)
     go = threading.Barrier(8)
