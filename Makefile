@@ -78,3 +78,10 @@ clean-venv:
 baselines: setup
 	$(DVC) repro baseline
 	$(DVC) repro --single-item report  # its deps (results/) would pull in the sweep, the teachers and rl
+
+# BIGRec, D3, S-DPO (docs/llm_baselines.md): the title SFT per dataset x seed (stage llm-sft), then each model
+# (stage llm-baseline: pulls in the SASRec baseline for D3's assistant), then the tables. Hours of CPU per run.
+.PHONY: llm-baselines
+llm-baselines: setup
+	$(DVC) repro llm-baseline
+	$(DVC) repro --single-item report  # its deps (results/) would pull in the sweep, the teachers and rl

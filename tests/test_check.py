@@ -9,15 +9,18 @@ from tsrec.metrics import write_metrics
 
 
 def _results(root, hr10=0.25, with_sft=True):
-    write_json(root / "DS" / "tsrec" / "metrics.json", {"HR@10": hr10, "NDCG@10": 0.125, "n_rows": 40, "wall_time_s": 3.2})
-    write_json(root / "DS" / "tsrec" / "run.json", {"command": "tsrec evaluate", "HR@10": "not a metric file"})
+    """Metrics files as the stages write them (tsrec.metrics.write_metrics: each with its run record)."""
+    write_metrics(root / "DS" / "tsrec" / "metrics.json", {"HR@10": hr10, "NDCG@10": 0.125, "n_rows": 40,
+                                                           "wall_time_s": 3.2},
+                  {"command": "tsrec evaluate", "HR@10": "not a metric file"})
     if with_sft:
-        write_json(root / "DS" / "sft" / "metrics.json", {"HR@10": 0.2, "NDCG@10": 0.1, "n_rows": 40})
+        write_metrics(root / "DS" / "sft" / "metrics.json", {"HR@10": 0.2, "NDCG@10": 0.1, "n_rows": 40},
+                      {"command": "tsrec evaluate"})
     write_metrics(root / "DS" / "baselines" / "pop.json",  # and its run record pop.run.json
                   {"HR@10": 0.1, "item/HR@10": 0.09, "ci95": {"HR@10": None}},
                   {"command": "tsrec baseline --model pop", "HR@10": "not a metric file"})
-    write_json(root / "DS" / "no_sainit" / "seed43" / "metrics.json", {"seed": 43, "HR@10": 0.3})  # per-seed layout
-    write_json(root / "DS" / "no_sainit" / "seed43" / "run.json", {"command": "tsrec evaluate --seed 43"})
+    write_metrics(root / "DS" / "no_sainit" / "seed43" / "metrics.json", {"seed": 43, "HR@10": 0.3},  # per-seed
+                  {"command": "tsrec evaluate --seed 43"})
 
 
 def test_write_then_check_passes(tmp_path, capsys):

@@ -13,6 +13,7 @@ from tsrec.config import section
 from tsrec.datasets import load_index, load_split
 from tsrec.decoding import SidTrie
 from tsrec.errors import ParamError
+from tsrec.layout import write_row_ranks
 from tsrec.scoring import EvaluateConfig, evaluate_rows, select_rows
 from tsrec.tasks import encode_prompt, seqrec_prompt
 
@@ -165,8 +166,8 @@ def test_cli_paired(tmp_path, capsys, monkeypatch):
     for (v, seed), ranks in runs.items():
         d = tmp_path / "results/DS" / v / f"seed{seed}"
         d.mkdir(parents=True)
-        pd.DataFrame({"row": [0, 1, 2, 3], "rank": ranks}).to_parquet(d / "ranks.parquet")
-        (d / "metrics.json").write_text(json.dumps({"seed": seed, "HR@10": 0.5}))
+        rec = write_row_ranks(d / "ranks.parquet", pd.DataFrame({"row": [0, 1, 2, 3], "target": 1, "rank": ranks}))
+        metrics.write_metrics(d / "metrics.json", {"seed": seed, "HR@10": 0.5}, {"row_ranks": rec})
     params = tmp_path / "params.yaml"
     params.write_text("seed: 1\n")
     rc = main(["--params", str(params), "paired", "--dataset", "DS", "--variant", "x", "--other", "y",
@@ -206,14 +207,16 @@ def test_metrics_and_ranks_commit_together(tiny_dataset, tiny_eval_model, tmp_pa
     assert json.loads((res / "DS/tiny/seed42/run.json").read_text())["ranks"]["sha256"] == sha256_file(rfile)
     old_ranks = rfile.read_bytes()
 
+    old_metrics = mfile.read_bytes()
+
     def killed(*a, **kw):  # stands in for a kill while the ranks are written
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pd.DataFrame, "to_parquet", killed)
-    with pytest.raises(KeyboardInterrupt):
-        evaluate(20)
+    assert evaluate(20) == 130
     monkeypatch.undo()
-    assert not mfile.exists() and rfile.read_bytes() == old_ranks  # no metrics of 20 rows beside ranks of 10
+    # the previous complete set stays: no metrics of 20 rows beside ranks of 10, none deleted
+    assert mfile.read_bytes() == old_metrics and rfile.read_bytes() == old_ranks
     # ranks changed behind the metrics' back are refused by the paired comparison
     assert evaluate(10) == 0
     other = res / "DS/other/seed42/ranks.parquet"

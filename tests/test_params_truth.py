@@ -23,6 +23,7 @@ CONFIGS = {
     "baselines": "tsrec.baseline:BaselinesConfig", "sweep": "tsrec.sweep:SweepConfig",
     "evaluate": "tsrec.evaluate:EvaluateConfig", "codebook": "tsrec.codebook:CodebookConfig",
     "keywords": "tsrec.keyword_cache:KeywordsConfig", "rl": "tsrec.rl:RLConfig",
+    "llm_baselines": "tsrec.llm_baselines:LLMBaselinesConfig",
     "repro": "tsrec.pinning:ReproConfig",
 }
 UNTYPED = {"seed", "variants"}

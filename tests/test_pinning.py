@@ -16,18 +16,20 @@ from tsrec.errors import ParamError
 
 from tiny_train import make_params  # noqa: E402
 
-# sha256 of the train.csv losses (repr of each float) of the tiny run below under repro avx2 x 1 thread.
-# Made on an AVX-512 Xeon with the pin (and so equal to an AVX2-only machine's native run); with
-# cpu_capability: native on an AVX-512 CPU the losses differ (test_native_kernels_change_the_bits).
-PINNED_DIGEST = "e0f2486a2563975d6641f62d69346dc8e4c6008366d04a7cd7d5e68b79a9448e"
+# sha256 of the train.csv losses (repr of each float) of the tiny run below under repro avx2 x 1 thread x
+# blas compatible: torch's AVX2 kernels and MKL's COMPATIBLE branch, the one MKL documents as giving the same bits
+# on Intel and non-Intel CPUs (its default branch is chosen per CPU model: on the Xeon this digest was made on,
+# MKL_CBWR=AVX2 alone already changes the losses). Made on an AVX-512 Xeon (Sapphire Rapids); with
+# cpu_capability: native there the losses differ (test_native_kernels_change_the_bits).
+PINNED_DIGEST = "76edd9cb3f675315242e140a047094212500f80c16c2df28d84ccdc74e2d0a65"
 
 
 def _tiny_run(tmp_path: Path, tiny_dataset, tiny_backbone, capability: str) -> tuple[str, dict]:
     params = make_params(tmp_path, tiny_dataset, tiny_backbone, max_steps=6, logging_steps=1, threads=0)
-    params["repro"] = {"cpu_capability": capability, "threads": 1}
+    params["repro"] = {"cpu_capability": capability, "threads": 1, "blas": "compatible"}
     params.pop("_path")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS", "MKL_CBWR")}
     out = tmp_path / "run"
     res = subprocess.run([sys.executable, "-m", "tsrec", "--params", str(tmp_path / "params.yaml"), "train",
                           "--dataset", tiny_dataset.name, "--variant", "tsrec", "--out", str(out),
@@ -46,6 +48,7 @@ def _tiny_run(tmp_path: Path, tiny_dataset, tiny_backbone, capability: str) -> t
 def test_pinned_losses_equal_the_committed_digest(tmp_path, tiny_dataset, tiny_backbone):
     digest, machine = _tiny_run(tmp_path, tiny_dataset, tiny_backbone, "avx2")
     assert machine["cpu_capability"] == "AVX2" and machine["requested"] == "avx2" and machine["threads"] == 1
+    assert machine["blas"] == "compatible"
     assert digest == PINNED_DIGEST
 
 
@@ -77,3 +80,12 @@ def test_record_refuses_a_torch_running_other_kernels():
     with pytest.raises(Exception, match="repro.cpu_capability"):
         pinning.record(pinning.ReproConfig(cpu_capability=other))
     assert pinning.record(pinning.ReproConfig(cpu_capability="native"))["cpu_capability"].lower() == actual
+
+
+def test_blas_compatible_sets_mkl_and_refuses_a_contradiction(monkeypatch):
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    pinning.apply(pinning.ReproConfig(cpu_capability="native", threads=0, blas="compatible"), "params.yaml")
+    assert os.environ["MKL_CBWR"] == "COMPATIBLE"
+    monkeypatch.setenv("MKL_CBWR", "AVX2")
+    with pytest.raises(ParamError, match="contradicts repro.blas"):
+        pinning.apply(pinning.ReproConfig(cpu_capability="native", threads=0, blas="compatible"), "params.yaml")

@@ -21,7 +21,7 @@ def test_dvc_yaml_is_valid():
 # stages that run another stage's subcommand: evaluate_rl is `tsrec evaluate` over the RL runs, a stage of its
 # own so that `dvc repro evaluate` (make repro) never pulls in the rl stage
 SAME_SUBCOMMAND = {"evaluate_rl": "evaluate", "train_extra": "train", "evaluate_extra": "evaluate",
-                   "train_confirm": "train", "evaluate_confirm": "evaluate"}
+                   "train_confirm": "train", "evaluate_confirm": "evaluate", "llm-sft": "llm-baseline"}
 
 
 def test_each_dvc_stage_runs_its_namesake_subcommand():

@@ -168,7 +168,8 @@ def test_cli_writes_tables_csv_plots_and_survives_missing_runs(three_seeds, tmp_
             assert (three_seeds / ds / "plots" / name).read_bytes()[:4] == b"\x89PNG"
         assert f"({ds}/plots/valid_loss.png)" in md
     csv = pd.read_csv(three_seeds / DS / "table.csv")
-    assert set(csv["kind"]) == {"baseline", "not ours", "variant", "published"}
+    assert set(csv["kind"]) == {"baseline", "variant", "published"}  # BIGRec, D3, S-DPO: LLM baselines, not run
+    assert csv.set_index("method").loc["D3", "kind"] == "baseline"
     pub = csv[csv["kind"] == "published"].set_index("method")
     assert pub.loc["MiniOneRec (published, official split, Qwen2.5-1.5B, not comparable in absolute terms)",
                    "NDCG@10"] == 0.1167
@@ -266,9 +267,9 @@ def test_run_ledger_lists_each_llm_run_with_its_budget_and_time(three_seeds, tmp
     assert main(["--params", str(params), "report"]) == 0
     assert pd.read_csv(three_seeds / DS / "runs.csv")["steps"].tolist() == [1100, 1200]
     assert "1 x 2 = 2 runs, what `make ablations` trains) took **1.2 h** of it, over the 2 of its runs" in (three_seeds / "t.md").read_text()
-    params.write_text(yaml.safe_dump({**yaml.safe_load(params.read_text()), "train": {
-        "datasets": ["Office_Products"], "variants": ["tsrec"], "seeds": [42, 43]}}))
-    assert main(["--params", str(params), "report"]) == 0  # DS is outside the matrix: no share stated
+    params.write_text(yaml.safe_dump({**yaml.safe_load(params.read_text()), "data": {"datasets": [DS, "Office_Products"]},
+                                      "train": {"datasets": ["Office_Products"], "variants": ["tsrec"], "seeds": [42, 43]}}))
+    assert main(["--params", str(params), "report", "--dataset", DS]) == 0  # DS is outside the matrix: no share stated
     assert "ablation matrix" not in (three_seeds / "t.md").read_text()
     bad = three_seeds / DS / "tsrec" / "seed43" / "train_summary.json"
     bad.write_text('{"train": {"steps": 1200,\n  "wall_s": }}')

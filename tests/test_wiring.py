@@ -23,6 +23,10 @@ NOT_DECLARED = {
            "tasks": "prompts come from the SFT run's final/tsrec_meta.json, a dep (see the comment in dvc.yaml)"},
     "evaluate": {"tasks": "prompts come from the run's final/tsrec_meta.json, a dep; params' only for --model-dir"},
     "evaluate_rl": {"tasks": "prompts come from the run's final/tsrec_meta.json, a dep; params' only for --model-dir"},
+    "llm-sft": {"seed": "dvc passes --seed ${item.seed}: the top-level seed is only the CLI default",
+                "evaluate": "scoring only (stage llm-baseline)", "codebook": "scoring only (SID-level metrics)",
+                "baselines": "D3's assistant only (stage llm-baseline)"},
+    "llm-baseline": {"tasks": "prompts come from the SFT run's final/tsrec_meta.json, a dep"},
 }
 
 

@@ -61,7 +61,7 @@ def _section_reads(node: ast.AST) -> set[str]:
     for n in ast.walk(node):
         if isinstance(n, ast.Call):
             name = n.func.id if isinstance(n.func, ast.Name) else getattr(n.func, "attr", None)
-            if name == "section" and len(n.args) >= 2 and isinstance(n.args[1], ast.Constant):
+            if name in ("section", "section_with_flags") and len(n.args) >= 2 and isinstance(n.args[1], ast.Constant):
                 found.add(n.args[1].value)
             elif name == "global_seed":
                 found.add("seed")

@@ -27,7 +27,7 @@ from typing import Any
 
 from tsrec.errors import TsrecError
 from tsrec.io import write_json
-from tsrec.metrics import is_run_record, run_path
+from tsrec.metrics import bad_value, is_run_record, run_path, verify_record
 from tsrec.pinning import describe
 
 log = logging.getLogger(__name__)
@@ -105,18 +105,35 @@ def collect(results: Path) -> dict[str, dict[str, float]]:
     return {f.relative_to(results).as_posix(): read_values(f) for f in metrics_files(results)}
 
 
+def unverified(path: Path) -> str | None:
+    """Why a metrics file cannot be trusted (no run record, or not the record's metrics), else None."""
+    try:
+        verify_record(path)
+    except TsrecError as exc:
+        return str(exc)
+    return None
+
+
 def compare(expected: dict[str, dict[str, float]], results: Path, tolerance: float,
             allow_better: bool = False) -> list[dict[str, Any]]:
-    """One row per expected metric: expected, got, change, status (ok | REGRESSION | CHANGED | MISSING)."""
+    """One row per expected metric: expected, got, change, status (ok | REGRESSION | CHANGED | MISSING |
+    INVALID: NaN, Inf or out of range, whatever the flags | UNVERIFIED: not the metrics its run record names)."""
     rows = []
     for rel, want in sorted(expected.items()):
         path = results / rel
         got_all = read_values(path) if path.is_file() else None
+        why_not = unverified(path) if got_all is not None else None
+        if why_not:
+            log.error("%s", why_not)
         for key, exp in sorted(want.items(), key=lambda kv: _order(kv[0])):
             got = None if got_all is None else got_all.get(key)
             row = {"path": rel, "metric": key, "expected": exp, "got": got, "change": None}
             if got is None:
                 row["status"] = "MISSING" + (" FILE" if got_all is None else "")
+            elif bad_value(key, got):
+                row["status"] = "INVALID"
+            elif why_not:
+                row["status"] = "UNVERIFIED"
             else:
                 change = got - exp
                 row["change"] = change
@@ -166,17 +183,38 @@ def load_expected(path: Path) -> dict[str, Any]:
     for rel, want in metrics.items():
         if not isinstance(want, dict) or not all(isinstance(v, (int, float)) for v in want.values()):
             raise TsrecError("expected an object of metric -> number", file=path, field=f"metrics.{rel}")
+        why = next(filter(None, (bad_value(k, v) for k, v in want.items())), None)
+        if why:
+            raise TsrecError(f"invalid expected value: {why}", file=path, field=f"metrics.{rel}")
     tol = raw.get("tolerance", DEFAULT_TOLERANCE)
-    if not isinstance(tol, (int, float)) or tol < 0 or math.isnan(tol):
+    if not isinstance(tol, (int, float)) or tol < 0 or not math.isfinite(tol):
         raise TsrecError(f"tolerance must be a number >= 0, got {tol!r}", file=path, field="tolerance")
     return raw
 
 
+def uncovered(expected: dict[str, dict[str, float]], results: Path) -> list[str]:
+    """``<file>:<metric>`` under ``results`` that the expected file does not list (never checked)."""
+    return [f"{rel}:{k}" for rel, got in collect(results).items() for k in got if k not in expected.get(rel, {})]
+
+
 # ---------------------------------------------------------------- CLI
+def tolerance(text: str) -> float:
+    """--tolerance: a finite number >= 0."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
 def add_arguments(p) -> None:
     p.add_argument("--results", default="results", help="results root the metrics files are under (default: results)")
     p.add_argument("--expected", required=True, help="committed expected metrics JSON")
-    p.add_argument("--tolerance", type=float, help="absolute tolerance (default: the expected file's)")
+    p.add_argument("--tolerance", type=tolerance, help="absolute tolerance (default: the expected file's)")
     p.add_argument("--allow-better", action="store_true", help="HR/NDCG above expected past the tolerance pass")
     p.add_argument("--all", action="store_true", help="show every compared metric, not only those that differ")
     p.add_argument("--write-expected", action="store_true",
@@ -188,6 +226,10 @@ def run(args, params) -> None:
     results, expected_path = Path(args.results), Path(args.expected)
     if args.write_expected:
         found = {rel: v for rel, v in collect(results).items() if v}
+        for rel, values in found.items():
+            why = next(filter(None, (bad_value(k, v) for k, v in values.items())), None) or unverified(results / rel)
+            if why:
+                raise TsrecError(f"refusing to write it from an invalid metrics file: {why}", file=expected_path)
         if not found:
             raise TsrecError("no metrics files with HR/NDCG found under the results folder", file=results)
         tol = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
@@ -202,6 +244,10 @@ def run(args, params) -> None:
     tol = exp.get("tolerance", DEFAULT_TOLERANCE) if args.tolerance is None else args.tolerance
     rows = compare(exp["metrics"], results, tol, args.allow_better)
     bad = failed(rows)
+    extra = uncovered(exp["metrics"], results)
+    if extra:
+        log.warning("%d metrics under %s are not in %s and were not checked, e.g. %s (regenerate it with "
+                    "--write-expected)", len(extra), results, expected_path, extra[:3])
     if bad or args.all or any(r["status"] != "ok" for r in rows):
         print(render(rows, show_all=args.all))
     files = len(exp["metrics"])

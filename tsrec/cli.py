@@ -11,6 +11,7 @@ import os
 import sys
 
 from tsrec.errors import TsrecError
+from tsrec.io import NO_SPACE
 
 # stage name -> (module, help); each module defines add_arguments(parser) and run(args, params).
 # Only the stage being run is imported (``tsrec --help`` imports none of them).
@@ -25,6 +26,7 @@ STAGES = {
     "rl": ("tsrec.rl", "GRPO after SFT: beam-search rollouts over the SID trie, ranking reward (one variant)"),
     "evaluate": ("tsrec.evaluate", "constrained beam search on valid/test -> HR@K / NDCG@K"),
     "baseline": ("tsrec.baseline", "train and score one baseline model"),
+    "llm-baseline": ("tsrec.llm_baselines", "BIGRec / D3 / S-DPO: the title SFT, S-DPO, grounding or title-trie decoding"),
     "sweep": ("tsrec.sweep", "Optuna sweep over SA-Init pooling and the TS-Align weight"),
     "report": ("tsrec.report", "Recall/NDCG tables from the metrics files"),
     "paired": ("tsrec.paired", "paired test of two evaluated variants on their saved row ranks (no decoding)"),
@@ -129,5 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     except TsrecError as exc:
         log.error("%s", exc)
         print(f"tsrec {args.stage}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # SIGINT (Ctrl-C, or `dvc repro` interrupted): temps removed, outputs as they were
+        print(f"tsrec {args.stage}: interrupted; the previous complete outputs are left in place", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"tsrec {args.stage}: error: {where}disk full ({exc.strerror}); the previous complete outputs are "
+              "left in place: free space and rerun", file=sys.stderr)
         return 2
     return 0

@@ -18,16 +18,51 @@ DEFAULT_PARAMS = "params.yaml"
 T = TypeVar("T")
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping, at any depth (PyYAML keeps the last one,
+    so a second ``train:`` block would silently replace the first; DVC refuses such a file)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ParamError(f"key {key!r} given twice (lines {seen[key]} and {line}); a YAML mapping keeps only "
+                                 "the last", file=key_node.start_mark.name, line=line, field=str(key))
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file: UTF-8, each key once per mapping; errors name the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParamError(f"not valid UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start})",
+                         file=path) from None
+    loader = UniqueKeyLoader(text)
+    loader.name = str(path)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ParamError(f"invalid YAML: {exc}", file=path, line=mark.line + 1 if mark else None) from exc
+    finally:
+        loader.dispose()
+
+
 def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Read params.yaml (``--params`` or ``$TSREC_PARAMS`` override the default path)."""
     path = Path(path or os.environ.get("TSREC_PARAMS") or DEFAULT_PARAMS)
     if not path.is_file():
         raise ParamError("params file not found", file=path)
-    try:
-        params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ParamError(f"invalid YAML: {exc}", file=path, line=mark.line + 1 if mark else None) from exc
+    params = read_yaml(path)
+    if params is None:
+        raise ParamError("empty (or comments only): every stage would run on code defaults; restore it (git "
+                         "checkout params.yaml, or make profile P=<name>)", file=path)
     if not isinstance(params, dict):
         raise ParamError("top level must be a mapping", file=path)
     check_top_level(params, path)
@@ -37,13 +72,13 @@ def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
 
 # every top-level key some stage reads (a typo such as ``sede:`` or ``trian:`` would be silently ignored)
 SECTIONS = ("seed", "data", "raw", "report", "embed", "backbone", "sainit", "tasks", "train", "variants",
-            "baselines", "sweep", "evaluate", "codebook", "keywords", "rl", "repro")
+            "baselines", "sweep", "evaluate", "codebook", "keywords", "rl", "repro", "llm_baselines")
 
 
 def _key_lines(path: Path) -> dict[str, int]:
     try:
         node = yaml.compose(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError:
+    except (yaml.YAMLError, UnicodeDecodeError):
         return {}
     pairs = node.value if isinstance(node, yaml.MappingNode) else []
     return {k.value: k.start_mark.line + 1 for k, _ in pairs if isinstance(k, yaml.ScalarNode)}
@@ -69,6 +104,14 @@ def check_top_level(params: dict[str, Any], path: str | os.PathLike) -> None:
                          line=_key_lines(Path(path)).get(str(key)), field=str(key))
     runs = (params.get("repro") or {}).get("runs") or []
     t = params.get("train") or {}
+    known = (params.get("data") or {}).get("datasets") if isinstance(params.get("data"), dict) else None
+    if isinstance(t, dict) and isinstance(known, list):
+        extra = t.get("extra") if isinstance(t.get("extra"), dict) else {}
+        listed = [*(t.get("datasets") or []), *(extra.get("datasets") or [])]
+        unknown_ds = [d for d in listed if d not in known]
+        if unknown_ds:
+            raise ParamError(f"train datasets {unknown_ds} are not in data.datasets {known} (no stage builds them)",
+                             file=path, line=_key_lines(Path(path)).get("train"), field="train.datasets")
     matrix = {f"{d}-{v}-{s}" for d in t.get("datasets") or [] for v in t.get("variants") or []
               for s in t.get("seeds") or []}
     stray = [r for r in runs if r not in matrix]
@@ -149,6 +192,16 @@ def from_dict(cls: type[T], raw: Any, where: str, file: str = DEFAULT_PARAMS) ->
 def section(params: dict[str, Any], name: str, cls: type[T]) -> T:
     """Typed view of ``params[name]``; a ``validate()`` method on ``cls`` may raise ValueError."""
     return from_dict(cls, params.get(name), name, params.get("_path", DEFAULT_PARAMS))
+
+
+def section_with_flags(params: dict[str, Any], name: str, cls: type[T], flags: dict[str, Any]) -> T:
+    """``section`` with command-line values on top; a bad value names the flag, not params.yaml (whose own
+    values are checked first, naming the file)."""
+    base = section(params, name, cls)
+    if not flags:
+        return base
+    shown = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in flags.items())
+    return from_dict(cls, {**(params.get(name) or {}), **flags}, name, f"command line ({shown})")
 
 
 def deep_merge(base: dict, over: dict) -> dict:

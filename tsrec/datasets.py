@@ -180,6 +180,8 @@ def check_sid(tokens: object, path: Path, key: object, levels: int | None = 3) -
 
 def load_index(path: Path, levels: int | None = 3) -> dict[int, list[str]]:
     """Read a SID index in the published JSON format, validating every entry."""
+    if not Path(path).is_file():
+        raise TsrecError("SID index not found (run `tsrec data`, or `tsrec codebook` for a learned index)", file=path)
     try:
         raw = json.loads(read_utf8(Path(path)), object_pairs_hook=_unique_keys(Path(path)))
     except json.JSONDecodeError as exc:
@@ -269,13 +271,24 @@ def check_info(path: Path, index: dict[int, list[str]]) -> int:
 
 
 # ---------------------------------------------------------------- canonical readers for later stages
+def read_parquet(path: Path, stage: str = "tsrec data") -> pd.DataFrame:
+    """A parquet file of a stage's output; missing or unreadable (truncated) is one error naming it."""
+    if not path.is_file():
+        raise TsrecError(f"not found (run `{stage}`)", file=path)
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError on a truncated or foreign file
+        raise TsrecError(f"unreadable parquet ({type(exc).__name__}: {str(exc)[:120]}); rebuild it with `{stage}`",
+                         file=path) from None
+
+
 def load_items(data_dir: str | os.PathLike) -> pd.DataFrame:
-    return pd.read_parquet(Path(data_dir) / "items.parquet")
+    return read_parquet(Path(data_dir) / "items.parquet")
 
 
 def load_split(data_dir: str | os.PathLike, split: str) -> pd.DataFrame:
     if split not in ("train", "valid", "test"):
         raise TsrecError(f"unknown split {split!r}")
-    df = pd.read_parquet(Path(data_dir) / f"{split}.parquet")
+    df = read_parquet(Path(data_dir) / f"{split}.parquet")
     df["history"] = df["history"].map(lambda h: [int(x) for x in h])
     return df

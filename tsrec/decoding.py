@@ -37,16 +37,24 @@ log = logging.getLogger(__name__)
 
 
 class SidTrie:
-    """Prefix trie over fixed-length SIDs (token id tuples), compiled to per-depth lookup tables."""
+    """Prefix trie over fixed-length SIDs (token id tuples), compiled to per-depth lookup tables.
+
+    ``variable=True``: sequences of any length (item titles, ``from_texts``); a sequence may be a prefix of
+    another. ``depth`` is then the longest, ``allowed`` offers both the continuations and the fixed end, and
+    only ``reference_beam_search`` (HF ``generate``) decodes it.
+    """
 
     def __init__(self, sids: Sequence[Sequence[int]], eos_id: int, *, names: Sequence[str] | None = None,
-                 items: Sequence[Sequence[int]] | None = None, suffix: Sequence[int] = ()):
+                 items: Sequence[Sequence[int]] | None = None, suffix: Sequence[int] = (), variable: bool = False):
         if not sids:
             raise TsrecError("cannot build a SID trie from an empty index")
         depths = {len(s) for s in sids}
-        if len(depths) != 1:
+        if min(depths) < 1:
+            raise TsrecError("empty token sequence given to SidTrie")
+        if len(depths) != 1 and not variable:
             raise TsrecError(f"SIDs must all have the same length, got lengths {sorted(depths)}")
-        self.depth = depths.pop()
+        self.variable = bool(variable)
+        self.depth = max(depths)
         self.eos_id = int(eos_id)
         self.end = (*map(int, suffix), self.eos_id)  # the forced tokens after a full SID
         names = list(names) if names is not None else ["".join(map(str, s)) for s in sids]
@@ -58,12 +66,13 @@ class SidTrie:
         self.items = [items[k] for k in order]
         if len(set(self.sids)) != len(self.sids):
             raise TsrecError("duplicate SIDs given to SidTrie; group colliding items first (SidTrie.from_index)")
+        self._leaf = {s: k for k, s in enumerate(self.sids)}  # full sequence -> leaf id (sorted order)
         if set(self.end) & {t for s in self.sids for t in s}:
             raise TsrecError("EOS (or a suffix token) is also a SID token id")
         # node ids per depth: depth d nodes are the distinct length-d prefixes; leaves (depth D) are SID ids
         self._node_of: list[dict[tuple[int, ...], int]] = [{(): 0}]
         for d in range(1, self.depth + 1):
-            prefixes = sorted({s[:d] for s in self.sids})
+            prefixes = sorted({s[:d] for s in self.sids if len(s) >= d})
             self._node_of.append({p: i for i, p in enumerate(prefixes)})
         self.child_tok: list[torch.Tensor] = []
         self.child_node: list[torch.Tensor] = []
@@ -71,7 +80,7 @@ class SidTrie:
             children: list[list[tuple[int, int]]] = [[] for _ in self._node_of[d]]
             for prefix, child in self._node_of[d + 1].items():
                 children[self._node_of[d][prefix[:-1]]].append((prefix[-1], child))
-            width = max(len(c) for c in children)
+            width = max(max(len(c) for c in children), 1)
             tok = torch.full((len(children), width), -1, dtype=torch.long)
             node = torch.zeros((len(children), width), dtype=torch.long)
             for i, c in enumerate(children):
@@ -110,24 +119,50 @@ class SidTrie:
                  len(index), len(groups), n_shared, trie.depth)
         return trie
 
+    @classmethod
+    def from_texts(cls, texts: Mapping[int, str], tokenizer) -> "SidTrie":
+        """Variable-length trie over item texts (e.g. the training response of each item's title), each
+        tokenized on its own without special tokens as ``tsrec.tasks.encode_pair`` tokenizes a response; EOS
+        closes it. Items whose texts tokenize alike share one leaf (``items``)."""
+        if tokenizer.eos_token_id is None:
+            raise TsrecError("tokenizer has no EOS token")
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for item, text in sorted(texts.items()):
+            ids = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+            groups.setdefault(ids, []).append(int(item))
+        trie = cls(list(groups), tokenizer.eos_token_id, names=[str(v[0]) for v in groups.values()],
+                   items=list(groups.values()), variable=True)
+        log.info("text trie: %d items, %d distinct token sequences, longest %d tokens", len(texts), len(trie),
+                 trie.depth)
+        return trie
+
     def __len__(self) -> int:
         return len(self.sids)
 
     def sid_id(self, tokens: Sequence[int]) -> int | None:
         """Leaf id of a full SID (token ids), or None if it is not in the index."""
-        return self._node_of[self.depth].get(tuple(int(t) for t in tokens))
+        return self._leaf.get(tuple(int(t) for t in tokens))
+
+    def parse(self, generated: Sequence[int]) -> int | None:
+        """Leaf id of a generated sequence (a full sequence followed by the fixed end), or None."""
+        gen = tuple(int(t) for t in generated)
+        for n in range(1, min(len(gen), self.depth) + 1):
+            if gen[n:n + len(self.end)] == self.end and gen[:n] in self._leaf:
+                return self._leaf[gen[:n]]
+        return None
 
     def allowed(self, prefix: Sequence[int]) -> list[int]:
         """Tokens allowed after ``prefix`` (generated ids so far): SID continuations, then the fixed end."""
         prefix = tuple(int(t) for t in prefix)
         d = len(prefix)
-        if self.depth <= d < self.depth + len(self.end) and prefix[:self.depth] in self._node_of[self.depth]:
-            done = d - self.depth
-            return [self.end[done]] if prefix[self.depth:] == self.end[:done] else []
+        out: list[int] = []
+        for done in range(min(len(self.end), d + 1)):  # a full sequence, then ``done`` tokens of the end
+            if prefix[:d - done] in self._leaf and prefix[d - done:] == self.end[:done]:
+                out.append(self.end[done])
         if d < self.depth and prefix in self._node_of[d]:
             row = self.child_tok[d][self._node_of[d][prefix]]
-            return row[row >= 0].tolist()
-        return []
+            out = row[row >= 0].tolist() + out
+        return out
 
 
 @dataclass
@@ -220,6 +255,8 @@ def beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, tr
     """
     if num_beams < 1:
         raise ValueError("num_beams must be >= 1")
+    if trie.variable:
+        raise ValueError("beam_search decodes fixed-length SIDs; a variable-length trie: reference_beam_search")
     if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
         raise ValueError("input_ids and attention_mask must both be [batch, length]")
     if attention_mask.shape[1] and not bool(attention_mask[:, -1].all()):
@@ -313,35 +350,46 @@ def library_generation_defaults(model):
 
 @torch.inference_mode()
 def reference_beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, trie: SidTrie,
-                          num_beams: int = 20) -> BeamResult:
+                          num_beams: int = 20, *, logits_processor: Sequence | None = None,
+                          early_stopping: bool | None = None) -> BeamResult:
     """The reference: HF ``generate`` beam search with a Python ``prefix_allowed_tokens_fn`` over ``trie``.
 
     Settings for exact beam semantics: ``length_penalty=0.0`` (score = sum of log-probs), ``do_sample=False``,
     ``max_new_tokens=depth + len(trie.end)`` (SID + suffix + EOS), ``early_stopping=True`` (all beams finish together at the EOS
     step, so this flag cannot change the result). HF pads the output with -1e9-scored placeholder beams when
     fewer than B valid SIDs exist; those are dropped here (sid_id -1, score -inf).
+
+    A variable-length trie (titles) decodes here too: ``max_new_tokens`` = the longest sequence + its end,
+    ``early_stopping=False`` by default (HF's default: with length_penalty 0 a running beam only loses score,
+    so the search is exact), and ``logits_processor`` (e.g. D3's assistant) runs after the trie mask, on
+    the log-probs.
     """
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, LogitsProcessorList
 
     prompt_len = input_ids.shape[1]
 
     def allowed(_batch_id: int, sent: torch.Tensor) -> list[int]:
-        return trie.allowed(sent[prompt_len:].tolist())
+        # a variable-length trie: beams that already ended are still shown to the processors; EOS keeps
+        # them valid (HF scores them out; ``parse`` checks every returned sequence)
+        return trie.allowed(sent[prompt_len:].tolist()) or ([trie.eos_id] if trie.variable else [])
 
     end = len(trie.end)
+    if early_stopping is None:
+        early_stopping = not trie.variable
     config = GenerationConfig(num_beams=num_beams, num_return_sequences=num_beams, length_penalty=0.0,
-                              do_sample=False, early_stopping=True, max_new_tokens=trie.depth + end,
+                              do_sample=False, early_stopping=early_stopping, max_new_tokens=trie.depth + end,
                               eos_token_id=trie.eos_id, pad_token_id=trie.eos_id, output_scores=True,
                               return_dict_in_generate=True)
     with library_generation_defaults(model):
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                             prefix_allowed_tokens_fn=allowed)
+                             prefix_allowed_tokens_fn=allowed, **({"logits_processor": LogitsProcessorList(
+                                 logits_processor)} if logits_processor else {}))
     n = input_ids.shape[0]
     gen = out.sequences[:, prompt_len:].tolist()
     scores = out.sequences_scores.float().view(n, num_beams).clone()
     sid_ids = torch.full((n, num_beams), -1, dtype=torch.long)
     for r, seq in enumerate(gen):
-        sid = trie.sid_id(seq[:trie.depth]) if tuple(seq[trie.depth:trie.depth + end]) == trie.end else None
+        sid = trie.parse(seq)
         if sid is None or scores.view(-1)[r] < -1e8:
             scores.view(-1)[r] = float("-inf")
         else:

@@ -27,19 +27,20 @@ from pathlib import Path
 import torch
 
 from tsrec import metrics, pinning
-from tsrec.config import global_seed, section
+from tsrec.config import global_seed, section_with_flags
 from tsrec.datasets import load_index, load_split
 from tsrec.decoding import SidTrie
 from tsrec.errors import TsrecError
-from tsrec.io import atomic_dir, sha256_file
+from tsrec.io import output_lock, sha256_file
 from tsrec.layout import eval_dir as eval_folder
-from tsrec.layout import results_dir, split_suffix, write_row_ranks
+from tsrec.layout import results_dir, split_suffix
 from tsrec.precision import resolve as resolve_precision
 from tsrec.precision import resolve_device
 from tsrec.scoring import (
     METRIC_COUNTS,
     EvaluateConfig,
     command_line,
+    commit_outputs,
     evaluate_rows,
     load_plain,
     run_index,
@@ -49,23 +50,6 @@ from tsrec.scoring import (
 from tsrec.sids import sid_str
 
 log = logging.getLogger(__name__)
-
-
-def commit_outputs(metrics_file: Path, numbers: dict, record: dict, eval_dir: Path, ranks_name: str,
-                   ranks_df) -> None:
-    """metrics.json is the commit record of all outputs: it goes first, the ranks are written (the full ones
-    under ``eval_dir``, the slim ones beside the metrics), then the run record (holding both sha256) and the
-    metrics come back. A kill in between leaves no metrics (DVC reruns), never a mismatched pair."""
-    metrics_file.unlink(missing_ok=True)
-    eval_dir.parent.mkdir(parents=True, exist_ok=True)
-    keep = [p for p in eval_dir.glob("ranks*.parquet") if p.name != ranks_name] if eval_dir.is_dir() else []
-    with atomic_dir(eval_dir) as tmp:
-        for p in keep:  # the other split's ranks survive
-            (tmp / p.name).write_bytes(p.read_bytes())
-        ranks_df.to_parquet(tmp / ranks_name, index=False)
-    record = {**record, "ranks": {"path": str(eval_dir / ranks_name), "sha256": sha256_file(eval_dir / ranks_name)},
-              "row_ranks": write_row_ranks(metrics_file.parent / ranks_name, ranks_df)}
-    metrics.write_metrics(metrics_file, numbers, record)
 
 
 def add_arguments(p) -> None:
@@ -90,16 +74,20 @@ def add_arguments(p) -> None:
 def run(args, params) -> None:
     overrides = {k: getattr(args, k) for k in ("split", "subsample", "beams", "batch_size", "prompt")
                  if getattr(args, k) is not None}
-    raw = {**(params.get("evaluate") or {}), **overrides}
-    cfg = section({**params, "evaluate": raw}, "evaluate", EvaluateConfig)
+    cfg = section_with_flags(params, "evaluate", EvaluateConfig, overrides)
     seed = global_seed(params)  # the subsample's and the bootstrap's: the same for every run
     run_seed = seed if args.seed is None else args.seed
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ds, variant = args.dataset, args.variant
-    suffix = split_suffix(cfg.split)
     data_dir = Path(args.data_dir or Path((params.get("data") or {}).get("out", "data")) / ds)
     device = resolve_device(cfg.device)
+    with output_lock(eval_folder(args.artifacts, ds, variant, run_seed)):  # one evaluate per run at a time
+        _evaluate(args, params, cfg, seed, run_seed, data_dir, device)
+
+
+def _evaluate(args, params, cfg: EvaluateConfig, seed: int, run_seed: int, data_dir: Path, device: str) -> None:
+    ds, variant, suffix = args.dataset, args.variant, split_suffix(cfg.split)
     if args.model_dir:
         model, tokenizer, meta = load_plain(Path(args.model_dir), device)
         source = {"kind": "plain_model_UNTRAINED_or_external", "path": args.model_dir}
@@ -117,6 +105,10 @@ def run(args, params) -> None:
     index = load_index(index_file)
     prompts = run_prompts(params, meta)
     trie = SidTrie.from_index(index, tokenizer, suffix=prompts.eos_suffix)
+    if cfg.beams > len(trie):
+        log.warning("evaluate.beams %d > the %d SIDs of %s: every ranked list holds all %d SIDs and fewer than "
+                    "B entries (HR@K for K >= %d is 1.0 by construction)", cfg.beams, len(trie), index_file,
+                    len(trie), len(trie))
     split_df = load_split(data_dir, cfg.split)
     missing = sorted({int(i) for h, t in zip(split_df["history"], split_df["target"]) for i in [*h, t]} - set(index))
     if missing:

@@ -26,7 +26,8 @@ from tsrec.sids import codebook_config
 
 SEED_DIR = re.compile(r"^seed(-?\d+)$")
 # folders under results/<DS>/ that are not variants
-NOT_VARIANTS = frozenset({"baselines", "paired", "sweep", "plots"})
+NOT_VARIANTS = frozenset({"baselines", "paired", "sweep", "plots",
+                          "bigrec", "d3", "sdpo"})  # the LLM baselines' runs (tsrec.llm_baselines), own rows
 
 
 def seed_dir(seed: int) -> str:
@@ -84,11 +85,16 @@ ROW_RANK_COLUMNS = ["row", "target", "rank"]  # the git-tracked ranks beside the
 def write_row_ranks(path: str | Path, ranks) -> dict:
     """The slim per-row ranks (``ROW_RANK_COLUMNS`` of a ranks DataFrame) at ``path``; returns the run-record
     entry (path, sha256)."""
-    from tsrec.io import atomic_file, sha256_file
+    import hashlib
+    import io
 
-    with atomic_file(path, "wb") as fh:
-        ranks[ROW_RANK_COLUMNS].to_parquet(fh, index=False)
-    return {"path": str(path), "sha256": sha256_file(path)}
+    from tsrec.io import atomic_file
+
+    buf = io.BytesIO()
+    ranks[ROW_RANK_COLUMNS].to_parquet(buf, index=False)
+    with atomic_file(path, "wb") as fh:  # its sha256 from the bytes: inside a commit_group the file lands last
+        fh.write(buf.getvalue())
+    return {"path": str(path), "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}
 
 
 def baseline_summary(results: str | Path, ds: str, model: str) -> Path:

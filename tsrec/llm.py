@@ -223,8 +223,11 @@ def load_backbone(path: str | os.PathLike, keep_layers: int | None = None):
 
     path = Path(path)
     if path.is_dir() and (path / "config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        from tsrec.io import load_or_explain
+
+        tokenizer = load_or_explain(AutoTokenizer.from_pretrained, path, "tokenizer", "tsrec backbone --force")
+        model = load_or_explain(AutoModelForCausalLM.from_pretrained, path, "model", "tsrec backbone --force",
+                                dtype=torch.float32)
         clear_quantization(model)
         _ensure_pad(tokenizer, model)
     else:

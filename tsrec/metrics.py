@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,10 +47,44 @@ def from_ranks(row_ranks: Sequence[int], ks: Sequence[int] = KS) -> dict[str, fl
     return out
 
 
-def _metric_keys(block: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """``prefix``HR@K / NDCG@K / Recall@K entries of a flat metrics object, prefix removed."""
-    return {k[len(prefix):]: float(v) for k, v in block.items() if k.startswith(prefix)
-            and k[len(prefix):].split("@")[0] in ("HR", "NDCG", "Recall")}
+# ---------------------------------------------------------------- what a metric may be
+RATE = ("HR", "NDCG", "Recall")  # fractions of rows: in [0, 1]
+COUNT_KEYS = ("n_rows", "n_rows_split", "invalid_outputs", "duplicate_outputs", "rows_with_fewer_than_B_sids",
+              "target_not_in_top_B", "n_runs")  # counts: >= 0
+
+
+RATE_KEY = re.compile(r"^(valid_)?(item/)?(HR|NDCG|Recall)@\d+$")
+
+
+def is_rate(key: str) -> bool:
+    """``HR@K`` / ``NDCG@K`` / ``Recall@K``, also item level or on valid (``item/HR@10``, ``valid_NDCG@10``)."""
+    return bool(RATE_KEY.match(str(key)))
+
+
+def bad_value(key: str, value: Any) -> str | None:
+    """Why ``value`` cannot be metric ``key`` (NaN / Inf anywhere, a rate outside [0, 1], a negative count),
+    else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not math.isfinite(value):
+        return f"{key} is {value} (not a finite number)"
+    if is_rate(key) and not 0 <= value <= 1:  # top-level keys only (a nested ci95.HR@10 is a half-width)
+        return f"{key} = {value} is outside [0, 1]"
+    if key in COUNT_KEYS and value < 0:
+        return f"{key} = {value} is a negative count"
+    return None
+
+
+def _metric_keys(block: Mapping[str, Any], prefix: str = "", path: Path | None = None) -> dict[str, float]:
+    """``prefix``HR@K / NDCG@K / Recall@K entries of a flat metrics object, prefix removed; a NaN / Inf /
+    out-of-range value is an error naming ``path``."""
+    out = {k[len(prefix):]: v for k, v in block.items() if k.startswith(prefix)
+           and k[len(prefix):].split("@")[0] in RATE}
+    for k, v in out.items():
+        why = bad_value(prefix + k, v) if isinstance(v, (int, float)) else f"{prefix + k} is not a number: {v!r}"
+        if why:
+            raise TsrecError(f"invalid metric: {why} (rerun the stage that wrote it)", file=path, line=prefix + k)
+    return {k: float(v) for k, v in out.items()}
 
 
 def _load_object(path: Path) -> dict:
@@ -64,7 +100,7 @@ def _load_object(path: Path) -> dict:
 def read_metrics(path: Path, *, allow_empty: bool = False) -> dict[str, float]:
     """The top-level (SID-level) HR@K / NDCG@K of a metrics JSON; an error if it has none, unless
     ``allow_empty`` ({} then: e.g. a baseline file with item-level metrics only)."""
-    found = _metric_keys(_load_object(path))
+    found = _metric_keys(_load_object(path), path=path)
     if not found and not allow_empty:
         raise TsrecError("no HR@K / NDCG@K entries", file=path)
     return found
@@ -86,7 +122,7 @@ def both_levels(sid_ranks: Sequence[int], item_ranks: Sequence[int], ks: Sequenc
 
 def read_item_metrics(path: Path) -> dict[str, float]:
     """The item-level HR@K / NDCG@K of a metrics JSON (keys ``item/...``, prefix removed); {} if it has none."""
-    return _metric_keys(_load_object(path), ITEM_PREFIX)
+    return _metric_keys(_load_object(path), ITEM_PREFIX, path)
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float | None]:
@@ -121,23 +157,49 @@ def _check_numbers(obj: Any, where: str) -> None:
             _check_numbers(v, f"{where}.{k}" if where else str(k))
     elif obj is not None and not isinstance(obj, (int, float)):  # bool is an int
         raise ValueError(f"metrics file value {where or '<root>'} is not a number: {obj!r} (put it in the run record)")
+    elif obj is not None and (why := bad_value(where, obj)):
+        raise ValueError(f"metrics file value {why}")
+
+
+def _metrics_bytes(metrics: Mapping[str, Any]) -> bytes:
+    return (json.dumps(dict(metrics), indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
 
 
 def write_metrics(path: str | os.PathLike, metrics: Mapping[str, Any], run: Mapping[str, Any]) -> Path:
-    """Write a ``dvc metrics`` file holding numbers only (nested objects allowed) and, beside it
-    (``run_path``), the run record: command, params, settings, hashes, environment.
+    """Write a ``dvc metrics`` file holding numbers only (nested objects allowed; finite, rates in [0, 1],
+    counts >= 0) and, beside it (``run_path``), the run record: command, params, settings, hashes, environment.
 
-    Each file is written atomically; the run record first, so a metrics file never exists without the
-    record of the run that made it. ``dvc metrics show/diff`` then print only comparable numbers.
+    One unit (``tsrec.io.commit_group``): the record holds the metrics file's sha256 (``metrics_sha256``) and
+    is renamed into place last, so readers (``verify_record``) refuse a metrics file without its record or
+    with another run's. ``dvc metrics show/diff`` then print only comparable numbers.
     Returns the run record's path.
     """
-    from tsrec.io import write_json
+    from tsrec.io import atomic_file, commit_group, write_json
 
     _check_numbers(metrics, "")
-    rec = run_path(path)
-    write_json(rec, json.loads(json.dumps(run, default=str)))
-    write_json(path, dict(metrics))
+    path, rec = Path(path), run_path(path)
+    blob = _metrics_bytes(metrics)
+    with commit_group():
+        with atomic_file(path, "wb") as fh:
+            fh.write(blob)
+        write_json(rec, {**json.loads(json.dumps(run, default=str)), "metrics_sha256": hashlib.sha256(blob).hexdigest()})
     return rec
+
+
+def verify_record(metrics_file: str | os.PathLike) -> dict:
+    """The run record of a metrics file, checked: it exists and (records since the check) names this metrics
+    file's sha256. Else an error naming the file: the commit of that run is incomplete or mixed."""
+    metrics_file = Path(metrics_file)
+    rec = run_path(metrics_file)
+    if not rec.is_file():
+        raise TsrecError(f"no run record {rec.name} beside it: an incomplete commit (rerun the stage that wrote it)",
+                         file=metrics_file)
+    record = _load_object(rec)
+    want = record.get("metrics_sha256")
+    if want and hashlib.sha256(metrics_file.read_bytes()).hexdigest() != want:
+        raise TsrecError(f"does not match its run record {rec.name} (another run's, or a mixed commit: rerun the "
+                         "stage that wrote it)", file=metrics_file, field="metrics_sha256")
+    return record
 
 
 def read_with_run(path: str | os.PathLike) -> dict[str, Any]:
@@ -148,7 +210,9 @@ def read_with_run(path: str | os.PathLike) -> dict[str, Any]:
     if rec.is_file():
         from tsrec.config import deep_merge
 
-        merged = deep_merge(merged, json.loads(rec.read_text(encoding="utf-8")))
+        record = json.loads(rec.read_text(encoding="utf-8"))
+        record.pop("metrics_sha256", None)  # commit bookkeeping (verify_record), not part of the run
+        merged = deep_merge(merged, record)
     return merged
 
 

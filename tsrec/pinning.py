@@ -27,6 +27,7 @@ from tsrec.errors import ParamError, TsrecError
 log = logging.getLogger(__name__)
 
 Capability = Literal["avx2", "avx512", "default", "native"]
+Blas = Literal["auto", "compatible"]
 ENV = "ATEN_CPU_CAPABILITY"
 # /proc/cpuinfo flags torch checks before it dispatches to each kernel set (aten/src/ATen/native/DispatchStub.cpp)
 NEEDS = {"avx2": ("avx2", "fma"), "avx512": ("avx512f", "avx512bw", "avx512vl", "avx512dq"), "default": ()}
@@ -38,6 +39,10 @@ class ReproConfig:
         default_factory=lambda: ["Industrial_and_Scientific-tsrec-42", "Industrial_and_Scientific-sft-42"])
     cpu_capability: Capability = "avx2"  # torch CPU kernel set; native = whatever this CPU offers (not portable)
     threads: int = 2                     # torch threads of every stage without its own setting (0 = leave as is)
+    # MKL's code branch for BLAS (torch's fp32 matmuls): auto = chosen per CPU model (fast; its blocking differs
+    # between CPU models, so bits do too); compatible = MKL_CBWR=COMPATIBLE, the one branch MKL documents as
+    # reproducible on Intel and non-Intel CPUs alike (~4x slower train steps here)
+    blas: Blas = "auto"
 
     def validate(self) -> None:
         if self.threads < 0:
@@ -83,6 +88,12 @@ def apply(cfg: ReproConfig, file: str | None = None) -> None:
         if "torch" in sys.modules and not have:
             log.warning("torch is already imported: repro.cpu_capability %s cannot take effect here", cap)
         os.environ[ENV] = cap  # torch accepts lower case only (an unknown value is ignored with a warning)
+    if cfg.blas == "compatible":
+        have = os.environ.get("MKL_CBWR")
+        if have and have.upper() != "COMPATIBLE":
+            raise ParamError(f"$MKL_CBWR={have} contradicts repro.blas: compatible (unset one of them)",
+                             file=file, field="repro.blas")
+        os.environ["MKL_CBWR"] = "COMPATIBLE"  # read when MKL initialises (the first matmul)
     if cfg.threads:
         os.environ["OMP_NUM_THREADS"] = str(cfg.threads)  # read when torch loads
         if "torch" in sys.modules:
@@ -98,10 +109,14 @@ def record(cfg: ReproConfig | None = None, *, file: str | None = None) -> dict[s
 
     actual = torch.backends.cpu.get_cpu_capability()
     out = {"cpu_capability": actual, "requested": cfg.cpu_capability if cfg else None,
+           "blas": os.environ.get("MKL_CBWR", "auto").lower(),
            "threads": torch.get_num_threads(),
            "cpu_vector_flags": sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma"))),
            "env": {k: os.environ[k] for k in (ENV, "OMP_NUM_THREADS", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
                    if k in os.environ}}
+    if cfg and cfg.blas == "compatible" and out["blas"] != "compatible":
+        raise TsrecError("repro.blas is compatible but MKL_CBWR is not COMPATIBLE in this process: set it before "
+                         "the first matmul (the tsrec CLI does)", file=file, field="repro.blas")
     if cfg and cfg.cpu_capability != "native" and actual.lower() != cfg.cpu_capability:
         raise TsrecError(f"torch runs {actual} CPU kernels but repro.cpu_capability is {cfg.cpu_capability}: set "
                          f"{ENV}={cfg.cpu_capability} before torch is imported (the tsrec CLI does)",

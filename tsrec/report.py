@@ -30,7 +30,7 @@ from tsrec.baselines.table import PUBLISHED_COLUMNS, PUBLISHED_LABEL, ROWS, base
 from tsrec.check import machine, read_json_object
 from tsrec.config import global_seed, section
 from tsrec.errors import TsrecError
-from tsrec.io import atomic_file
+from tsrec.io import atomic_file, commit_group
 from tsrec.metrics import KS
 from tsrec.pinning import describe
 
@@ -83,6 +83,9 @@ def method_rows(results: Path, ds: str, variants: list[str]) -> list[Row]:
                 rows.append(Row(label, "baseline", None, ITEM_ONLY))
             else:
                 rows.append(Row(label, "baseline", runs, "ok" if runs else "not run"))
+        elif kind == "llm":  # tsrec.llm_baselines: the evaluate stage's files under results/<DS>/<model>/
+            runs = layout.load_variant(results, ds, name)
+            rows.append(Row(label, "baseline", runs, "ok" if runs else "not run"))
         elif not src:
             rows.append(Row(label, "not ours", None, "not run (not implemented here)"))
     names = list(dict.fromkeys([*VARIANTS, *variants, *layout.found_variants(results, ds)]))
@@ -683,12 +686,15 @@ def run(args, params) -> None:
              f"* **Relative gain** (`tsrec` / row - 1 on {MAIN}) and all K: `<DS>/table.csv`.", ""]
     train = params.get("train") or {}  # the train matrix as dvc.yaml and config.check_top_level read it
     matrix = (list(train.get("variants") or []), list(train.get("seeds") or []))
-    for ds in datasets:
-        in_matrix = ds in (train.get("datasets") or []) and all(matrix)
-        parts += write_dataset(results, ds, cfg.ks, variants, seed, matrix if in_matrix else None)
-    with atomic_file(cfg.out) as fh:
-        fh.write("\n".join(parts))
-    log.info("wrote %s and %s", cfg.out, write_table(results, datasets))
-    if args.readme and write_readme(Path(args.readme), readme_block(results, datasets, variants, seed)):
+    with commit_group():  # every table and plot, or (a full disk, a signal) none: they never disagree
+        for ds in datasets:
+            in_matrix = ds in (train.get("datasets") or []) and all(matrix)
+            parts += write_dataset(results, ds, cfg.ks, variants, seed, matrix if in_matrix else None)
+        with atomic_file(cfg.out) as fh:
+            fh.write("\n".join(parts))
+        baselines_md = write_table(results, datasets)
+        readme = args.readme and write_readme(Path(args.readme), readme_block(results, datasets, variants, seed))
+    log.info("wrote %s and %s", cfg.out, baselines_md)
+    if readme:
         log.info("wrote the result block of %s", args.readme)
     print("\n".join(parts))

@@ -15,7 +15,7 @@ import torch
 from tsrec.config import deep_merge, global_seed, section
 from tsrec.datasets import load_index
 from tsrec.errors import ParamError, TsrecError
-from tsrec.io import atomic_dir, atomic_file, sha256_file, sha256_json, write_json
+from tsrec.io import atomic_dir, atomic_file, load_or_explain, sha256_file, sha256_json, write_json
 from tsrec.layout import train_run_dir
 from tsrec.precision import TrainPrecision
 from tsrec.sids import index_tokens
@@ -208,6 +208,7 @@ def load_trained(run_dir: str | Path, *, index_path: str | Path | None = None,
         raise TsrecError("no trained model here (run `tsrec train`)", file=final / META)
     meta = json.loads((final / META).read_text(encoding="utf-8"))
     if index_path is not None:
+        index = load_index(Path(index_path))  # missing / corrupt: named as such, not as "another index"
         got = sha256_file(index_path)
         if got != meta.get("index_sha256"):
             raise TsrecError(f"model was trained on another SID index (sha256 {meta.get('index_sha256')}, "
@@ -217,11 +218,11 @@ def load_trained(run_dir: str | Path, *, index_path: str | Path | None = None,
         if got != meta.get("backbone_id"):
             raise TsrecError(f"model was trained from another backbone ({meta.get('backbone_id')}, not {got})",
                              file=backbone, field="backbone_id")
-    tokenizer = AutoTokenizer.from_pretrained(final)
+    tokenizer = load_or_explain(AutoTokenizer.from_pretrained, final, "tokenizer", "tsrec train")
     if index_path is not None:
-        missing = [t for t in index_tokens(load_index(Path(index_path))) if t not in tokenizer.get_vocab()]
+        missing = [t for t in index_tokens(index) if t not in tokenizer.get_vocab()]
         if missing:
             raise TsrecError(f"tokenizer lacks SID tokens {missing[:10]}", file=final)
-    model = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32).to(device)
-    model.eval()
+    model = load_or_explain(AutoModelForCausalLM.from_pretrained, final, "model", "tsrec train", dtype=torch.float32)
+    model.to(device).eval()
     return model, tokenizer, meta

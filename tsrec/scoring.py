@@ -21,7 +21,8 @@ from tqdm import tqdm
 from tsrec import metrics
 from tsrec.decoding import SidTrie, search_batches
 from tsrec.errors import TsrecError
-from tsrec.io import sha256_file
+from tsrec.io import atomic_dir, commit_group, output_lock, sha256_file
+from tsrec.layout import write_row_ranks
 from tsrec.precision import Precision, autocast, check_device
 from tsrec.sids import sid_str
 
@@ -105,6 +106,25 @@ def evaluate_rows(model, tokenizer, trie: SidTrie, index: dict[int, list[str]], 
     return out, summary
 
 
+def commit_outputs(metrics_file: Path, numbers: dict, record: dict, eval_dir: Path, ranks_name: str,
+                   ranks_df) -> None:
+    """All outputs as one unit (``tsrec.io.commit_group``), by one writer (``output_lock`` on ``eval_dir``): the
+    full ranks (under ``eval_dir``, the other split's kept), the slim ones beside the metrics, the metrics and
+    the run record naming the sha256 of all three. Everything is written to temps first and only then renamed
+    over the previous files, the record last: a full disk or a signal leaves the previous complete outputs,
+    and readers (``scoring.check_ranks``, ``tsrec check``) refuse a mix."""
+    eval_dir.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(eval_dir), commit_group():
+        keep = [p for p in eval_dir.glob("ranks*.parquet") if p.name != ranks_name] if eval_dir.is_dir() else []
+        with atomic_dir(eval_dir) as tmp:
+            for p in keep:  # the other split's ranks survive
+                (tmp / p.name).write_bytes(p.read_bytes())
+            ranks_df.to_parquet(tmp / ranks_name, index=False)
+            full = {"path": str(eval_dir / ranks_name), "sha256": sha256_file(tmp / ranks_name)}
+        record = {**record, "ranks": full, "row_ranks": write_row_ranks(metrics_file.parent / ranks_name, ranks_df)}
+        metrics.write_metrics(metrics_file, numbers, record)
+
+
 # ---------------------------------------------------------------- model / index / prompt plumbing
 def load_plain(model_dir: Path, device: str = "cpu"):
     """(model, tokenizer, meta) of a plain HF folder, e.g. an UNTRAINED backbone with SID tokens added."""
@@ -153,13 +173,16 @@ def command_line(args, params, command: str = "evaluate") -> str:
 
 
 def check_ranks(ranks_file: Path, metrics_file: Path, key: str = "row_ranks") -> None:
-    """Refuse ranks that are not the ones their metrics file was committed with (sha256 under ``key`` in its
-    run record: ``row_ranks`` for the slim file beside the metrics, ``ranks`` for the full one)."""
+    """Refuse ranks that are not the ones their metrics file was committed with: the metrics file's run record
+    must exist, match it (``metrics.verify_record``) and name these ranks' sha256 under ``key`` (``row_ranks``
+    for the slim file beside the metrics, ``ranks`` for the full one)."""
     if not metrics_file.is_file():
-        return
-    record = metrics.run_path(metrics_file)
-    source = record if record.is_file() else metrics_file
-    want = (json.loads(source.read_text(encoding="utf-8")).get(key) or {}).get("sha256")
-    if want and sha256_file(ranks_file) != want:
+        raise TsrecError("no metrics file beside the ranks: an incomplete commit (rerun tsrec evaluate)",
+                         file=metrics_file)
+    want = (metrics.verify_record(metrics_file).get(key) or {}).get("sha256")
+    if not want:
+        raise TsrecError(f"its run record names no sha256 of the ranks ({key}); rerun tsrec evaluate",
+                         file=metrics.run_path(metrics_file))
+    if sha256_file(ranks_file) != want:
         raise TsrecError(f"ranks differ from the ones {metrics_file} was written with (rerun tsrec evaluate)",
                          file=ranks_file, field="sha256")

@@ -183,7 +183,7 @@ class SeededLengthGroupedSampler(torch.utils.data.Sampler):
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
 
 
-def _trainer_class():
+def trainer_class():
     from transformers import Trainer
 
     class TsrecTrainer(Trainer):
@@ -213,7 +213,7 @@ def _trainer_class():
     return TsrecTrainer
 
 
-def _csv_logger(plots: Path):
+def csv_logger(plots: Path):
     from transformers import TrainerCallback
 
     class CsvLog(TrainerCallback):
@@ -277,13 +277,41 @@ def _rank_callback(rows, trie, index, prompts, cfg: TrainConfig, plots: Path, pr
 SELECT_METRIC = {"valid_loss": ("eval_loss", False), "valid_ndcg10": ("eval_ndcg10", True), "final": (None, None)}
 
 
+def training_arguments(cfg: TrainConfig, ckpt_dir: Path, seed: int, precision: str, device: str,
+                       params_file: str | None = None):
+    """The HF TrainingArguments of a run on the ``train`` section's budget, schedule and selection (steps,
+    epochs, lr, warmup, evaluation and checkpoint cadence, the metric ``final/`` is chosen by); shared by the
+    SFT of every LLM model (tsrec.llm_baselines)."""
+    from transformers import TrainingArguments
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    return TrainingArguments(
+        output_dir=str(ckpt_dir), seed=seed, data_seed=seed,
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size * 2,
+        gradient_accumulation_steps=accumulation(cfg, int(os.environ.get("WORLD_SIZE", "1")), params_file),
+        learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.schedule, warmup_steps=cfg.warmup_steps,
+        eval_strategy="steps", eval_steps=cfg.eval_steps, save_strategy="steps", save_steps=cfg.eval_steps,
+        save_total_limit=cfg.save_total_limit, load_best_model_at_end=cfg.select != "final",
+        metric_for_best_model=SELECT_METRIC[cfg.select][0], greater_is_better=SELECT_METRIC[cfg.select][1],
+        logging_steps=cfg.logging_steps, logging_first_step=True, report_to="none",
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        remove_unused_columns=False, label_names=["labels"], prediction_loss_only=True,
+        include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, dataloader_pin_memory=False,
+        ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None, ddp_find_unused_parameters=False,
+        disable_tqdm=not rank0, **trainer_args(precision, device),
+    )
+
+
 def train_run(params: dict, ds: str, variant: str, *, seed: int | None = None, out: str | Path | None = None,
               callbacks: list | None = None, overrides: dict | None = None) -> dict:
     """Train one variant on one dataset with ``seed`` (default: the top-level ``seed``), which seeds
     everything the run draws (weights, task sampling, valid subsample, batch order); returns the meta
     written to ``final/tsrec_meta.json``. ``overrides`` (same sections as a variant's) go on top of the
     variant's: a sweep trial is the tsrec variant plus the trial's settings (recorded in the meta)."""
-    from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
+    from transformers import EarlyStoppingCallback, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
     if seed is not None:
@@ -344,24 +372,8 @@ def train_run(params: dict, ds: str, variant: str, *, seed: int | None = None, o
     if resume:
         log.info("resuming from %s", resume)
 
-    args = TrainingArguments(
-        output_dir=str(ckpt_dir), seed=seed, data_seed=seed,
-        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size * 2,
-        gradient_accumulation_steps=accumulation(cfg, int(os.environ.get("WORLD_SIZE", "1")), params.get("_path")),
-        learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
-        lr_scheduler_type=cfg.schedule, warmup_steps=cfg.warmup_steps,
-        eval_strategy="steps", eval_steps=cfg.eval_steps, save_strategy="steps", save_steps=cfg.eval_steps,
-        save_total_limit=cfg.save_total_limit, load_best_model_at_end=cfg.select != "final",
-        metric_for_best_model=SELECT_METRIC[cfg.select][0], greater_is_better=SELECT_METRIC[cfg.select][1],
-        logging_steps=cfg.logging_steps, logging_first_step=True, report_to="none",
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-        remove_unused_columns=False, label_names=["labels"], prediction_loss_only=True,
-        include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, dataloader_pin_memory=False,
-        ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None, ddp_find_unused_parameters=False,
-        disable_tqdm=not rank0, **trainer_args(precision, device),
-    )
-    csv_log = _csv_logger(plots)
+    args = training_arguments(cfg, ckpt_dir, seed, precision, device, params.get("_path"))
+    csv_log = csv_logger(plots)
     rank_cb = []
     if cfg.rank_rows:
         from tsrec.datasets import load_split
@@ -378,7 +390,7 @@ def train_run(params: dict, ds: str, variant: str, *, seed: int | None = None, o
                 append_row(plots / name, PLOTS[name], None)
     stopper = ([EarlyStoppingCallback(early_stopping_patience=cfg.patience, early_stopping_threshold=cfg.min_delta)]
                if cfg.early_stopping else [])
-    trainer = _trainer_class()(
+    trainer = trainer_class()(
         model=model, args=args, train_dataset=Examples(train_rows), eval_dataset=Examples(valid_rows),
         data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
         callbacks=[*rank_cb, *stopper, csv_log, *(callbacks or [])],

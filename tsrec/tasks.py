@@ -65,7 +65,7 @@ FIELDS = {"seqrec": {"history", "sid"}, "paraphrase": {"history", "sid"}, "item2
           "tsalign_t2d": {"token", "description"}, "tsalign_d2t": {"description", "token"}}
 
 
-def _fields(text: str) -> set[str]:
+def template_fields(text: str) -> set[str]:
     try:
         return {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
     except ValueError as exc:
@@ -100,15 +100,16 @@ class PromptsConfig:
             t: PromptText = getattr(self, name)
             checks += [(f"{name}.prompt", t.prompt, allowed), (f"{name}.response", t.response, allowed)]
         for where, text, allowed in checks:
-            bad = _fields(text) - allowed
+            bad = template_fields(text) - allowed
             if bad:
                 raise ValueError(f"prompts.{where}: unknown field(s) {sorted(bad)}; allowed {sorted(allowed)}")
         if "{prompt}" not in self.wrap:
             raise ValueError("prompts.wrap must contain {prompt}")
 
-    def render(self, name: str, **fields: str) -> tuple[list[str], str]:
-        """(prompt segments, response + eos_suffix) of template ``name``."""
-        t: PromptText = getattr(self, name)
+    def render(self, name: str | PromptText, **fields: str) -> tuple[list[str], str]:
+        """(prompt segments, response + eos_suffix) of template ``name`` (or of a template given as such, e.g.
+        ``llm_baselines.prompt``), inside this header / wrap / suffix."""
+        t: PromptText = name if isinstance(name, PromptText) else getattr(self, name)
         segments = [self.header.format(instruction=t.instruction)] if self.header else []
         segments.append(self.wrap.format(prompt=t.prompt.format(**fields)))
         return segments, t.response.format(**fields) + self.eos_suffix

@@ -8,6 +8,7 @@ made by the same configuration), ``plots/{train,valid}.csv`` (loss + lr, valid l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 
 from tsrec.config import global_seed
-from tsrec.io import write_json
+from tsrec.io import output_lock, write_json
 from tsrec.layout import results_dir
 from tsrec.runs import PLOTS, run_dir
 from tsrec.sft import dry_run, format_dry_run, train_run
@@ -51,9 +52,16 @@ def run(args, params: dict) -> None:
             write_json(args.report, report)
         print(format_dry_run(report), end="")
         return
+    out = Path(args.out) if args.out else run_dir(params, args.dataset, args.variant, seed)
+    # one writer per run: a second `tsrec train` of it stops at once instead of interleaving its curves (the
+    # processes of one DDP run share it: only rank 0 writes the run's files)
+    with output_lock(out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
+        _train(args, params, seed, out)
+
+
+def _train(args, params: dict, seed: int, out: Path) -> None:
     meta = train_run(params, args.dataset, args.variant, seed=seed, out=args.out)
     if int(os.environ.get("RANK", "0")) == 0 and args.results:
-        out = Path(args.out) if args.out else run_dir(params, args.dataset, args.variant, seed)
         dest = results_dir(args.results, args.dataset, args.variant, seed)
         dest.mkdir(parents=True, exist_ok=True)
         for name in PLOTS:

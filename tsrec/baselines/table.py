@@ -14,10 +14,11 @@ import pandas as pd
 
 from tsrec.io import atomic_file
 from tsrec.layout import baseline_seed_file, baseline_summary, load_variant
-from tsrec.metrics import ITEM_PREFIX, KS, read_item_metrics, read_metrics, read_with_run
+from tsrec.metrics import ITEM_PREFIX, KS, mean_ci, read_item_metrics, read_metrics, read_with_run
 
 # (display name, source): "baseline:<model>" reads results/<DS>/baselines/<model>.json, "variant:<v>" reads
-# results/<DS>/<v>/seed<N>/metrics.json (every seed; tsrec.layout), None = not run by us (never filled from a paper).
+# results/<DS>/<v>/seed<N>/metrics.json (every seed; tsrec.layout), "llm:<m>" the same files of an LLM baseline
+# (tsrec.llm_baselines), None = not run by us (never filled from a paper).
 ROWS = [
     ("Pop", "baseline:pop"),
     ("Transition (floor)", "baseline:transition"),
@@ -28,9 +29,9 @@ ROWS = [
     ("TIGER", "baseline:tiger"),
     ("LC-Rec (= our sft variant)", "variant:sft"),
     ("MiniOneRec-SFT (= our sft variant)", "variant:sft"),
-    ("BIGRec", None),
-    ("D3", None),
-    ("S-DPO", None),
+    ("BIGRec", "llm:bigrec"),
+    ("D3", "llm:d3"),
+    ("S-DPO", "llm:sdpo"),
     ("MiniOneRec-GRPO (= our sft_rl: sft + GRPO)", "variant:sft_rl"),
 ]
 
@@ -91,12 +92,18 @@ def our_rows(results: Path, ds: str) -> pd.DataFrame:
     rows = []
     for name, src in ROWS:
         row: dict = {"model": name, "status": "not run"}
-        if (src or "").startswith("variant:"):
+        if (src or "").startswith(("variant:", "llm:")):
             runs = load_variant(results, ds, src.split(":")[1])
             if runs is not None and all(m in runs.metrics[s] for s in runs.seeds for m in METRICS):
-                row.update(status="ok", unit="sid", runs=len(runs.seeds))
+                row.update(status="ok", unit="sid" if src.startswith("variant:") else "item", runs=len(runs.seeds))
                 for m in METRICS:
                     row[m], row[f"{m} ci"] = runs.mean_ci(m)
+                if src.startswith("llm:"):  # item level too (the same files, ``item/`` keys)
+                    item = [read_item_metrics(f) for f in runs.sources]
+                    for m in METRICS:
+                        vals = [x[m] for x in item if m in x]
+                        if len(vals) == len(item):
+                            row[ITEM_PREFIX + m], row[f"{ITEM_PREFIX}{m} ci"] = mean_ci(vals)
             rows.append(row)
             continue
         path = source_path(results, ds, src) if src else None
