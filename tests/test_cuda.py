@@ -41,7 +41,7 @@ def test_train_and_evaluate_on_cuda(tmp_path, tiny_dataset, tiny_backbone):
     from tsrec.runs import load_trained
     from tsrec.sft import train_run
 
-    params = make_params(tmp_path, tiny_dataset, tiny_backbone, max_steps=6)
+    params = make_params(tmp_path, tiny_dataset, tiny_backbone, max_steps=6, precision="auto")
     meta = train_run(params, "tiny", "tsrec", seed=5)
     assert meta["train"]["precision"] == {"requested": "auto", "resolved": "bf16"}
     assert meta["train"]["steps"] == 6
@@ -56,3 +56,27 @@ def test_train_and_evaluate_on_cuda(tmp_path, tiny_dataset, tiny_backbone):
     r = json.loads((tmp_path / "results/tiny/tsrec/seed5/run.json").read_text())
     assert r["device"] == "cuda" and r["precision"] == "bf16"
     assert m["n_rows"] == 40 and m["invalid_outputs"] == 0 and m["duplicate_outputs"] == 0
+
+
+def test_rl_rollouts_and_update_on_cuda(tmp_path, tiny_dataset, tiny_backbone):
+    """rl.device cuda: the policy, the reference, rollouts and the update on the GPU; the run is recorded there
+    and its final model (saved from the GPU) moved away from the SFT model and is finite."""
+    import csv
+
+    from safetensors.torch import load_file
+
+    from tsrec.rl import rl_run
+    from tsrec.sft import train_run
+
+    params = make_params(tmp_path, tiny_dataset, tiny_backbone, max_steps=2)
+    train_run(params, "tiny", "sft", out=tmp_path / "sft")
+    params["rl"] = {"variants": ["sft"], "train_prompts": 16, "max_steps": 3, "batch_size": 4, "num_generations": 16,
+                    "eval_steps": 2, "valid_rows": 8, "valid_beams": 10, "lr": 1e-3, "precision": "fp32",
+                    "device": "cuda"}
+    meta = rl_run(params, "tiny", "sft", base=tmp_path / "sft", out=tmp_path / "rl")
+    assert meta["rl"]["device"].startswith("cuda") and meta["rl"]["steps"] == 3
+    with open(tmp_path / "rl" / "plots" / "rl.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 3 and all(float(r["kl"]) >= 0 and abs(float(r["loss"])) < 1e3 for r in rows)
+    a, b = (load_file(d / "final" / "model.safetensors") for d in (tmp_path / "sft", tmp_path / "rl"))
+    assert all(torch.isfinite(b[k]).all() for k in b) and any(not torch.equal(a[k], b[k]) for k in a)

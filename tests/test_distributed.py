@@ -100,3 +100,61 @@ def test_killed_two_process_run_resumes(setup):
     summary = json.loads((root / "results_k" / "tiny" / "sft" / "seed0" / "train_summary.json").read_text())
     assert summary["train"]["resumed_from"] == "checkpoint-2" and summary["train"]["ddp"] is True
     assert_same_training(root / "two", out, loss_tol=1e-6, weight_tol=1e-7)
+
+
+# ---------------------------------------------------------------- RL (GRPO) over 2 processes
+RL = {"variants": ["sft"], "train_prompts": 24, "max_steps": 4, "batch_size": 4, "num_generations": 16,
+      "eval_steps": 2, "valid_rows": 8, "valid_beams": 10, "ref_sync_steps": 2, "lr": 1e-3, "threads": 1,
+      "precision": "fp32", "device": "cpu"}
+
+
+def rl_rows(run: Path) -> list[dict]:
+    with open(run / "plots" / "rl.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_rl_two_cpu_processes_step_as_one(setup):
+    """Each process takes half of every step's 4 prompts; gradients summed over the processes: the logged
+    rows (loss, KL, rewards) and the final policy equal the 1-process run's; process 0 alone writes."""
+    from tsrec.rl import rl_run
+
+    root, _ = setup
+    params = {**yaml.safe_load((root / "params2.yaml").read_text()), "rl": RL}
+    (root / "params_rl.yaml").write_text(yaml.safe_dump(params))
+    one = rl_run({**params, "_path": str(root / "params_rl.yaml")}, "tiny", "sft", base=root / "one",
+                 out=root / "rl_one")
+    assert one["rl"]["processes"] == 1 and one["rl"]["device"] == "cpu"
+    proc = torchrun("-m", "tsrec", "--params", str(root / "params_rl.yaml"), "rl", "--dataset", "tiny", "--variant",
+                    "sft", "--base-dir", str(root / "one"), "--out", str(root / "rl_two"), "--results",
+                    str(root / "rl_results"), cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((root / "rl_results" / "tiny" / "sft_rl" / "seed0" / "rl_summary.json").read_text())
+    assert summary["rl"]["processes"] == 2 and summary["rl"]["steps"] == 4 and summary["rl"]["device"] == "cpu"
+    a, b = rl_rows(root / "rl_one"), rl_rows(root / "rl_two")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == ["1", "2", "3", "4"]  # one row per step, not two
+    for ra, rb in zip(a, b):
+        for k in ("loss", "kl", "reward", "reward_rule", "reward_ranking", "reward_std", "target_in_group"):
+            assert abs(float(ra[k]) - float(rb[k])) <= 1e-5, (ra["step"], k, ra[k], rb[k])
+    va, vb = ((r / "plots" / "rl_valid.csv").read_text() for r in (root / "rl_one", root / "rl_two"))
+    assert va == vb and len(va.splitlines()) == 4  # process 0 validates at steps 0, 2, 4
+    wa, wb = (load_file(r / "final" / "model.safetensors") for r in (root / "rl_one", root / "rl_two"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6, msg=k)
+    assert any(not torch.equal(wa[k], load_file(root / "one" / "final" / "model.safetensors")[k]) for k in wa)
+
+
+def test_rl_device_is_checked(setup):
+    from tsrec.config import section
+    from tsrec.errors import ParamError
+    from tsrec.rl import RLConfig, rl_run
+
+    with pytest.raises(ParamError, match="device must be auto, cpu, cuda or cuda:N"):
+        section({"rl": {"device": "tpu"}, "_path": "p.yaml"}, "rl", RLConfig)
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: rl.device cuda is valid here")
+    root, _ = setup
+    params = {**yaml.safe_load((root / "params2.yaml").read_text()), "rl": {**RL, "device": "cuda"}, "_path": "p.yaml"}
+    with pytest.raises(ParamError, match="no CUDA device") as exc:
+        rl_run(params, "tiny", "sft", base=root / "one", out=root / "rl_nogpu")
+    assert exc.value.field == "rl.device" and not (root / "rl_nogpu").exists()

@@ -12,8 +12,6 @@ import os
 
 import torch
 
-from tsrec.errors import ParamError
-
 log = logging.getLogger(__name__)
 
 
@@ -38,24 +36,16 @@ def world() -> World:
     return World(int(env.get("WORLD_SIZE", "1")), int(env.get("RANK", "0")), int(env.get("LOCAL_RANK", "0")))
 
 
-def resolve_device(requested: str, w: World | None = None, *, file: str | None = None, field: str = "device"
-                   ) -> torch.device:
-    """``auto | cpu | cuda | cuda:N`` -> a device. Under a multi-process launch ``auto`` / ``cuda`` mean
-    GPU ``LOCAL_RANK`` (one GPU per process); ``cuda:N`` is taken as given."""
+def resolve_device(requested: str = "auto", w: World | None = None) -> torch.device:
+    """``auto | cpu | cuda | cuda:N`` (tsrec.precision.resolve_device; ValueError if unusable) -> a device. Under a
+    multi-process launch ``auto`` / ``cuda`` mean GPU ``LOCAL_RANK`` (one GPU per process)."""
+    from tsrec.precision import resolve_device as resolve_name
+
+    device = torch.device(resolve_name(requested or "auto"))
     w = w or world()
-    req = str(requested or "auto")
-    if req == "auto":
-        req = "cuda" if torch.cuda.is_available() else "cpu"
-    if req == "cpu":
-        return torch.device("cpu")
-    if req != "cuda" and not (req.startswith("cuda:") and req[5:].isdigit()):
-        raise ParamError(f"device {requested!r}: expected auto, cpu, cuda or cuda:N", file=file, field=field)
-    if not torch.cuda.is_available():
-        raise ParamError(f"device {requested!r} but no CUDA GPU is visible", file=file, field=field)
-    index = int(req[5:]) if ":" in req else (w.local_rank if w.distributed else torch.cuda.current_device())
-    if index >= torch.cuda.device_count():
-        raise ParamError(f"device {req}: only {torch.cuda.device_count()} GPU(s) visible", file=file, field=field)
-    return torch.device("cuda", index)
+    if device.type == "cuda" and device.index is None and w.distributed:
+        device = torch.device("cuda", w.local_rank)
+    return device
 
 
 def init(device: torch.device | str) -> World:
@@ -81,3 +71,50 @@ def barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def all_reduce_grads(params, bucket: int = 1 << 25) -> None:
+    """Sum the gradients of ``params`` over the processes (in buckets of ``bucket`` elements; a missing
+    gradient counts as zeros). The caller scales each process's loss by its share of the global batch, so the
+    sum is the gradient of the global loss, whatever the split."""
+    import torch.distributed as tdist
+
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    i = 0
+    while i < len(params):
+        j, size = i, 0
+        while j < len(params) and (j == i or size + params[j].numel() <= bucket):
+            size += params[j].numel()
+            j += 1
+        flat = torch.cat([p.grad.reshape(-1) for p in params[i:j]])
+        tdist.all_reduce(flat)
+        offset = 0
+        for p in params[i:j]:
+            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+            offset += p.numel()
+        i = j
+
+
+def all_reduce_sum(values: list[float], device: torch.device | str = "cpu") -> list[float]:
+    """Element-wise sum of ``values`` over the processes (float64)."""
+    import torch.distributed as tdist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    tdist.all_reduce(t)
+    return t.tolist()
+
+
+def check_in_sync(model, device: torch.device | str = "cpu") -> None:
+    """Raise if the processes' copies of ``model`` differ (a float64 checksum of its parameters)."""
+    import torch.distributed as tdist
+
+    total = torch.zeros(1, dtype=torch.float64, device=device)
+    for p in model.parameters():
+        total += p.detach().double().sum()
+    sums = [torch.zeros_like(total) for _ in range(tdist.get_world_size())]
+    tdist.all_gather(sums, total)
+    if any(not torch.equal(s, sums[0]) for s in sums):
+        raise RuntimeError(f"the processes' models diverged (parameter sums {[s.item() for s in sums]})")
