@@ -55,6 +55,7 @@ import torch
 from tqdm import tqdm
 
 from tsrec import distributed as dist
+from tsrec import pinning
 from tsrec.config import global_seed, section
 from tsrec.datasets import DataConfig, load_index, load_split
 from tsrec.decoding import (
@@ -510,6 +511,7 @@ def rl_run(params: dict, ds: str, variant: str, *, seed: int | None = None, base
         "s_per_step": round((totals["rollout_s"] + totals["update_s"]) / max(step, 1), 2),
         "cpu_s_per_step": round((totals["rollout_cpu_s"] + totals["update_cpu_s"]) / max(step, 1), 2),
         "torch_threads": torch.get_num_threads(), "device": str(device), "processes": world.size,
+        "machine": pinning.record(pinning.config(params), file=params.get("_path")),
     }
     if world.main:
         save_final(policy, tokenizer, meta, out / "final")
