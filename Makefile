@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 
 
-.PHONY: setup repro rl teachers test bench tables ablations sweep confirm clean-venv profile
+.PHONY: setup repro rl teachers test bench tables ablations sweep confirm clean-venv profile push pull
 DVC := PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc
 
 setup: $(VENV)/.installed
@@ -85,3 +85,15 @@ baselines: setup
 llm-baselines: setup
 	$(DVC) repro llm-baseline
 	$(DVC) repro --single-item report  # its deps (results/) would pull in the sweep, the teachers and rl
+
+# DVC outputs to / from the remote (.dvc/config `store`: the folder ../tsrec-dvc-remote beside the repo unless
+# `dvc remote modify --local store url ...` points it elsewhere; S3: pip install -r requirements-remote.txt).
+# T=<stage ...> limits it to those stages and the stages they depend on, e.g. make pull T=train@<DS>-tsrec-42;
+# R=<remote name> another remote. Checkpoints of unfinished runs are not DVC outputs: docs/gpu.md says how
+# they travel. Needs only an installed venv (VENV=...), no `setup` run.
+T ?=
+R ?=
+push:
+	$(DVC) push $(if $(R),-r $(R)) $(if $(T),--with-deps $(T))
+pull:
+	$(DVC) pull $(if $(R),-r $(R)) $(if $(T),--with-deps $(T))

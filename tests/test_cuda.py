@@ -60,6 +60,30 @@ def test_train_and_evaluate_on_cuda(tmp_path, tiny_dataset, tiny_backbone):
     assert m["n_rows"] == 40 and m["invalid_outputs"] == 0 and m["duplicate_outputs"] == 0
 
 
+def test_rl_rollouts_and_update_on_cuda(tmp_path, tiny_dataset, tiny_backbone):
+    """rl.device cuda: the policy, the reference, rollouts and the update on the GPU; the run is recorded there
+    and its final model (saved from the GPU) moved away from the SFT model and is finite."""
+    import csv
+
+    from safetensors.torch import load_file
+
+    from tsrec.rl import rl_run
+    from tsrec.sft import train_run
+
+    params = make_params(tmp_path, tiny_dataset, tiny_backbone, max_steps=2)
+    train_run(params, "tiny", "sft", out=tmp_path / "sft")
+    params["rl"] = {"variants": ["sft"], "train_prompts": 16, "max_steps": 3, "batch_size": 4, "num_generations": 16,
+                    "eval_steps": 2, "valid_rows": 8, "valid_beams": 10, "lr": 1e-3, "precision": "fp32",
+                    "device": "cuda"}
+    meta = rl_run(params, "tiny", "sft", base=tmp_path / "sft", out=tmp_path / "rl")
+    assert meta["rl"]["device"].startswith("cuda") and meta["rl"]["steps"] == 3
+    with open(tmp_path / "rl" / "plots" / "rl.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 3 and all(float(r["kl"]) >= 0 and abs(float(r["loss"])) < 1e3 for r in rows)
+    a, b = (load_file(d / "final" / "model.safetensors") for d in (tmp_path / "sft", tmp_path / "rl"))
+    assert all(torch.isfinite(b[k]).all() for k in b) and any(not torch.equal(a[k], b[k]) for k in a)
+
+
 def test_bf16_pure_trains_bf16_weights_and_optimizer_on_cuda(tmp_path, tiny_dataset, tiny_backbone):
     """`paper`'s train.precision bf16_pure on the GPU (full fine-tune, as the authors): weights and AdamW moments
     bf16 on cuda, no fp32 copy, finite loss; the saved model is bf16 and evaluate scores it on the GPU."""

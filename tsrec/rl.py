@@ -29,6 +29,11 @@ TRL is not used. Its GRPOTrainer draws rollouts with ``generate()`` and scores o
 per completion (G prefills of the same prompt); here rollouts come from our beam search and each prompt is
 prefilled once. What would be left of TRL is a few lines of maths (k3 KL, the loss, the ref-model mix),
 written out here instead of a dependency. Checkpoints, logs and the final model follow ``tsrec.train``.
+
+Device and processes: ``rl.device`` (auto | cpu | cuda | cuda:N) holds the policy, the reference, rollouts and
+the update. Under ``torchrun`` each process takes every N-th prompt of the step's batch (the global batch stays
+``batch_size`` prompts), scales its loss by its share, and the gradients are summed over the processes before
+clipping and the optimizer step, so N processes step as 1 process would; process 0 validates and writes.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from typing import Literal
 import torch
 from tqdm import tqdm
 
+from tsrec import distributed as dist
 from tsrec import pinning
 from tsrec.config import global_seed, section
 from tsrec.datasets import DataConfig, load_index, load_split
@@ -65,13 +71,14 @@ from tsrec.decoding import (
 from tsrec.errors import ParamError, TsrecError
 from tsrec.io import atomic_dir, claim_checkpoints, sha256_file, sha256_json, write_json
 from tsrec.layout import results_dir
-from tsrec.precision import Precision, autocast
+from tsrec.precision import Precision, autocast, check_device
 from tsrec.precision import resolve as resolve_precision
 
 log = logging.getLogger(__name__)
 
 SUFFIX = "_rl"           # runs/<variant>_rl: the RL run of SFT variant <variant>
 MATRIX_KEYS = ("datasets", "variants", "seeds")  # rl keys that list runs (the DVC matrix), not settings of one
+PLACEMENT_KEYS = ("device",)  # where the run runs (recorded in meta rl.device), not what it computes
 SID_TASKS = ("seqrec", "item2sid", "title_hist2sid")  # the SFT tasks whose response is a SID
 PLOTS = {"rl.csv": ["step", "epoch", "learning_rate", "loss", "kl", "reward", "reward_rule", "reward_ranking",
                     "reward_std", "target_in_group"],
@@ -126,10 +133,12 @@ class RLConfig:
     keep_checkpoints: bool = False
     threads: int = 0                  # torch threads (0 = leave as is)
     precision: Precision = "fp32"
+    device: str = "auto"              # auto | cpu | cuda | cuda:N (under torchrun auto/cuda = GPU LOCAL_RANK)
 
     def validate(self) -> None:
         if not self.datasets or not self.seeds:
             raise ValueError("datasets and seeds must not be empty")
+        check_device(self.device)
         if not self.variants or any(not v or v.endswith(SUFFIX) or "/" in v for v in self.variants):
             raise ValueError(f"variants must be SFT variant names (not *{SUFFIX}), got {self.variants}")
         for name in ("batch_size", "eval_steps", "ref_sync_steps", "valid_rows", "eval_batch_size"):
@@ -285,7 +294,7 @@ def load_checkpoint(path: Path, policy, ref, optimizer, scheduler) -> dict:
 
     load_model(policy, str(path / "model.safetensors"))
     load_model(ref, str(path / "ref.safetensors"))
-    opt = torch.load(path / "optimizer.pt", weights_only=True)
+    opt = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
     optimizer.load_state_dict(opt["optimizer"])
     scheduler.load_state_dict(opt["scheduler"])
     return json.loads((path / "state.json").read_text(encoding="utf-8"))
@@ -323,7 +332,13 @@ def rl_run(params: dict, ds: str, variant: str, *, seed: int | None = None, base
     if not (base / "final" / META).is_file():
         raise TsrecError(f"no trained SFT run of variant {variant!r} here (run `tsrec train`)", file=base / "final")
     ipath = run_index(params, ds, base)
-    policy, tokenizer, base_meta = load_trained(base, index_path=ipath)
+    world = dist.world()
+    try:
+        device = dist.resolve_device(cfg.device, world)
+    except ValueError as exc:
+        raise ParamError(str(exc), file=params.get("_path"), field="rl.device") from None
+    dist.init(device)
+    policy, tokenizer, base_meta = load_trained(base, index_path=ipath, device=str(device))
     index = load_index(ipath)
     # prompts formatted exactly as the base run's SFT saw them (its tasks section: task text, eos_suffix)
     tcfg = dataclasses.replace(tasks_config({"tasks": base_meta["params"].get("tasks")}),
@@ -340,8 +355,7 @@ def rl_run(params: dict, ds: str, variant: str, *, seed: int | None = None, base
     valid_df = load_split(data_dir, "valid")
     valid_df = valid_df.iloc[select_rows(len(valid_df), cfg.valid_rows, seed)]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(policy.parameters()).device.type
-    precision = resolve_precision(cfg.precision, device)
+    precision = resolve_precision(cfg.precision, device.type)
 
     per_epoch = math.ceil(len(prompts) / cfg.batch_size)
     total = math.ceil(cfg.epochs * per_epoch) if cfg.epochs > 0 else cfg.max_steps
@@ -359,13 +373,16 @@ def rl_run(params: dict, ds: str, variant: str, *, seed: int | None = None, base
                      "model_sha256": sha256_file(base / "final" / "model.safetensors")},
             # rl.variants lists runs (the DVC matrix), not a setting of this one: left out, as train.seeds is
             "params": {**base_meta.get("params", {}), "seed": seed,
-                       "rl": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in MATRIX_KEYS}},
+                       "rl": {k: v for k, v in dataclasses.asdict(cfg).items()
+                              if k not in (*MATRIX_KEYS, *PLACEMENT_KEYS)}},
             "inputs_sha256": {s: sha256_file(data_dir / f"{s}.parquet") for s in ("items", "train", "valid")}}
     ckpt_dir, plots = out / "checkpoints", out / "plots"
     same_run = {k: v for k, v in dataclasses.asdict(cfg).items()  # less the keys that leave the numbers as they are
-                if k not in (*MATRIX_KEYS, "threads", "keep_checkpoints", "eval_batch_size")}
+                if k not in (*MATRIX_KEYS, *PLACEMENT_KEYS, "threads", "keep_checkpoints", "eval_batch_size")}
     fingerprint = sha256_json({"rl": same_run, **{k: meta[k] for k in ("base", "inputs_sha256", "index_sha256")}})
-    claim_checkpoints(ckpt_dir, fingerprint)
+    if world.main:
+        claim_checkpoints(ckpt_dir, fingerprint)
+    dist.barrier()
 
     # wall and CPU seconds (all threads; on a shared box the wall clock also counts the other jobs)
     totals = {"rollout_s": 0.0, "rollout_cpu_s": 0.0, "rollout_tokens": 0, "update_s": 0.0, "update_cpu_s": 0.0,
@@ -377,12 +394,16 @@ def rl_run(params: dict, ds: str, variant: str, *, seed: int | None = None, base
         state = load_checkpoint(resume, policy, ref, optimizer, scheduler)
         step, totals = state["step"], state["totals"]
         log.info("resuming from %s", resume)
-    trim_logs(plots, step if resume else -1, PLOTS)  # a resume keeps its curves up to the checkpoint
+    if world.main:
+        trim_logs(plots, step if resume else -1, PLOTS)  # a resume keeps its curves up to the checkpoint
 
     def valid_prompt(history: list[str]) -> list[str]:  # the SFT run's seqrec prompt (its valid loss's too)
         return seqrec_prompt(history, tcfg.prompts)
 
-    def validate(at: int) -> float:
+    def validate(at: int) -> float | None:
+        if not world.main:  # process 0 validates, the others wait
+            dist.barrier()
+            return None
         t0 = time.perf_counter()
         _, summary = evaluate_rows(policy, tokenizer, trie, index, valid_df, valid_prompt, encode_prompt,
                                    beams=cfg.valid_beams, batch_size=cfg.eval_batch_size,
@@ -392,42 +413,49 @@ def rl_run(params: dict, ds: str, variant: str, *, seed: int | None = None, base
         append_row(plots / "rl_valid.csv", PLOTS["rl_valid.csv"], {"step": at, "NDCG@10": m["NDCG@10"],
                                                                    "HR@10": m["HR@10"]})
         log.info("step %d: valid NDCG@10 %.4f HR@10 %.4f (%d rows)", at, m["NDCG@10"], m["HR@10"], len(valid_df))
+        dist.barrier()
         return m["NDCG@10"]
 
-    log.info("%s/%s: GRPO on %d prompts, %d steps of %d prompts x %d completions (%d per epoch), %s",
-             ds, rl_variant(variant), len(prompts), total, cfg.batch_size, g, per_epoch, precision)
+    log.info("%s/%s: GRPO on %d prompts, %d steps of %d prompts x %d completions (%d per epoch), %s on %s x %d",
+             ds, rl_variant(variant), len(prompts), total, cfg.batch_size, g, per_epoch, precision, device, world.size)
     session_t0 = time.perf_counter()
     if step == 0:
         validate(0)
-    bar = tqdm(total=total, initial=step, desc=f"rl {ds}/{rl_variant(variant)}", unit="step", disable=None,
-               dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, desc=f"rl {ds}/{rl_variant(variant)}", unit="step",
+               disable=None if world.main else True, dynamic_ncols=True)
     while step < total:
         epoch, k = divmod(step, per_epoch)
         batch = [prompts[i] for i in epoch_order(len(prompts), seed, epoch)[k * cfg.batch_size:(k + 1) * cfg.batch_size]]
-        ids, mask = left_pad([p for p, _ in batch], pad_id)
-        n_tokens = int(mask.sum()) + len(batch) * g * (trie.depth + len(trie.end))
+        mine = batch[world.rank::world.size]  # this process's share (all of it for one process)
+        n_tokens = sum(len(p) for p, _ in batch) + len(batch) * g * (trie.depth + len(trie.end))
 
         t0, c0 = time.perf_counter(), time.process_time()  # rollouts: beam search with the current policy
         policy.eval()
-        with autocast(precision, device):
-            res = beam_search(policy, ids, mask, trie, g)
-        rollouts = res.sid_ids
-        if bool((rollouts < 0).any()):
-            raise TsrecError("beam search returned fewer than num_generations SIDs")
-        rewards, parts = zip(*(group_rewards(row, leaf[sid], cfg.reward_type)
-                               for row, (_, sid) in zip(rollouts.tolist(), batch)))
-        rewards = torch.tensor(rewards)
-        advantages = group_advantages(rewards)
-        completions = sid_tokens(trie, rollouts)
+        if mine:
+            ids, mask = (t.to(device) for t in left_pad([p for p, _ in mine], pad_id))
+            with autocast(precision, device.type):
+                res = beam_search(policy, ids, mask, trie, g)
+            rollouts = res.sid_ids
+            if bool((rollouts < 0).any()):
+                raise TsrecError("beam search returned fewer than num_generations SIDs")
+            rewards, parts = zip(*(group_rewards(row, leaf[sid], cfg.reward_type)
+                                   for row, (_, sid) in zip(rollouts.tolist(), mine)))
+            rewards = torch.tensor(rewards)
+            advantages = group_advantages(rewards).to(device)
+            completions = sid_tokens(trie, rollouts.cpu()).to(device)
         t1, c1 = time.perf_counter(), time.process_time()
 
         policy.train()  # update: reference scores, policy scores with gradients, one optimizer step
-        with autocast(precision, device):
-            with torch.no_grad():
-                ref_logp = completion_logps(ref, ids, mask, completions)
-            logp = completion_logps(policy, ids, mask, completions)
-            loss, kl = grpo_loss(logp, ref_logp, advantages, cfg.beta)
-        loss.backward()
+        if mine:
+            with autocast(precision, device.type):
+                with torch.no_grad():
+                    ref_logp = completion_logps(ref, ids, mask, completions)
+                logp = completion_logps(policy, ids, mask, completions)
+                loss, kl = grpo_loss(logp, ref_logp, advantages, cfg.beta)
+            # N processes: each loss weighted by its share of the batch, gradients summed = the global mean's
+            (loss * (len(mine) / len(batch)) if world.distributed else loss).backward()
+        if world.distributed:
+            dist.all_reduce_grads(policy.parameters())
         torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
@@ -446,22 +474,31 @@ def rl_run(params: dict, ds: str, variant: str, *, seed: int | None = None, base
         totals["update_tokens"] += n_tokens
         totals["prompts"] += len(batch)
         totals["completions"] += len(batch) * g
-        row = {"step": step, "epoch": round(step / per_epoch, 4), "learning_rate": lr, "loss": loss.item(),
-               "kl": kl.item(), "reward": rewards.mean().item(),
-               "reward_rule": sum(map(sum, (p["rule"] for p in parts))) / rewards.numel(),
-               "reward_ranking": sum(map(sum, (p["ranking"] for p in parts))) / rewards.numel(),
-               "reward_std": rewards.std(-1).mean().item(),
-               "target_in_group": sum(1.0 in p["rule"] for p in parts) / len(parts)}
-        append_row(plots / "rl.csv", PLOTS["rl.csv"], row)
+        if world.distributed:
+            row = {"step": step, "epoch": round(step / per_epoch, 4), "learning_rate": lr,
+                   **_global_stats(mine and (loss, kl, rewards, parts), len(batch), device)}
+        else:
+            row = {"step": step, "epoch": round(step / per_epoch, 4), "learning_rate": lr, "loss": loss.item(),
+                   "kl": kl.item(), "reward": rewards.mean().item(),
+                   "reward_rule": sum(map(sum, (p["rule"] for p in parts))) / rewards.numel(),
+                   "reward_ranking": sum(map(sum, (p["ranking"] for p in parts))) / rewards.numel(),
+                   "reward_std": rewards.std(-1).mean().item(),
+                   "target_in_group": sum(1.0 in p["rule"] for p in parts) / len(parts)}
+        if world.main:
+            append_row(plots / "rl.csv", PLOTS["rl.csv"], row)
         bar.update(1)
         bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row['kl']:.2e}")
         if step % cfg.eval_steps == 0 or step == total:
+            if world.distributed:
+                dist.check_in_sync(policy, device)
             validate(step)
-            save_checkpoint(ckpt_dir / f"checkpoint-{step}", policy, ref, optimizer, scheduler,
-                            {"step": step, "totals": totals})
-            for old in ckpt_dir.glob("checkpoint-*"):
-                if old.name != f"checkpoint-{step}":
-                    shutil.rmtree(old, ignore_errors=True)
+            if world.main:
+                save_checkpoint(ckpt_dir / f"checkpoint-{step}", policy, ref, optimizer, scheduler,
+                                {"step": step, "totals": totals})
+                for old in ckpt_dir.glob("checkpoint-*"):
+                    if old.name != f"checkpoint-{step}":
+                        shutil.rmtree(old, ignore_errors=True)
+            dist.barrier()
         for cb in callbacks:
             cb(step, row)
     bar.close()
@@ -478,13 +515,31 @@ def rl_run(params: dict, ds: str, variant: str, *, seed: int | None = None, base
         "rollout_prompts_per_s": round(totals["prompts"] / max(totals["rollout_s"], 1e-9), 2),
         "s_per_step": round((totals["rollout_s"] + totals["update_s"]) / max(step, 1), 2),
         "cpu_s_per_step": round((totals["rollout_cpu_s"] + totals["update_cpu_s"]) / max(step, 1), 2),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "device": str(device), "processes": world.size,
         "machine": pinning.record(pinning.config(params), file=params.get("_path")),
     }
-    save_final(policy, tokenizer, meta, out / "final")
-    if not cfg.keep_checkpoints:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if world.main:
+        save_final(policy, tokenizer, meta, out / "final")
+        if not cfg.keep_checkpoints:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+    dist.barrier()
     return meta
+
+
+def _global_stats(local, n_prompts: int, device) -> dict[str, float]:
+    """The step's logged row over all processes: ``local`` = (loss, kl, rewards [n, G], reward parts) of this
+    process's share, or a falsy value for an empty share; ``n_prompts``: the global batch."""
+    if local:
+        loss, kl, rewards, parts = local
+        n = rewards.shape[0]
+        sums = [loss.item() * n, kl.item() * n, rewards.sum().item(), sum(map(sum, (p["rule"] for p in parts))),
+                sum(map(sum, (p["ranking"] for p in parts))), rewards.std(-1).sum().item(),
+                sum(1.0 in p["rule"] for p in parts), rewards.numel()]
+    else:
+        sums = [0.0] * 8
+    loss, kl, reward, rule, ranking, std, hit, numel = dist.all_reduce_sum(sums, device)
+    return {"loss": loss / n_prompts, "kl": kl / n_prompts, "reward": reward / numel, "reward_rule": rule / numel,
+            "reward_ranking": ranking / numel, "reward_std": std / n_prompts, "target_in_group": hit / n_prompts}
 
 
 # ---------------------------------------------------------------- CLI
@@ -511,6 +566,8 @@ def run(args, params: dict) -> None:
     from tsrec.runs import run_dir
 
     meta = rl_run(params, args.dataset, args.variant, seed=seed, base=args.base_dir, out=args.out)
+    if not dist.world().main:
+        return
     out = Path(args.out) if args.out else run_dir(params, args.dataset, name, seed)
     dest = results_dir(args.results, args.dataset, name, seed)
     dest.mkdir(parents=True, exist_ok=True)

@@ -177,7 +177,8 @@ def run_dir(params: dict, ds: str, variant: str, seed: int | None = None) -> Pat
 RUN_HISTORY = frozenset({
     "wall_s", "eval_s", "tokens_seen", "tokens_per_s", "train_tokens_per_s", "resumed_from", "train_loss",  # train
     "session_wall_s", "rollout_s", "rollout_cpu_s", "update_s", "update_cpu_s", "rollout_tokens_per_s",  # rl
-    "update_tokens_per_s", "rollout_prompts_per_s", "s_per_step", "cpu_s_per_step", "torch_threads"})
+    "update_tokens_per_s", "rollout_prompts_per_s", "s_per_step", "cpu_s_per_step", "torch_threads",
+    "ddp", "distributed_type", "device", "processes"})
 
 
 def stable_meta(meta: dict) -> dict:

@@ -9,7 +9,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tsrec import distributed as dist
 from tsrec.config import global_seed, section
 from tsrec.datasets import DataConfig, load_index
 from tsrec.errors import ParamError, TsrecError
@@ -168,6 +168,8 @@ class SeededLengthGroupedSampler(torch.utils.data.Sampler):
     """
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        # batch_size: the GLOBAL batch (micro batch x accumulation x processes): the order then does not
+        # depend on how that batch is split, so N processes x B/N see the batches of 1 process x B
         self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, int(seed), 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -194,8 +196,10 @@ def trainer_class():
             train_dataset = train_dataset if train_dataset is not None else self.train_dataset
             if self.args.train_sampling_strategy != "group_by_length" or not isinstance(train_dataset, Examples):
                 return super()._get_train_sampler(train_dataset)
+            # accelerate hands rank r micro-batches r, r+N, ... of this order: one optimizer step = one global batch
             return SeededLengthGroupedSampler([len(r["input_ids"]) for r in train_dataset.rows],
-                                              self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                              self.args.train_batch_size * self.args.gradient_accumulation_steps
+                                              * self.args.world_size,
                                               self.args.data_seed if self.args.data_seed is not None else self.args.seed)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -284,13 +288,15 @@ def training_arguments(cfg: TrainConfig, ckpt_dir: Path, seed: int, precision: s
     SFT of every LLM model (tsrec.llm_baselines)."""
     from transformers import TrainingArguments
 
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank0 = int(os.environ.get("RANK", "0")) == 0
+    world = dist.world()
+    extra = trainer_args(precision, device)
+    if world.distributed and not torch.cuda.is_available():
+        extra["use_cpu"] = True  # accelerate does multi-CPU DDP (gloo) only with use_cpu: else each rank trains alone
     return TrainingArguments(
         output_dir=str(ckpt_dir), seed=seed, data_seed=seed,
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size * 2,
-        gradient_accumulation_steps=accumulation(cfg, int(os.environ.get("WORLD_SIZE", "1")), params_file),
+        gradient_accumulation_steps=accumulation(cfg, world.size, params_file),
         learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
         lr_scheduler_type=cfg.schedule, warmup_steps=cfg.warmup_steps,
         eval_strategy="steps", eval_steps=cfg.eval_steps, save_strategy="steps", save_steps=cfg.eval_steps,
@@ -300,8 +306,8 @@ def training_arguments(cfg: TrainConfig, ckpt_dir: Path, seed: int, precision: s
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         remove_unused_columns=False, label_names=["labels"], prediction_loss_only=True,
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, dataloader_pin_memory=False,
-        ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None, ddp_find_unused_parameters=False,
-        disable_tqdm=not rank0, **trainer_args(precision, device),
+        ddp_backend="gloo" if world.distributed and not torch.cuda.is_available() else None,
+        ddp_find_unused_parameters=False, disable_tqdm=not world.main, **extra,
     )
 
 
@@ -354,16 +360,13 @@ def train_run(params: dict, ds: str, variant: str, *, seed: int | None = None, o
     ckpt_dir = out / "checkpoints"
     fingerprint = sha256_json({k: meta[k] for k in ("index_sha256", "backbone_id", "params", "dataset",
                                                     "inputs_sha256")})
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank0 = int(os.environ.get("RANK", "0")) == 0
+    world = dist.world()
+    distributed, rank0 = world.distributed, world.main
     if rank0:
         claim_checkpoints(ckpt_dir, fingerprint, also=(out / "plots",))
         drop_incomplete_checkpoints(ckpt_dir)
-    if distributed:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if distributed:  # each rank on its own GPU (LOCAL_RANK) before nccl starts; gloo on CPU
+        dist.init(dist.resolve_device("auto", world))
         dist.barrier()
     resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     plots = out / "plots"
@@ -420,7 +423,7 @@ def train_run(params: dict, ds: str, variant: str, *, seed: int | None = None, o
                   "tokens_per_s": round(tokens_seen / wall, 1) if wall else None,  # end to end incl. evals
                   "train_tokens_per_s": round(tokens_seen / max(wall - csv_log.eval_s, 1e-9), 1),
                   "resumed_from": resume and Path(resume).name, "examples": len(train_rows),
-                  "world_size": trainer.args.world_size,
+                  "world_size": trainer.args.world_size, **_parallel_record(trainer),
                   "machine": pinning.record(pinning.config(params), file=params.get("_path"))},
     })
     if trainer.is_world_process_zero():
@@ -428,8 +431,16 @@ def train_run(params: dict, ds: str, variant: str, *, seed: int | None = None, o
         if not cfg.keep_checkpoints:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
     if distributed:
-        torch.distributed.barrier()
+        dist.barrier()
     return meta
+
+
+def _parallel_record(trainer) -> dict:
+    """What really ran: accelerate's distributed type and whether the model was wrapped in DDP."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return {"distributed_type": str(trainer.accelerator.distributed_type.value),
+            "ddp": isinstance(trainer.model_wrapped, DistributedDataParallel)}
 
 
 def _recorded_params(vp: dict) -> dict:

@@ -7,7 +7,9 @@ subsample of the valid split
 (reported at every evaluation of the trainer): by default a ThresholdPruner that stops only gross failures, since
 early loss ranks healthy runs in reverse (benchmarks/sweep_pruning_signal.py); a MedianPruner is the other choice. The study lives in an Optuna RDB
 storage (`sweep.storage`: sqlite by default; a PostgreSQL/MySQL URL lets many workers, on many machines, run
-`tsrec sweep` against one study). A killed worker's trial is retried through Optuna's heartbeat
+`tsrec sweep` against one study: the study is created once, under a lock (a PostgreSQL advisory lock; a file
+lock for sqlite), or beforehand by `tsrec sweep --create`, and each trial's sampler is seeded by (sweep.sampler_seed,
+trial number), so workers started together draw different parameters). A killed worker's trial is retried through Optuna's heartbeat
 (`RetryHeartbeatStaleTrialCallback`); the trial's run folder is keyed by its parameters, so the retry resumes
 from the last checkpoint. The sweep stops once `n_trials` trials are complete, counted over all workers.
 
@@ -19,6 +21,7 @@ a variant (`variants.sweep_best`), plus the `dvc exp run -S` line that applies t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -218,6 +221,10 @@ def objective_fn(params: dict, cfg: SweepConfig):
     maximize = OBJECTIVES[cfg.objective] == "maximize"
 
     def objective(trial) -> float:
+        if enough_ahead(trial.study, trial.number, cfg.n_trials):
+            trial.set_user_attr("superfluous", f"{cfg.n_trials} trials already complete or running (other workers)")
+            trial.study.stop()
+            raise EnoughTrials(f"trial {trial.number}: n_trials {cfg.n_trials} already complete or running")
         over = trial_overrides(trial, cfg)
         out = Path(cfg.out) / cfg.dataset / f"sweep-{sha256_json(over)[:12]}"
         trial.set_user_attr("run_dir", str(out))
@@ -253,16 +260,88 @@ def make_pruner(cfg: SweepConfig):
                                        n_warmup_steps=cfg.pruner.warmup_steps)
 
 
-def sampler_seed(cfg: SweepConfig, study) -> int:
-    """``sweep.sampler_seed`` offset by the trials the study already holds: a worker that resumes the study draws
-    new configurations (with the bare seed it would repeat the draws of the first worker), and a sequential study
-    stays reproducible. Workers started at the same moment see the same count: start them a trial apart."""
-    return cfg.sampler_seed + len(study.get_trials(deepcopy=False))
-
-
-def run_sweep(params: dict) -> pd.DataFrame:
+def trial_seeded_sampler(seed: int):
+    """A TPE sampler re-seeded at every trial from ``seed + trial number``. Trial numbers are unique in the study
+    (the storage hands them out), so workers started at the same moment draw different parameters, a worker that
+    resumes the study draws new ones, and a one-worker study is reproducible from ``sweep.sampler_seed``."""
     import optuna
-    from optuna.study import MaxTrialsCallback
+
+    class TrialSeeded(optuna.samplers.BaseSampler):
+        def __init__(self):
+            self.inner = optuna.samplers.TPESampler(seed=seed)
+
+        def before_trial(self, study, trial):
+            self.inner = optuna.samplers.TPESampler(seed=seed + trial.number)  # TPE's state is only its RNG
+            self.inner.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study, trial):
+            return self.inner.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self.inner.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+        def after_trial(self, study, trial, state, values):
+            self.inner.after_trial(study, trial, state, values)
+
+    return TrialSeeded()
+
+
+LOCK_KEY = 0x7573_7265_63  # pg_advisory_lock key of study creation ("tsrec")
+
+
+@contextlib.contextmanager
+def creation_lock(url: str):
+    """Serialise creating the storage schema and the study across workers: two workers creating them at the same
+    moment on a fresh PostgreSQL database crash one (``UniqueViolation ... CREATE TYPE studydirection``,
+    optuna/optuna#1092). PostgreSQL: a session advisory lock; sqlite (one machine): a file lock in the temp dir."""
+    import tempfile
+
+    from filelock import FileLock
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        engine = create_engine(url, poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_KEY})
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+        finally:
+            engine.dispose()
+    elif backend == "sqlite" and parsed.database:
+        key = sha256_json(str(Path(parsed.database).resolve()))[:16]
+        with FileLock(Path(tempfile.gettempdir()) / f"tsrec-sweep-{key}.lock", timeout=600):
+            yield
+    else:  # other databases: create the study first with `tsrec sweep --create`
+        yield
+
+
+def open_study(params: dict, cfg: SweepConfig, url: str):
+    """Create (or load) the study and enqueue the params' defaults once, under ``creation_lock``."""
+    import optuna
+
+    with creation_lock(url):
+        study = optuna.create_study(
+            study_name=cfg.study, storage=make_storage(cfg, url), direction=OBJECTIVES[cfg.objective],
+            load_if_exists=True, pruner=make_pruner(cfg), sampler=trial_seeded_sampler(cfg.sampler_seed),
+        )
+        default = default_trial(params, cfg) if cfg.enqueue_default else None
+        if default:  # once per study, whatever the number of workers
+            study.enqueue_trial(default, user_attrs={"enqueued": "params defaults"}, skip_if_exists=True)
+    return study
+
+
+def run_sweep(params: dict, create_only: bool = False) -> pd.DataFrame:
+    """Run trials until ``n_trials`` are complete over all workers (``create_only``: create the study, run none)."""
     from optuna.trial import TrialState
 
     cfg = section(params, "sweep", SweepConfig)
@@ -275,25 +354,50 @@ def run_sweep(params: dict) -> pd.DataFrame:
     # the trials' train overrides, checked now rather than inside the first trial
     from_dict(TrainConfig, {**(params.get("train") or {}), **cfg.train}, "sweep.train", params.get("_path"))
     url = storage_url(cfg, params.get("_path"))
-    study = optuna.create_study(
-        study_name=cfg.study, storage=make_storage(cfg, url), direction=OBJECTIVES[cfg.objective],
-        load_if_exists=True, pruner=make_pruner(cfg),
-    )
-    default = default_trial(params, cfg) if cfg.enqueue_default else None
-    if default:  # once per study, whatever the number of workers
-        study.enqueue_trial(default, user_attrs={"enqueued": "params defaults"}, skip_if_exists=True)
-    study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(cfg, study))
+    study = open_study(params, cfg, url)
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     log.info("study %s at %s: %d/%d trials complete", cfg.study, masked(url), done, cfg.n_trials)
+    if create_only:
+        return summarize(study, cfg, params)
 
     def summarize_after(study, trial) -> None:  # a killed worker leaves tables up to its last finished trial
         if trial.state == TrialState.COMPLETE:
             summarize(study, cfg, params)
 
     if done < cfg.n_trials:
-        study.optimize(objective_fn(params, cfg), n_trials=cfg.n_trials - done,
-                       callbacks=[MaxTrialsCallback(cfg.n_trials, states=(TrialState.COMPLETE,)), summarize_after])
+        study.optimize(objective_fn(params, cfg), n_trials=cfg.n_trials - done, catch=(EnoughTrials,),
+                       callbacks=[summarize_after, stop_when_enough(cfg.n_trials)])
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    if states.count(TrialState.COMPLETE) < cfg.n_trials:
+        log.warning("%d/%d trials complete, %d running in other workers (or left by a killed one: a rerun retries "
+                    "it)", states.count(TrialState.COMPLETE), cfg.n_trials, states.count(TrialState.RUNNING))
     return summarize(study, cfg, params)
+
+
+class EnoughTrials(Exception):
+    """A trial asked for once ``n_trials`` are complete or running elsewhere: recorded as FAIL (user attr
+    ``superfluous``), not trained; optuna's samplers ignore failed trials."""
+
+
+def enough_ahead(study, number: int | None, n_trials: int) -> bool:
+    """``n_trials`` are complete or running with a lower trial number than ``number``. optuna's MaxTrialsCallback
+    counts complete trials only, so simultaneous workers overshoot; the lower number breaks ties between two
+    workers that ask at the same moment, and a running trial that fails later is made up for by the worker
+    that sees it (``stop_when_enough`` checks again after every trial)."""
+    from optuna.trial import TrialState
+
+    return sum(t.state == TrialState.COMPLETE or (t.state == TrialState.RUNNING and (number is None or t.number < number))
+               for t in study.get_trials(deepcopy=False)) >= n_trials
+
+
+def stop_when_enough(n_trials: int):
+    """Stop this worker once the trials complete or running reach ``n_trials`` (after its summary)."""
+
+    def callback(study, trial) -> None:
+        if enough_ahead(study, None, n_trials):  # every running trial counts
+            study.stop()
+
+    return callback
 
 
 def default_trial(params: dict, cfg: SweepConfig) -> dict[str, Any] | None:
@@ -438,10 +542,12 @@ def _save(fig, path: Path) -> None:
 
 def add_arguments(p) -> None:
     p.add_argument("--n-trials", type=int, help="override sweep.n_trials (total complete trials wanted)")
+    p.add_argument("--create", action="store_true", help="create the study (and enqueue the params' defaults), "
+                   "run no trial: do it once before starting workers on a database that has no lock here")
 
 
 def run(args, params) -> None:
     if args.n_trials is not None:
         params = {**params, "sweep": {**(params.get("sweep") or {}), "n_trials": args.n_trials}}
-    df = run_sweep(params)
+    df = run_sweep(params, create_only=args.create)
     print(df.to_markdown(index=False, floatfmt=".4f"))
