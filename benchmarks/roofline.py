@@ -26,20 +26,21 @@ tokens added; weights are untrained (speed does not depend on them).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import logging
 import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+# as the CLI (tsrec/cli.py): idle OpenMP threads sleep instead of spinning; must precede the torch import
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -180,7 +181,7 @@ def train_flops(sh: dict, batch: dict, finetune: str) -> dict:
     head = per_tok * sh["vocab"] * sh["hidden"] * label_tokens
     useful = per_tok * sh["layer_params"] * tokens + attn + head
     return {"tokens": tokens, "padded_tokens": padded, "label_tokens": label_tokens,
-            "flops_useful": useful, "flops_per_token": round(useful / tokens),
+            "flops_useful": useful, "flops_head": head, "flops_per_token": round(useful / tokens),
             "flops_padded_extra": per_tok * sh["layer_params"] * (padded - tokens)}
 
 
@@ -194,21 +195,55 @@ def trainer_optimizer(model, lr: float = 1e-3):
     return opt, {"optimizer": cls.__name__, **{k: v for k, v in kwargs.items() if k in ("fused", "foreach")}}
 
 
-def make_step(model, batch: dict, opt, *, max_grad_norm: float = 1.0):
-    """The Trainer's step: loss (tsrec.sft), backward, clip, optimizer step, zero_grad."""
+def legacy_loss(model, head, inputs: dict):
+    """``tsrec.sft.label_position_loss`` before issue 38: the model also computed the (unused) logits of the
+    last position (``logits_to_keep=1``). Kept here only as the benchmark's "before" case."""
+    labels = inputs["labels"][:, 1:]
+    out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                output_hidden_states=True, logits_to_keep=1, use_cache=False)
+    keep = labels != -100
+    ce = F.cross_entropy(head(out.hidden_states[-1][:, :-1][keep]).float(), labels[keep], reduction="none")
+    return (ce * inputs["weight"].to(ce.dtype)[:, None].expand_as(labels)[keep]).sum(), keep.sum()
+
+
+def make_step(model, batch: dict, opt, threads: int, loss_fn=None, *, max_grad_norm: float = 1.0):
+    """The Trainer's step: loss (default ``tsrec.sft.label_position_loss``), backward, clip, optimizer step,
+    zero_grad, on ``threads`` torch threads."""
     from tsrec.sft import label_position_loss
 
+    loss_fn = loss_fn or label_position_loss
     head = model.get_output_embeddings()
+    params = [p for p in model.parameters() if p.requires_grad]
 
     def step():
-        total, count = label_position_loss(model, head, batch)
+        torch.set_num_threads(threads)
+        total, count = loss_fn(model, head, batch)
         (total / count).backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         opt.step()
         model.zero_grad()
-        return float(total / count)
 
     return step
+
+
+def op_shares(step) -> dict:
+    """One profiled step: share of the self CPU time in GEMMs, the optimizer (fused AdamW + clip's norm),
+    attention, and everything else (elementwise: norms, RoPE, SiLU, residuals, casts, fills, the embedding
+    gradient). What is not a GEMM is what keeps the step below the GEMM rate."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    groups = {"gemm": ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"),
+              "optimizer": ("aten::_fused_adamw_", "aten::linalg_vector_norm", "aten::_foreach_norm",
+                            "aten::_foreach_mul_"),
+              "attention": ("aten::_scaled_dot_product", "aten::_flash_attention")}
+    tot = {k: 0.0 for k in (*groups, "other")}
+    for ev in prof.key_averages():
+        key = next((k for k, names in groups.items() if ev.key.startswith(names)), "other")
+        tot[key] += ev.self_cpu_time_total
+    total = sum(tot.values()) or 1.0
+    return {k: round(v / total, 3) for k, v in tot.items()} | {"profiled_step_s": round(total / 1e6, 3)}
 
 
 # ---------------------------------------------------------------- beam search
@@ -258,6 +293,7 @@ def main(argv=None) -> int:
     p.add_argument("--backbone", default=os.environ.get("TSREC_BACKBONE",
                                                         str(REPO / "artifacts/backbone/smollm2-135m-instruct")))
     p.add_argument("--out", default=str(REPO / "results/benchmarks/roofline.json"))
+    p.add_argument("--keep-layers", type=int, default=4, help="layers of the full-FT / evaluate model (CPU profile: 4)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="GEMM thread counts")
     p.add_argument("--stage-threads", type=int, default=2, help="threads of the train / evaluate cases")
     p.add_argument("--reps", type=int, default=5)
@@ -277,9 +313,9 @@ def main(argv=None) -> int:
                     "machine": machine(), "backbone": str(backbone), "method": "interleaved reps in one process "
                     "(every case once per rep); median and min/max seconds; rate = analytic FLOPs / seconds"}
 
-    model, tok = load(backbone, 4, "full")
+    model, tok = load(backbone, a.keep_layers, "full")
     sh = shapes(model)
-    result["model"] = {k: v for k, v in sh.items() if k != "linears"} | {"keep_layers": 4, "finetune": "full"}
+    result["model"] = {k: v for k, v in sh.items() if k != "linears"} | {"keep_layers": a.keep_layers, "finetune": "full"}
     batches = train_batches(tok)
     fl = [train_flops(sh, b, "full") for b in batches]
     train_rows = round(sum(f["padded_tokens"] for f in fl) / len(fl))
@@ -289,6 +325,9 @@ def main(argv=None) -> int:
     if "gemm" not in a.skip:
         cases, flops = gemm_cases(sh, {"train_batch": train_rows, "train_labels": label_rows,
                                        "decode": eval_rows}, a.threads)
+        cases, flops = ({k: v for k, v in d.items() if not k.startswith(("gemm_head_train_batch",
+                                                                          "gemm_layers_train_labels"))}
+                        for d in (cases, flops))
         times = interleave(cases, a.reps * 3)
         result["gemm"] = {k: summary(v, flops[k] / 1e9) | {"unit": "GFLOP/s"} for k, v in times.items()}
 
@@ -299,22 +338,36 @@ def main(argv=None) -> int:
         cases, info = {}, {}
         opt, opt_info = trainer_optimizer(model)
         for (name, n_ex, _, _), b in zip(MIX, batches):
-            step = make_step(model, b, opt)
-            cases[f"default_{name}"] = step
             info[name] = {"examples_per_epoch": n_ex, **train_flops(sh, b, "full")}
+            cases[f"default_{name}"] = make_step(model, b, opt, a.stage_threads)
+            cases[f"before-logits_{name}"] = make_step(model, b, opt, a.stage_threads, legacy_loss)
+            cases[f"default-1thread_{name}"] = make_step(model, b, opt, 1)
         times = interleave(cases, a.reps)
         result["train_4L_full"] = train_summary(times, info, opt_info, a.stage_threads)
+        result["train_4L_full"]["op_time_share"] = {name: op_shares(cases[f"default_{name}"])
+                                                    for name, *_ in MIX}
+        result["train_4L_full"]["case_notes"] = {
+            "default": "this branch's train stage step (no unused logits)",
+            "before-logits": "the step before issue 38 (logits of the last position computed, unused)",
+            "default-1thread": "default on 1 torch thread"}
     if "evaluate" not in a.skip:
         model.eval()
         trie, seqs = eval_setup(tok, a.eval_prompts)
         res: dict = {}
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        cases = {"default_b8": search_case(model, seqs, trie, a.beams, 8, pad, a.stage_threads, res, "default_b8")}
+        cases = {"default_b8": search_case(model, seqs, trie, a.beams, 8, pad, a.stage_threads, res, "default_b8"),
+                 "batch16": search_case(model, seqs, trie, a.beams, 16, pad, a.stage_threads, res, "batch16"),
+                 "b8-1thread": search_case(model, seqs, trie, a.beams, 8, pad, 1, res, "b8-1thread")}
         times = interleave(cases, a.reps)
         ef = eval_flops(sh, seqs, trie, a.beams)
+        ref = res["default_b8"]
         result["evaluate_4L"] = {"analytic": ef, "prompts": len(seqs), "threads": a.stage_threads, "cases": {
             k: summary(v, len(seqs)) | {"unit": "rows/s", "gflops_median": round(
-                len(seqs) * ef["flops_per_row"] / 1e9 / statistics.median(v), 2)} for k, v in times.items()}}
+                len(seqs) * ef["flops_per_row"] / 1e9 / statistics.median(v), 2),
+                "identical_rankings": bool(torch.equal(res[k].sid_ids, ref.sid_ids)),
+                "identical_scores": bool(torch.equal(res[k].scores, ref.scores)),
+                "rows_with_other_ranking": int((res[k].sid_ids != ref.sid_ids).any(1).sum())}
+            for k, v in times.items()}}
     del model
     if a.lora30:
         model, tok = load(backbone, None, "lora")
@@ -323,10 +376,12 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.stage_threads)
         b = train_batches(tok)[1]
         opt, opt_info = trainer_optimizer(model)
-        step = make_step(model, b, opt)
-        times = interleave({"default_mid": step}, max(2, a.reps // 2))
+        times = interleave({"default_mid": make_step(model, b, opt, a.stage_threads),
+                            "before-logits_mid": make_step(model, b, opt, a.stage_threads, legacy_loss)},
+                           max(2, a.reps // 2))
         result["train_30L_lora"] = train_summary(times, {"mid": {"examples_per_epoch": 1, **train_flops(
             sh30, b, "lora")}}, opt_info, a.stage_threads)
+        result["train_30L_lora"]["note"] = "the mid-length batch only (tokens/s of that batch, not an epoch mix)"
     result["roofline"] = ratios(result, a.stage_threads)
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     result["wall_s"] = round(time.time() - t_start, 1)
@@ -359,34 +414,64 @@ def train_summary(times: dict, info: dict, opt_info: dict, threads: int) -> dict
 
 
 def ratios(r: dict, threads: int) -> dict:
-    """Achieved / attainable: the stage's GFLOP/s over the layer-shape GEMM rate at its row count."""
+    """Achieved / attainable. Attainable = the same FLOPs at the measured GEMM rates of their shapes (layer
+    linears at the batch's rows, the head at its rows), i.e. what the step would take if it were only GEMMs
+    running at the rate ``F.linear`` gets alone; cases on 1 thread use the 1-thread GEMM rates."""
     out: dict = {}
     g = r.get("gemm", {})
 
-    def gemm(kind, label):
-        k = next((k for k in g if k.startswith(f"gemm_{kind}_{label}_") and k.endswith(f"_t{threads}")), None)
+    def gemm(kind, label, t):
+        k = next((k for k in g if k.startswith(f"gemm_{kind}_{label}_") and k.endswith(f"_t{t}")), None)
         return g[k]["rate_median"] if k else None
 
-    lay, head, dec = gemm("layers", "train_batch"), gemm("head", "train_labels"), gemm("head", "decode")
-    if lay:
-        out["gemm_layers_train_gflops"] = lay
-    t1 = next((g[k]["rate_median"] for k in g if k.startswith("gemm_layers_train_batch_") and k.endswith("_t1")), None)
-    if lay and t1:
-        out["gemm_2_over_1_thread"] = round(lay / t1, 2)
+    for t in sorted({int(k.rsplit("_t", 1)[1]) for k in g}):
+        out[f"gemm_layers_train_batch_t{t}_gflops"] = gemm("layers", "train_batch", t)
+        out[f"gemm_head_train_labels_t{t}_gflops"] = gemm("head", "train_labels", t)
+        out[f"gemm_layers_decode_t{t}_gflops"] = gemm("layers", "decode", t)
+        out[f"gemm_head_decode_t{t}_gflops"] = gemm("head", "decode", t)
+    if gemm("layers", "train_batch", 1) and gemm("layers", "train_batch", threads):
+        out[f"gemm_layers_{threads}_over_1_thread"] = round(gemm("layers", "train_batch", threads)
+                                                            / gemm("layers", "train_batch", 1), 2)
     for key in ("train_4L_full", "train_30L_lora"):
-        if key in r and lay:
-            for case, c in r[key]["cases"].items():
-                out[f"{key}_{case}_gflops"] = c["epoch_mix_gflops"]
-                out[f"{key}_{case}_tokens_per_s"] = c["epoch_mix_tokens_per_s"]
-                out[f"{key}_{case}_over_gemm"] = round(c["epoch_mix_gflops"] / lay, 3)
-    if "evaluate_4L" in r and dec:
-        mix = gemm("layers", "decode")
-        out["gemm_decode_head_gflops"] = dec
+        if key not in r:
+            continue
+        groups = r[key]["groups"]
+        w = {n: gr["examples_per_epoch"] for n, gr in groups.items()}
+        head_share = sum(w[n] * gr["flops_head"] for n, gr in groups.items()) / sum(
+            w[n] * gr["flops_useful"] for n, gr in groups.items())
+        out[f"{key}_head_flops_share"] = round(head_share, 3)
+        for case, c in r[key]["cases"].items():
+            t = 1 if "1thread" in case else threads
+            lay, head = gemm("layers", "train_batch", t), gemm("head", "train_labels", t)
+            out[f"{key}_{case}_tokens_per_s"] = c["epoch_mix_tokens_per_s"]
+            out[f"{key}_{case}_gflops"] = c["epoch_mix_gflops"]
+            if lay and head:
+                attainable = 1 / (head_share / head + (1 - head_share) / lay)
+                out[f"{key}_{case}_over_gemm"] = round(c["epoch_mix_gflops"] / attainable, 3)
+    if "evaluate_4L" in r:
+        hs = r["evaluate_4L"]["analytic"]["head_share"]
         for case, c in r["evaluate_4L"]["cases"].items():
+            t = 1 if "1thread" in case else threads
+            lay, head = gemm("layers", "decode", t), gemm("head", "decode", t)
             out[f"evaluate_{case}_rows_per_s"] = c["rate_median"]
             out[f"evaluate_{case}_gflops"] = c["gflops_median"]
-            out[f"evaluate_{case}_over_gemm"] = round(c["gflops_median"] / ((dec + mix) / 2 if mix else dec), 3)
-    return out
+            out[f"evaluate_{case}_identical_rankings"] = c["identical_rankings"]
+            if lay and head:
+                out[f"evaluate_{case}_over_gemm"] = round(c["gflops_median"] / (1 / (hs / head + (1 - hs) / lay)), 3)
+    for key, base, cases in (("train_4L_full", "default", ("before-logits", "default-1thread")),
+                             ("train_30L_lora", "default", ("before-logits",))):
+        if key in r:
+            c = r[key]["cases"]
+            for other in cases:
+                if other in c:
+                    out[f"{key}_{base}_over_{other}"] = round(c[base]["epoch_mix_tokens_per_s"]
+                                                             / c[other]["epoch_mix_tokens_per_s"], 3)
+    if "evaluate_4L" in r:
+        c = r["evaluate_4L"]["cases"]
+        for other in c:
+            if other != "default_b8":
+                out[f"evaluate_{other}_over_default_b8"] = round(c[other]["rate_median"] / c["default_b8"]["rate_median"], 3)
+    return {k: v for k, v in out.items() if v is not None}
 
 
 if __name__ == "__main__":
