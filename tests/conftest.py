@@ -1,6 +1,10 @@
 import os
 from pathlib import Path
 
+# the params' repro.cpu_capability (tsrec.pinning): in-process runs must use the kernels the CLI pins, and
+# torch reads this once, at import
+os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")  # lower case: torch ignores "AVX2"
+
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]

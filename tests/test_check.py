@@ -70,3 +70,41 @@ def test_metrics_files_are_flat_numbers(tmp_path):
     assert read_values(tmp_path / "old.json") == {}
     write_json(tmp_path / "new.json", {"HR@10": 0.1, "item/NDCG@10": 0.05, "n_rows": 3, "seed": 42, "flag": True})
     assert read_values(tmp_path / "new.json") == {"HR@10": 0.1, "item/NDCG@10": 0.05, "n_rows": 3}
+
+
+def _seed_run(root, hr10, capability, threads):
+    folder = root / "DS" / "tsrec" / "seed42"
+    write_json(folder / "metrics.json", {"HR@10": hr10, "n_rows": 40})
+    write_json(folder / "run.json", {"command": "tsrec evaluate",
+                                     "machine": {"cpu_capability": capability, "threads": threads}})
+
+
+def test_check_names_the_kernels_of_both_runs(tmp_path, capsys):
+    """The expected file records each run's CPU kernel set x threads; a failing check says whether they differ."""
+    _seed_run(tmp_path / "r", 0.25, "AVX2", 2)
+    exp = tmp_path / "expected.json"
+    assert main(["check", "--results", str(tmp_path / "r"), "--expected", str(exp), "--write-expected"]) == 0
+    assert json.loads(exp.read_text())["machines"] == {"DS/tsrec/seed42/metrics.json":
+                                                       {"cpu_capability": "AVX2", "threads": 2}}
+    _seed_run(tmp_path / "avx512", 0.24, "AVX512", 2)
+    _seed_run(tmp_path / "same", 0.24, "AVX2", 2)
+    capsys.readouterr()
+    assert main(["check", "--results", str(tmp_path / "avx512"), "--expected", str(exp)]) == 2
+    out = capsys.readouterr().out
+    assert "expected made with AVX2 x 2 threads, this run AVX512 x 2 threads" in out
+    assert "a mismatch is expected" in out
+    assert main(["check", "--results", str(tmp_path / "same"), "--expected", str(exp)]) == 2
+    assert "same kernels and threads: a real difference" in capsys.readouterr().out
+
+
+def test_runs_without_a_record_fall_back_to_the_legacy_file(tmp_path, capsys):
+    _seed_run(tmp_path / "r", 0.25, "AVX2", 2)
+    exp = tmp_path / "expected.json"
+    assert main(["check", "--results", str(tmp_path / "r"), "--expected", str(exp), "--write-expected"]) == 0
+    old = tmp_path / "old"
+    write_json(old / "DS" / "tsrec" / "seed42" / "metrics.json", {"HR@10": 0.2, "n_rows": 40})
+    write_json(old / "legacy_machines.json", {"runs": {"DS/tsrec/seed42/metrics.json":
+                                                       {"cpu_capability": "AVX512", "threads": 1}}})
+    capsys.readouterr()
+    assert main(["check", "--results", str(old), "--expected", str(exp)]) == 2
+    assert "this run AVX512 x 1 threads" in capsys.readouterr().out

@@ -23,8 +23,9 @@ CONFIGS = {
     "baselines": "tsrec.baseline:BaselinesConfig", "sweep": "tsrec.sweep:SweepConfig",
     "evaluate": "tsrec.evaluate:EvaluateConfig", "codebook": "tsrec.codebook:CodebookConfig",
     "keywords": "tsrec.keyword_cache:KeywordsConfig", "rl": "tsrec.rl:RLConfig",
+    "repro": "tsrec.pinning:ReproConfig",
 }
-UNTYPED = {"seed", "variants", "repro"}
+UNTYPED = {"seed", "variants"}
 
 
 def config_class(spec: str):

@@ -83,7 +83,8 @@ def test_matrix_runs_one_stage_per_seed_into_seed_folders(tmp_path):
     assert ev.cmd == f"tsrec evaluate --dataset {ds} --variant no_sainit --seed 43"
     assert {o.def_path for o in train.outs} == {
         f"artifacts/{ds}/runs/no_sainit/seed43/final",
-        *(f"results/{ds}/no_sainit/seed43/{f}" for f in ("train_summary.json", "train.csv", "valid.csv"))}
+        *(f"results/{ds}/no_sainit/seed43/{f}" for f in ("train_summary.json", "train.csv", "valid.csv",
+                                                                  "valid_rank.csv", "valid_rank_rows.csv"))}
     assert {o.def_path for o in ev.outs} == {
         f"artifacts/{ds}/eval/no_sainit/seed43",
         *(f"results/{ds}/no_sainit/seed43/{f}" for f in ("run.json", "ranks.parquet", "metrics.json"))}

@@ -40,6 +40,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from tsrec import pinning
 from tsrec.baselines.general import Pop, Transition
 from tsrec.baselines.generative import TIGER, TigerConfig
 from tsrec.baselines.sequential import NETS, CaserConfig, GRU4RecConfig, HSTUConfig, IDRecommender, SASRecConfig
@@ -311,6 +312,7 @@ def run_model(cfg: BaselinesConfig, params: dict, ds: str, model: str, *, comman
             "n_items": data.n_items, "n_sids": len(data.gran.sid_items),
             "sid_index": str(data.index_file), "max_rows": max_rows,
             "torch_threads": torch.get_num_threads(),
+            "machine": pinning.record(pinning.config(params), file=params.get("_path")),
         })
     return records, summarise(records, command), row_ranks
 

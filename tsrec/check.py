@@ -27,7 +27,8 @@ from typing import Any
 
 from tsrec.errors import TsrecError
 from tsrec.io import write_json
-from tsrec.metrics import is_run_record
+from tsrec.metrics import is_run_record, run_path
+from tsrec.pinning import describe
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,44 @@ def read_values(path: Path) -> dict[str, float]:
     raw = read_json_object(path)
     return {k: v for k, v in raw.items()
             if (QUALITY.match(k) or k in COUNTS) and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+LEGACY = "legacy_machines.json"  # under --results: the kernel sets of runs made before records carried them
+
+
+def machine(results: Path, rel: str, legacy: dict | None = None) -> dict | None:
+    """The CPU kernel set + threads a metrics file was made with: its run record's ``machine`` block (a
+    baseline's: its first seed's), else ``legacy_machines.json``'s entry (reconstructed from the ledger)."""
+    rec_file = run_path(results / rel)
+    try:
+        rec = json.loads(rec_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        rec = {}
+    found = rec.get("machine") if isinstance(rec, dict) else None
+    if not found and isinstance(rec, dict) and isinstance(rec.get("runs"), list) and rec["runs"]:
+        found = rec["runs"][0].get("machine") if isinstance(rec["runs"][0], dict) else None
+    if found:
+        return {"cpu_capability": found.get("cpu_capability"), "threads": found.get("threads")}
+    if legacy is None:
+        legacy = read_json_object(results / LEGACY).get("runs", {}) if (results / LEGACY).is_file() else {}
+    return legacy.get(rel)
+
+
+def machine_notes(expected: dict[str, Any], results: Path, rows: list[dict[str, Any]]) -> list[str]:
+    """One line per metrics file that differs from the expected file, saying which kernel sets / threads the two
+    runs used, and whether a mismatch is therefore expected (tsrec.pinning)."""
+    legacy = read_json_object(results / LEGACY).get("runs", {}) if (results / LEGACY).is_file() else {}
+    notes = []
+    for rel in sorted({r["path"] for r in rows if r["status"] not in ("ok", "better")}):
+        want = (expected.get("machines") or {}).get(rel)
+        got = machine(results, rel, legacy)
+        same = bool(want and got and want.get("cpu_capability") == got.get("cpu_capability")
+                    and want.get("threads") == got.get("threads"))
+        verdict = ("same kernels and threads: a real difference" if same else
+                   "unknown kernels on one side: cannot tell" if not (want and got) else
+                   "different kernels or threads: a mismatch is expected (set repro.cpu_capability / threads)")
+        notes.append(f"{rel}: expected made with {describe(want)}, this run {describe(got)} -> {verdict}")
+    return notes
 
 
 def collect(results: Path) -> dict[str, dict[str, float]]:
@@ -152,8 +191,10 @@ def run(args, params) -> None:
         if not found:
             raise TsrecError("no metrics files with HR/NDCG found under the results folder", file=results)
         tol = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
+        machines = {rel: m for rel in found if (m := machine(results, rel))}
         write_json(expected_path, {"tolerance": tol, "note": args.note,
-                                   "command": "tsrec " + " ".join(sys.argv[1:]), "metrics": found})
+                                   "command": "tsrec " + " ".join(sys.argv[1:]), "metrics": found,
+                                   "machines": machines})
         n = sum(len(v) for v in found.values())
         print(f"wrote {expected_path}: {n} metrics from {len(found)} files, tolerance {tol:g}")
         return
@@ -164,6 +205,8 @@ def run(args, params) -> None:
     if bad or args.all or any(r["status"] != "ok" for r in rows):
         print(render(rows, show_all=args.all))
     files = len(exp["metrics"])
+    for note in machine_notes(exp, results, rows):
+        print(note)
     if bad:
         kinds = sorted({r["status"] for r in bad})
         raise TsrecError(f"{len(bad)} of {len(rows)} metrics in {files} files do not match {expected_path} "

@@ -52,10 +52,31 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _pin_cpu(argv: list[str]) -> None:
+    """Apply params ``repro`` (torch CPU kernel set, threads: tsrec.pinning) before torch loads."""
+    from tsrec.config import DEFAULT_PARAMS, load_params
+    from tsrec.pinning import apply, config
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--params", default=None)
+    known, _ = pre.parse_known_args(argv)
+    path = known.params or os.environ.get("TSREC_PARAMS") or DEFAULT_PARAMS
+    if not os.path.isfile(path):
+        return  # commands without params (check) or --help; a stage that needs the file says so itself
+    params = load_params(path)
+    apply(config(params), params["_path"])
+
+
 def main(argv: list[str] | None = None) -> int:
     # Idle OpenMP threads sleep instead of spinning: on a shared 2-core box, spinning made a 2-thread training
     # step ~5x slower (14 s vs 2.6 s per step measured here). Must be set before torch loads; env overrides.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        _pin_cpu(argv)  # before any stage module imports torch
+    except TsrecError as exc:
+        print(f"tsrec: error: {exc}", file=sys.stderr)
+        return 2
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

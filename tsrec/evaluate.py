@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from tsrec import metrics
+from tsrec import metrics, pinning
 from tsrec.config import global_seed, section
 from tsrec.datasets import load_index, load_split
 from tsrec.decoding import SidTrie
@@ -163,6 +163,7 @@ def run(args, params) -> None:
         "index": {"path": str(index_file), "sha256": sha256_file(index_file), "items": len(index), "sids": len(trie),
                   "items_sharing_a_sid": sum(len(v) for v in trie.items if len(v) > 1)},
         "device": device, "torch_threads": torch.get_num_threads(), "host": platform.machine(),
+        "machine": pinning.record(pinning.config(params), file=params.get("_path")),
         "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
                 if k in os.environ},
         "command": command_line(args, params),

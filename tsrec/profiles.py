@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 PROFILES = Path(__file__).resolve().parents[1] / "profiles"
 DEFAULT = "cpu"
-OVERLAYS = ("cpu", "authors", "paper")  # smoke.yaml is a complete params file
+OVERLAYS = ("cpu", "authors", "paper", "pilot")  # smoke.yaml is a complete params file
 ABSENT = "absent"  # overlay key: dotted keys removed before the overlay is merged
 
 

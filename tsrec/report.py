@@ -27,11 +27,12 @@ import pandas as pd
 
 from tsrec import layout, stats
 from tsrec.baselines.table import PUBLISHED_COLUMNS, PUBLISHED_LABEL, ROWS, baseline_runs, published_rows, write_table
-from tsrec.check import read_json_object
+from tsrec.check import machine, read_json_object
 from tsrec.config import global_seed, section
 from tsrec.errors import TsrecError
 from tsrec.io import atomic_file
 from tsrec.metrics import KS
+from tsrec.pinning import describe
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +286,34 @@ def plot_valid_loss(results: Path, ds: str, variants: list[str], dest: Path) -> 
     return dest
 
 
+def plot_valid_ndcg(results: Path, ds: str, dest: Path) -> Path | None:
+    """Valid NDCG@10 (train.rank_rows) against the step, one line per run (variant x seed); None without curves."""
+    plt = _pyplot()
+    curves = []
+    for v in layout.found_variants(results, ds):
+        for seed, folder in layout.variant_seeds(results, ds, v).items():
+            f = folder / "valid_rank.csv"
+            df = pd.read_csv(f) if f.is_file() else pd.DataFrame()
+            if {"step", "NDCG@10"} <= set(df.columns) and len(df):
+                curves.append((v, seed, df))
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    variants = sorted({v for v, _, _ in curves})
+    styles = ["-", "--", ":", "-."]
+    for v, seed, df in curves:
+        i = variants.index(v)
+        ax.plot(df["step"], df["NDCG@10"], marker="o", ms=3, color=f"C{i % 10}", linestyle=styles[(i // 10) % 4],
+                label=f"{v} seed {seed}")
+    rows = int(curves[0][2]["rows"].iloc[0]) if "rows" in curves[0][2] else None
+    ax.set(xlabel="optimizer step", ylabel="valid NDCG@10",
+           title=f"{ds}: valid NDCG@10 during training" + (f" ({rows:,} fixed valid rows)" if rows else ""))
+    ax.legend(fontsize=7)
+    _save(fig, dest)
+    plt.close(fig)
+    return dest
+
+
 def plot_hr_at_k(rows: list[Row], ks: list[int], ds: str, dest: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -394,6 +423,8 @@ def write_dataset(results: Path, ds: str, ks: list[int], variants: list[str], se
     plot_hr_at_k(table.rows, ks, ds, plots / "hr_at_k.png")
     with_rl = rl_variants(results, ds)
     links = ""
+    if plot_valid_ndcg(results, ds, plots / "valid_ndcg.png") is not None:
+        links += f", [valid NDCG@10 per run]({ds}/plots/valid_ndcg.png)"
     if plot_baseline_curves(results, ds, plots / "baselines_valid.png") is not None:
         links += f", [baselines per epoch vs the floors]({ds}/plots/baselines_valid.png)"
     if with_rl:
@@ -435,11 +466,36 @@ def run_ledger(results: Path, ds: str) -> pd.DataFrame:
                 "resumed from": str(tr.get("resumed_from") or "").removeprefix("checkpoint-"),
                 "best valid loss": tr.get("best_eval_loss"),
                 "precision": prec.get("resolved") if isinstance(prec, dict) else prec,
+                # CPU kernel set x threads (tsrec.pinning): the train record's, else the legacy reconstruction
+                "kernels": describe(tr.get("machine") or machine(results, f"{ds}/{variant}/{folder.name}/metrics.json")),
                 "train min": round(tr["wall_s"] / 60, 1) if tr.get("wall_s") is not None else None,
                 "evaluate min": round(met["wall_time_s"] / 60, 1) if met.get("wall_time_s") is not None else None,
                 "test rows/s": met.get("rows_per_s"),
+                "tokens": tr.get("tokens_total"), "NDCG@10": met.get("NDCG@10"),
             })
     return pd.DataFrame(rows)
+
+
+def budget_guard(ledger: pd.DataFrame, variants: list[str], seeds: list[int]) -> str:
+    """One line on the matrix runs' training length: equal budgets, or the spread of steps and the Spearman
+    correlation of steps with test NDCG@10 (a variant comparison is confounded when runs stop at different,
+    noise-driven points, and this correlation is high)."""
+    from scipy.stats import spearmanr
+
+    mine = ledger[ledger["variant"].isin(variants) & ledger["seed"].isin(seeds)].dropna(subset=["steps"])
+    if mine.empty:
+        return ""
+    steps, tokens = mine["steps"].astype(int), mine["tokens"].dropna()
+    span = f"{steps.min():,}" if steps.nunique() == 1 else f"{steps.min():,}-{steps.max():,}"
+    tok = f", {tokens.min():,.0f}-{tokens.max():,.0f} tokens" if len(tokens) else ""
+    if steps.nunique() == 1:
+        return (f"**Budget guard**: all {len(mine)} matrix runs trained {span} optimizer steps{tok} (equal "
+                "budgets: no run's length explains its score).")
+    ok = mine.dropna(subset=["NDCG@10"])
+    rho, p = spearmanr(ok["steps"], ok["NDCG@10"]) if len(ok) > 2 else (float("nan"), float("nan"))
+    return (f"**Budget guard**: the {len(mine)} matrix runs trained {span} optimizer steps{tok}; Spearman "
+            f"correlation of steps with test NDCG@10 = {rho:.2f} (p = {p:.1g}, n = {len(ok)}). Unequal budgets: "
+            "a difference between variants here can be a difference in training length.")
 
 
 def ledger_hours(ledger: pd.DataFrame) -> float:
@@ -450,20 +506,21 @@ def ledger_lines(ledger: pd.DataFrame, ds: str, matrix: tuple[list[str], list[in
     if ledger.empty:
         return []
     total = ledger_hours(ledger)
-    share = ""
+    share, guard = "", ""
     if matrix:
         variants, seeds = matrix
         mine = ledger[ledger["variant"].isin(variants) & ledger["seed"].isin(seeds)]
         share = (f" The ablation matrix (`train.variants` x `train.seeds`: {len(variants)} x {len(seeds)} = "
                  f"{len(variants) * len(seeds)} runs, what `make ablations` trains) took **{ledger_hours(mine):.1f} h**"
                  f" of it, over the {len(mine)} of its runs listed here.")
+        guard = budget_guard(ledger, variants, seeds)
     return [f"### {ds}: the LLM runs (budget, stop, measured time)", "",
             "From each run's `train_summary.json` and `metrics.json`. Times are wall clock as each run ran (1 or 2 "
             "threads, often beside another job; evaluate's `run.json` records its threads), so their sum is what "
             f"these runs cost on the machines they ran on, not a benchmark: **{total:.1f} h** over {len(ledger)} "
             f"runs (train + full-test evaluate). A run `resumed from` a checkpoint counts only its last sitting's train "
             f"minutes (the sittings before it were stopped with their session).{share} CSV: `{ds}/runs.csv`.", "",
-            ledger.to_markdown(index=False, floatfmt=".4g"), ""]
+            ledger.to_markdown(index=False, floatfmt=".4g"), "", *([guard, ""] if guard else [])]
 
 
 def add_arguments(p) -> None:

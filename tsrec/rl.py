@@ -49,6 +49,7 @@ from typing import Literal
 import torch
 from tqdm import tqdm
 
+from tsrec import pinning
 from tsrec.config import global_seed, section
 from tsrec.datasets import DataConfig, load_index, load_split
 from tsrec.decoding import (
@@ -473,6 +474,7 @@ def rl_run(params: dict, ds: str, variant: str, *, seed: int | None = None, base
         "s_per_step": round((totals["rollout_s"] + totals["update_s"]) / max(step, 1), 2),
         "cpu_s_per_step": round((totals["rollout_cpu_s"] + totals["update_cpu_s"]) / max(step, 1), 2),
         "torch_threads": torch.get_num_threads(),
+        "machine": pinning.record(pinning.config(params), file=params.get("_path")),
     }
     save_final(policy, tokenizer, meta, out / "final")
     if not cfg.keep_checkpoints:

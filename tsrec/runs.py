@@ -57,6 +57,11 @@ class TrainConfig:
     patience: int = 3               # early stopping on valid loss
     min_delta: float = 0.005         # a valid-loss gain below this does not count as improvement (plateau)
     valid_rows: int = 256           # fixed subsample of valid seqrec rows for the valid loss (0 = all)
+    early_stopping: bool = True     # stop on a plateau of the selection metric (patience, min_delta); false: train max_steps
+    select: Literal["valid_loss", "valid_ndcg10", "final"] = "valid_loss"  # the checkpoint final/ holds
+    rank_rows: int = 0              # > 0: valid HR/NDCG@K by constrained beam search on this fixed seeded valid subsample at every evaluation
+    rank_beams: int = 20
+    rank_batch: int = 8
     group_by_length: bool = True
     logging_steps: int = 10
     save_total_limit: int = 2
@@ -80,6 +85,13 @@ class TrainConfig:
             raise ValueError("epochs must be > 0 (or max_steps > 0)")
         if self.threads < 0:
             raise ValueError("threads must be >= 0")
+        if self.rank_rows < 0 or self.rank_beams < 1 or self.rank_batch < 1:
+            raise ValueError("rank_rows must be >= 0, rank_beams and rank_batch >= 1")
+        if self.select == "valid_ndcg10" and not self.rank_rows:
+            raise ValueError("select: valid_ndcg10 needs rank_rows > 0 (the valid rows it is measured on)")
+        if self.early_stopping and self.select == "final":
+            raise ValueError("early_stopping stops on the selection metric: select valid_loss or valid_ndcg10, "
+                             "or set early_stopping: false")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
         if len(set(self.extra.seeds)) != len(self.extra.seeds):
@@ -118,17 +130,23 @@ def backbone_id(path: str | Path) -> str:
 
 
 # ---------------------------------------------------------------- logging callback
-PLOTS = {"train.csv": ["step", "epoch", "learning_rate", "loss"], "valid.csv": ["step", "epoch", "eval_loss"]}
+PLOTS = {"train.csv": ["step", "epoch", "learning_rate", "loss"], "valid.csv": ["step", "epoch", "eval_loss"],
+         # train.rank_rows > 0: valid ranking at every evaluation (header only otherwise); the per-row ranks of
+         # each point in valid_rank_rows.csv (paired tests between checkpoints and runs)
+         "valid_rank.csv": ["step", "epoch", "rows", "HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20",
+                            "wall_s"],
+         "valid_rank_rows.csv": ["step", "row", "rank"]}
 
 
-def append_row(path: Path, fields: list[str], row: dict) -> None:
+def append_row(path: Path, fields: list[str], row: dict | None) -> None:
     new = not path.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=fields)
         if new:
             w.writeheader()
-        w.writerow(row)
+        if row is not None:  # None: the header only
+            w.writerow(row)
 
 
 def trim_logs(plots: Path, step: int, spec: dict[str, list[str]] = PLOTS) -> None:

@@ -24,6 +24,7 @@ from tsrec.io import claim_checkpoints, sha256_file, sha256_json
 from tsrec.keyword_cache import cache_path, read_records
 from tsrec.layout import index_path
 from tsrec.llm import backbone_path
+from tsrec import pinning
 from tsrec.precision import resolve as resolve_precision
 from tsrec.runs import (
     PLOTS,
@@ -229,13 +230,52 @@ def _csv_logger(plots: Path):
             self.eval_s += float((logs or {}).get("eval_runtime", 0.0))
             if not state.is_world_process_zero or not logs:
                 return
-            for name, fields in PLOTS.items():
+            for name in ("train.csv", "valid.csv"):
+                fields = PLOTS[name]
                 if fields[-1] in logs:
                     row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4),
                            **{k: logs[k] for k in fields[2:] if k in logs}}
                     append_row(plots / name, fields, row)
 
     return CsvLog()
+
+
+def _rank_callback(rows, trie, index, prompts, cfg: TrainConfig, plots: Path, precision: str):
+    """Valid ranking at every evaluation: constrained beam search (the evaluate stage's) on the fixed seeded
+    valid rows; adds ``eval_ndcg10`` / ``eval_hr10`` to the evaluation's metrics (so ``select: valid_ndcg10``
+    and early stopping can use them; placed before those callbacks) and appends to ``valid_rank*.csv``.
+    Decoding draws no random numbers, so a run's training trajectory is the same with or without it."""
+    from transformers import TrainerCallback
+
+    from tsrec.scoring import evaluate_rows
+    from tsrec.tasks import encode_prompt, seqrec_prompt
+
+    class RankEval(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, model=None, processing_class=None, **kw):
+            was_training = model.training
+            with torch.no_grad():
+                ranks, summary = evaluate_rows(
+                    model, processing_class, trie, index, rows, lambda h: seqrec_prompt(h, prompts, "seqrec"),
+                    encode_prompt, beams=cfg.rank_beams, batch_size=cfg.rank_batch,
+                    desc=f"valid ranking @ step {state.global_step}", precision=precision)
+            model.train(was_training)
+            m = summary["metrics"]
+            if metrics is not None:
+                metrics.update({"eval_ndcg10": m["NDCG@10"], "eval_hr10": m["HR@10"]})
+            if state.is_world_process_zero:
+                append_row(plots / "valid_rank.csv", PLOTS["valid_rank.csv"],
+                           {"step": state.global_step, "epoch": round(state.epoch or 0, 4), "rows": len(rows),
+                            **{k: m[k] for k in PLOTS["valid_rank.csv"][3:-1]}, "wall_s": summary["wall_time_s"]})
+                for r, rank in zip(ranks["row"], ranks["rank"]):
+                    append_row(plots / "valid_rank_rows.csv", PLOTS["valid_rank_rows.csv"],
+                               {"step": state.global_step, "row": int(r), "rank": int(rank)})
+            log.info("step %d: valid NDCG@10 %.4f HR@10 %.4f (%d rows, %.0f s)", state.global_step, m["NDCG@10"],
+                     m["HR@10"], len(rows), summary["wall_time_s"])
+
+    return RankEval()
+
+
+SELECT_METRIC = {"valid_loss": ("eval_loss", False), "valid_ndcg10": ("eval_ndcg10", True), "final": (None, None)}
 
 
 def train_run(params: dict, ds: str, variant: str, *, seed: int | None = None, out: str | Path | None = None,
@@ -311,8 +351,8 @@ def train_run(params: dict, ds: str, variant: str, *, seed: int | None = None, o
         learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
         lr_scheduler_type=cfg.schedule, warmup_steps=cfg.warmup_steps,
         eval_strategy="steps", eval_steps=cfg.eval_steps, save_strategy="steps", save_steps=cfg.eval_steps,
-        save_total_limit=cfg.save_total_limit, load_best_model_at_end=True,
-        metric_for_best_model="eval_loss", greater_is_better=False,
+        save_total_limit=cfg.save_total_limit, load_best_model_at_end=cfg.select != "final",
+        metric_for_best_model=SELECT_METRIC[cfg.select][0], greater_is_better=SELECT_METRIC[cfg.select][1],
         logging_steps=cfg.logging_steps, logging_first_step=True, report_to="none",
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         remove_unused_columns=False, label_names=["labels"], prediction_loss_only=True,
@@ -321,32 +361,54 @@ def train_run(params: dict, ds: str, variant: str, *, seed: int | None = None, o
         disable_tqdm=not rank0, bf16=precision == "bf16",
     )
     csv_log = _csv_logger(plots)
+    rank_cb = []
+    if cfg.rank_rows:
+        from tsrec.datasets import load_split
+        from tsrec.decoding import SidTrie
+        from tsrec.scoring import select_rows
+
+        split = load_split(data_dir, "valid")
+        rank_rows = split.iloc[select_rows(len(split), cfg.rank_rows, seed)]
+        rank_cb = [_rank_callback(rank_rows, SidTrie.from_index(index, tokenizer, suffix=tcfg.prompts.eos_suffix),
+                                  index, tcfg.prompts, cfg, plots, precision)]
+    if rank0:  # header-only files where nothing is measured, so every run has the same files (DVC plots)
+        for name in ("valid_rank.csv", "valid_rank_rows.csv"):
+            if not (plots / name).exists():
+                append_row(plots / name, PLOTS[name], None)
+    stopper = ([EarlyStoppingCallback(early_stopping_patience=cfg.patience, early_stopping_threshold=cfg.min_delta)]
+               if cfg.early_stopping else [])
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=Examples(train_rows), eval_dataset=Examples(valid_rows),
         data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience,
-                                                         early_stopping_threshold=cfg.min_delta), csv_log,
-                   *(callbacks or [])],
+        callbacks=[*rank_cb, *stopper, csv_log, *(callbacks or [])],
     )
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - t0
     stopped_early = trainer.state.global_step < trainer.state.max_steps
     stop_reason = "plateau" if stopped_early else ("step_cap" if cfg.max_steps > 0 else "epochs")
+    if not cfg.early_stopping and cfg.max_steps > 0:
+        stop_reason = "budget"  # the equal budget of a comparison, not a per-run stop
     best = trainer.state.best_metric
+    losses = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
+    best_loss = best if cfg.select == "valid_loss" else (min(losses) if losses else None)
     tokens_seen = int(trainer.state.num_input_tokens_seen or 0) - csv_log.tokens_at_start  # this session
     meta.update({
         "train": {"steps": trainer.state.global_step, "max_steps": trainer.state.max_steps,
-                  "stopped_early": stopped_early, "stop_reason": stop_reason, "best_eval_loss": best,
+                  "stopped_early": stopped_early, "stop_reason": stop_reason, "best_eval_loss": best_loss,
                   "precision": {"requested": cfg.precision, "resolved": precision},
-                  "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
+                  "select": cfg.select, "schedule": cfg.schedule, "early_stopping": cfg.early_stopping,
+                  "best_metric": {"name": SELECT_METRIC[cfg.select][0], "value": best} if cfg.select != "final" else None,
+                  "best_checkpoint": (trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name
+                                      if cfg.select != "final" else None),
                   "train_loss": result.training_loss, "wall_s": round(wall, 1),
                   "eval_s": round(csv_log.eval_s, 1), "tokens_seen": tokens_seen,
                   "tokens_total": int(trainer.state.num_input_tokens_seen or 0),
                   "tokens_per_s": round(tokens_seen / wall, 1) if wall else None,  # end to end incl. evals
                   "train_tokens_per_s": round(tokens_seen / max(wall - csv_log.eval_s, 1e-9), 1),
                   "resumed_from": resume and Path(resume).name, "examples": len(train_rows),
-                  "world_size": trainer.args.world_size},
+                  "world_size": trainer.args.world_size,
+                  "machine": pinning.record(pinning.config(params), file=params.get("_path"))},
     })
     if trainer.is_world_process_zero():
         save_final(trainer.model, tokenizer, meta, out / "final")

@@ -1,0 +1,94 @@
+"""The equal-budget protocol (issue 37): every run of a comparison trains the same steps under a decaying
+schedule, no plateau stop, and is selected by valid ranking measured at fixed points of the budget."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+from tiny_train import make_params  # noqa: E402
+
+from tsrec.config import section
+from tsrec.errors import ParamError
+from tsrec.runs import TrainConfig, variant_params
+from tsrec.sft import train_run
+
+ROOT = Path(__file__).resolve().parents[1]
+PROTOCOL = {"max_steps": 4, "eval_steps": 2, "schedule": "linear", "warmup_steps": 1, "early_stopping": False,
+            "select": "valid_ndcg10", "rank_rows": 6, "rank_beams": 4, "rank_batch": 3}
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_budget_run_decays_to_zero_and_is_selected_on_valid_ndcg(tmp_path, tiny_dataset, tiny_backbone):
+    params = make_params(tmp_path, tiny_dataset, tiny_backbone, **PROTOCOL)
+    meta = train_run(params, tiny_dataset.name, "tsrec", out=tmp_path / "run")
+    t = meta["train"]
+    assert t["steps"] == 4 and t["stop_reason"] == "budget" and t["select"] == "valid_ndcg10"
+    plots = tmp_path / "run" / "plots"
+    ranked = _rows(plots / "valid_rank.csv")
+    assert [int(r["step"]) for r in ranked] == [2, 4] and all(int(r["rows"]) == 6 for r in ranked)
+    best = max(ranked, key=lambda r: float(r["NDCG@10"]))  # HF keeps the first of equal values
+    assert t["best_metric"] == {"name": "eval_ndcg10", "value": pytest.approx(float(best["NDCG@10"]))}
+    assert t["best_checkpoint"] == f"checkpoint-{best['step']}"
+    per_row = _rows(plots / "valid_rank_rows.csv")
+    assert len(per_row) == 2 * 6 and {int(r["step"]) for r in per_row} == {2, 4}
+    lrs = [float(r["learning_rate"]) for r in _rows(plots / "train.csv") if r["learning_rate"]]
+    # the lr of step k is the schedule at k - 1: linear decay that would reach 0 at step 4 = the budget
+    assert lrs[1:] == pytest.approx([1e-3, 1e-3 * 2 / 3, 1e-3 / 3])
+
+
+def test_ranking_evaluation_leaves_the_training_trajectory_alone(tmp_path, tiny_dataset, tiny_backbone):
+    runs = {}
+    for rank_rows in (0, 6):
+        root = tmp_path / f"r{rank_rows}"
+        params = make_params(root, tiny_dataset, tiny_backbone,
+                             **{**PROTOCOL, "rank_rows": rank_rows, "select": "final"})
+        train_run(params, tiny_dataset.name, "tsrec", out=root / "run")
+        runs[rank_rows] = [r["loss"] for r in _rows(root / "run" / "plots" / "train.csv")]
+        assert len(_rows(root / "run" / "plots" / "valid_rank.csv")) == (2 if rank_rows else 0)
+    assert runs[0] == runs[6]
+
+
+def test_inconsistent_protocol_settings_are_refused():
+    with pytest.raises(ParamError, match="needs rank_rows"):
+        section({"train": {"select": "valid_ndcg10"}}, "train", TrainConfig)
+    with pytest.raises(ParamError, match="early_stopping"):
+        section({"train": {"select": "final", "early_stopping": True}}, "train", TrainConfig)
+
+
+BUDGET_KEYS = ("max_steps", "epochs", "schedule", "lr", "warmup_steps", "batch_size", "grad_accum", "global_batch",
+               "early_stopping", "select", "eval_steps", "rank_rows", "rank_beams", "patience", "min_delta")
+
+
+def comparison_budgets(params: dict) -> dict[str, tuple]:
+    """variant -> its budget and selection settings, for every variant a comparison of params trains (the matrix,
+    the extras and the sweep's confirmation runs)."""
+    t = params["train"]
+    names = [*t["variants"], *t.get("extra", {}).get("variants", []),
+             *params.get("sweep", {}).get("confirm", {}).get("variants", [])]
+    out = {}
+    for v in names:
+        cfg = section(variant_params(params, v), "train", TrainConfig)
+        out[v] = tuple(getattr(cfg, k) for k in BUDGET_KEYS)
+    return out
+
+
+@pytest.mark.parametrize("profile", ["params.yaml", "profiles/pilot.yaml"])
+def test_every_run_of_a_comparison_shares_one_budget_and_schedule(profile):
+    params = yaml.safe_load((ROOT / profile).read_text())
+    if profile != "params.yaml":  # a profile overlays params.yaml (tsrec.profiles)
+        from tsrec.config import deep_merge
+
+        params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), params)
+    budgets = comparison_budgets(params)
+    assert len(set(budgets.values())) == 1, budgets
+
+
+def test_a_variant_with_its_own_budget_fails_the_check():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["variants"]["sft"] = {**params["variants"]["sft"], "train": {"max_steps": 999}}
+    assert len(set(comparison_budgets(params).values())) == 2
