@@ -5,8 +5,9 @@ One command, one JSON (default ``results/benchmarks/roofline.json``)::
     python benchmarks/roofline.py                      # 4-layer full FT + evaluate, 1 and 2 threads GEMMs
     python benchmarks/roofline.py --lora30             # + the 30-layer LoRA step (keep_layers null, finetune lora)
 
-In ONE process and interleaved (rep 1: every case once, rep 2: every case once, ...), so a shared, drifting box
-slows all cases alike and the ratios stay comparable; medians and min/max over the reps are reported.
+In ONE process and ONE interleaved loop (rep 1: every case once, GEMMs included, rep 2: every case once, ...),
+so a shared, drifting box slows all cases alike and the ratios stay comparable; medians and min/max over the
+reps are reported. (The 30-layer LoRA model repeats the train-shape GEMMs in its own loop.)
 
 * ``gemm``: fp32 ``F.linear`` rate at the model's shapes (hidden 576, MLP 1536, q/k/v/o, the LM head over the
   whole vocabulary) at the batch's row count (a train micro-batch's tokens; the decode rows = prompts x beams),
@@ -36,14 +37,29 @@ import sys
 import time
 from pathlib import Path
 
-# as the CLI (tsrec/cli.py): idle OpenMP threads sleep instead of spinning; must precede the torch import
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _pin_as_the_stages() -> None:
+    """As the CLI (tsrec/cli.py) before torch loads: idle OpenMP threads sleep instead of spinning, and the
+    kernel set of params.yaml's ``repro.cpu_capability`` (tsrec.pinning; ``$TSREC_PARAMS`` picks the file)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "torch" in sys.modules:
+        return
+    from tsrec import pinning
+    from tsrec.config import load_params
+
+    cfg = pinning.config(load_params(os.environ.get("TSREC_PARAMS", str(REPO / "params.yaml"))))
+    os.environ.setdefault(pinning.ENV, cfg.cpu_capability if cfg.cpu_capability != "native" else "")
+    if not os.environ[pinning.ENV]:
+        del os.environ[pinning.ENV]
+
+
+_pin_as_the_stages()
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 log = logging.getLogger("roofline")
 
@@ -54,6 +70,7 @@ MIX = [("short", 10393, 21.4, 4.0), ("mid", 3552, 44.5, 13.8), ("long", 1120, 10
 BATCH = 16          # train.batch_size
 EVAL_PROMPT = 22    # mean evaluation prompt tokens, CPU prompt (results/profiles/dryrun/eval_probe.json)
 N_SIDS = 3686       # distinct SIDs of the order of Industrial's index
+GEMM_CALLS = 3      # F.linear calls per timed GEMM case
 
 
 # ---------------------------------------------------------------- machine
@@ -134,17 +151,19 @@ def gemm_cases(sh: dict, rows: dict[str, int], threads: list[int]) -> tuple[dict
         for t in threads:
             def layer_mix(xs=xs, ws=ws, t=t):
                 torch.set_num_threads(t)
-                for w in ws:
-                    F.linear(xs[w.shape[1]], w)
+                for _ in range(GEMM_CALLS):
+                    for w in ws:
+                        F.linear(xs[w.shape[1]], w)
 
             def head_gemm(x=xs[sh["hidden"]], head=head, t=t):
                 torch.set_num_threads(t)
-                F.linear(x, head)
+                for _ in range(GEMM_CALLS):
+                    F.linear(x, head)
 
             cases[f"gemm_layers_{label}_M{m}_t{t}"] = layer_mix
-            flops[f"gemm_layers_{label}_M{m}_t{t}"] = 2 * m * sum(a * b for a, b in sh["linears"])
+            flops[f"gemm_layers_{label}_M{m}_t{t}"] = GEMM_CALLS * 2 * m * sum(a * b for a, b in sh["linears"])
             cases[f"gemm_head_{label}_M{m}_t{t}"] = head_gemm
-            flops[f"gemm_head_{label}_M{m}_t{t}"] = 2 * m * sh["hidden"] * sh["vocab"]
+            flops[f"gemm_head_{label}_M{m}_t{t}"] = GEMM_CALLS * 2 * m * sh["hidden"] * sh["vocab"]
     return cases, flops
 
 
@@ -217,6 +236,7 @@ def make_step(model, batch: dict, opt, threads: int, loss_fn=None, *, max_grad_n
 
     def step():
         torch.set_num_threads(threads)
+        model.train()
         total, count = loss_fn(model, head, batch)
         (total / count).backward()
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
@@ -283,6 +303,7 @@ def search_case(model, seqs, trie, beams: int, batch_size: int, pad_id: int, thr
 
     def run():
         torch.set_num_threads(threads)
+        model.eval()
         out[key] = search_batches(model, seqs, trie, pad_id=pad_id, num_beams=beams, batch_size=batch_size)
     return run
 
@@ -308,7 +329,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"converted backbone not found at {backbone} (run `tsrec backbone`)")
     t_start = time.time()
     result: dict = {"command": "python " + " ".join([os.path.relpath(__file__, REPO), *(argv or sys.argv[1:])]),
-                    "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OMP_PROC_BIND",
+                    "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "ATEN_CPU_CAPABILITY",
                                                            "MALLOC_MMAP_MAX_", "LD_PRELOAD")},
                     "machine": machine(), "backbone": str(backbone), "method": "interleaved reps in one process "
                     "(every case once per rep); median and min/max seconds; rate = analytic FLOPs / seconds"}
@@ -322,66 +343,65 @@ def main(argv=None) -> int:
     eval_rows = 8 * a.beams
     label_rows = round(sum(f["label_tokens"] for f in fl) / len(fl))
 
+    gcases, gflops = gemm_cases(sh, {"train_batch": train_rows, "train_labels": label_rows, "decode": eval_rows},
+                                a.threads)
+    cases: dict = {}  # every case of the 4-layer model, GEMMs included, in ONE interleaved loop
     if "gemm" not in a.skip:
-        cases, flops = gemm_cases(sh, {"train_batch": train_rows, "train_labels": label_rows,
-                                       "decode": eval_rows}, a.threads)
-        cases, flops = ({k: v for k, v in d.items() if not k.startswith(("gemm_head_train_batch",
-                                                                          "gemm_layers_train_labels"))}
-                        for d in (cases, flops))
-        times = interleave(cases, a.reps * 3)
-        result["gemm"] = {k: summary(v, flops[k] / 1e9) | {"unit": "GFLOP/s"} for k, v in times.items()}
-
-    # train (4 layers, full FT): weighted over the epoch's length mix
-    if "train" not in a.skip:
-        model.train()
-        torch.set_num_threads(a.stage_threads)
-        cases, info = {}, {}
+        cases.update({k: v for k, v in gcases.items()
+                      if not k.startswith(("gemm_head_train_batch", "gemm_layers_train_labels"))})
+    info: dict = {}
+    if "train" not in a.skip:  # 4 layers, full FT, weighted over the epoch's length mix
         opt, opt_info = trainer_optimizer(model)
         for (name, n_ex, _, _), b in zip(MIX, batches):
             info[name] = {"examples_per_epoch": n_ex, **train_flops(sh, b, "full")}
-            cases[f"default_{name}"] = make_step(model, b, opt, a.stage_threads)
-            cases[f"before-logits_{name}"] = make_step(model, b, opt, a.stage_threads, legacy_loss)
-            cases[f"default-1thread_{name}"] = make_step(model, b, opt, 1)
-        times = interleave(cases, a.reps)
-        result["train_4L_full"] = train_summary(times, info, opt_info, a.stage_threads)
-        result["train_4L_full"]["op_time_share"] = {name: op_shares(cases[f"default_{name}"])
+            cases[f"train:default_{name}"] = make_step(model, b, opt, a.stage_threads)
+            cases[f"train:before-logits_{name}"] = make_step(model, b, opt, a.stage_threads, legacy_loss)
+            cases[f"train:default-1thread_{name}"] = make_step(model, b, opt, 1)
+    res: dict = {}
+    if "evaluate" not in a.skip:
+        trie, seqs = eval_setup(tok, a.eval_prompts)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        for key, bs, t in (("default_b8", 8, a.stage_threads), ("batch16", 16, a.stage_threads), ("b8-1thread", 8, 1)):
+            cases[f"eval:{key}"] = search_case(model, seqs, trie, a.beams, bs, pad, t, res, key)
+    times = interleave(cases, a.reps)
+    if "gemm" not in a.skip:
+        result["gemm"] = {k: summary(v, gflops[k] / 1e9) | {"unit": "GFLOP/s"} for k, v in times.items()
+                          if k.startswith("gemm_")}
+    if "train" not in a.skip:
+        result["train_4L_full"] = train_summary({k[6:]: v for k, v in times.items() if k.startswith("train:")},
+                                                info, opt_info, a.stage_threads)
+        result["train_4L_full"]["op_time_share"] = {name: op_shares(cases[f"train:default_{name}"])
                                                     for name, *_ in MIX}
         result["train_4L_full"]["case_notes"] = {
             "default": "this branch's train stage step (no unused logits)",
             "before-logits": "the step before issue 38 (logits of the last position computed, unused)",
             "default-1thread": "default on 1 torch thread"}
     if "evaluate" not in a.skip:
-        model.eval()
-        trie, seqs = eval_setup(tok, a.eval_prompts)
-        res: dict = {}
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        cases = {"default_b8": search_case(model, seqs, trie, a.beams, 8, pad, a.stage_threads, res, "default_b8"),
-                 "batch16": search_case(model, seqs, trie, a.beams, 16, pad, a.stage_threads, res, "batch16"),
-                 "b8-1thread": search_case(model, seqs, trie, a.beams, 8, pad, 1, res, "b8-1thread")}
-        times = interleave(cases, a.reps)
         ef = eval_flops(sh, seqs, trie, a.beams)
         ref = res["default_b8"]
         result["evaluate_4L"] = {"analytic": ef, "prompts": len(seqs), "threads": a.stage_threads, "cases": {
-            k: summary(v, len(seqs)) | {"unit": "rows/s", "gflops_median": round(
+            k[5:]: summary(v, len(seqs)) | {"unit": "rows/s", "gflops_median": round(
                 len(seqs) * ef["flops_per_row"] / 1e9 / statistics.median(v), 2),
-                "identical_rankings": bool(torch.equal(res[k].sid_ids, ref.sid_ids)),
-                "identical_scores": bool(torch.equal(res[k].scores, ref.scores)),
-                "rows_with_other_ranking": int((res[k].sid_ids != ref.sid_ids).any(1).sum())}
-            for k, v in times.items()}}
-    del model
+                "identical_rankings": bool(torch.equal(res[k[5:]].sid_ids, ref.sid_ids)),
+                "identical_scores": bool(torch.equal(res[k[5:]].scores, ref.scores)),
+                "rows_with_other_ranking": int((res[k[5:]].sid_ids != ref.sid_ids).any(1).sum())}
+            for k, v in times.items() if k.startswith("eval:")}}
+    del model, cases
     if a.lora30:
         model, tok = load(backbone, None, "lora")
-        model.train()
         sh30 = shapes(model)
-        torch.set_num_threads(a.stage_threads)
         b = train_batches(tok)[1]
         opt, opt_info = trainer_optimizer(model)
-        times = interleave({"default_mid": make_step(model, b, opt, a.stage_threads),
-                            "before-logits_mid": make_step(model, b, opt, a.stage_threads, legacy_loss)},
-                           max(2, a.reps // 2))
-        result["train_30L_lora"] = train_summary(times, {"mid": {"examples_per_epoch": 1, **train_flops(
-            sh30, b, "lora")}}, opt_info, a.stage_threads)
+        lcases = {k: v for k, v in gcases.items() if k.startswith(("gemm_layers_train_batch", "gemm_head_train_labels"))}
+        lcases |= {"lora:default_mid": make_step(model, b, opt, a.stage_threads),
+                   "lora:before-logits_mid": make_step(model, b, opt, a.stage_threads, legacy_loss)}
+        times = interleave(lcases, max(2, a.reps // 2))
+        result["train_30L_lora"] = train_summary({k[5:]: v for k, v in times.items() if k.startswith("lora:")},
+                                                 {"mid": {"examples_per_epoch": 1, **train_flops(sh30, b, "lora")}},
+                                                 opt_info, a.stage_threads)
         result["train_30L_lora"]["note"] = "the mid-length batch only (tokens/s of that batch, not an epoch mix)"
+        result["train_30L_lora"]["gemm"] = {k: summary(v, gflops[k] / 1e9) | {"unit": "GFLOP/s"}
+                                            for k, v in times.items() if k.startswith("gemm_")}
     result["roofline"] = ratios(result, a.stage_threads)
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     result["wall_s"] = round(time.time() - t_start, 1)
@@ -420,9 +440,10 @@ def ratios(r: dict, threads: int) -> dict:
     out: dict = {}
     g = r.get("gemm", {})
 
-    def gemm(kind, label, t):
-        k = next((k for k in g if k.startswith(f"gemm_{kind}_{label}_") and k.endswith(f"_t{t}")), None)
-        return g[k]["rate_median"] if k else None
+    def gemm(kind, label, t, rates=None):
+        rates = g if rates is None else rates
+        k = next((k for k in rates if k.startswith(f"gemm_{kind}_{label}_") and k.endswith(f"_t{t}")), None)
+        return rates[k]["rate_median"] if k else None
 
     for t in sorted({int(k.rsplit("_t", 1)[1]) for k in g}):
         out[f"gemm_layers_train_batch_t{t}_gflops"] = gemm("layers", "train_batch", t)
@@ -442,7 +463,8 @@ def ratios(r: dict, threads: int) -> dict:
         out[f"{key}_head_flops_share"] = round(head_share, 3)
         for case, c in r[key]["cases"].items():
             t = 1 if "1thread" in case else threads
-            lay, head = gemm("layers", "train_batch", t), gemm("head", "train_labels", t)
+            rates = r[key].get("gemm")  # the LoRA model's own interleaved GEMM reps
+            lay, head = gemm("layers", "train_batch", t, rates), gemm("head", "train_labels", t, rates)
             out[f"{key}_{case}_tokens_per_s"] = c["epoch_mix_tokens_per_s"]
             out[f"{key}_{case}_gflops"] = c["epoch_mix_gflops"]
             if lay and head:
