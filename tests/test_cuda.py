@@ -1,7 +1,8 @@
 """The CUDA path of the LLM stages: skipped where torch sees no GPU (CI), run on a GPU machine.
 
-The `paper` profile (bf16, Qwen2.5-1.5B) is meant for GPUs; these check, on tiny models, that the trainer
-resolves bf16 there and that scoring on the GPU ranks exactly as on the CPU.
+The `paper` profile (bf16_pure, Qwen2.5-1.5B) is meant for GPUs; these check, on tiny models, that the trainer
+resolves bf16 there, trains in the authors' pure bf16 (bf16 weights and AdamW state on the GPU), and that
+scoring on the GPU ranks exactly as on the CPU.
 """
 
 import pytest
@@ -41,7 +42,8 @@ def test_train_and_evaluate_on_cuda(tmp_path, tiny_dataset, tiny_backbone):
     from tsrec.runs import load_trained
     from tsrec.sft import train_run
 
-    params = make_params(tmp_path, tiny_dataset, tiny_backbone, max_steps=6)
+    # precision auto explicitly: the code default is fp32 (pinned for the cpu profile)
+    params = make_params(tmp_path, tiny_dataset, tiny_backbone, max_steps=6, precision="auto")
     meta = train_run(params, "tiny", "tsrec", seed=5)
     assert meta["train"]["precision"] == {"requested": "auto", "resolved": "bf16"}
     assert meta["train"]["steps"] == 6
@@ -56,3 +58,36 @@ def test_train_and_evaluate_on_cuda(tmp_path, tiny_dataset, tiny_backbone):
     r = json.loads((tmp_path / "results/tiny/tsrec/seed5/run.json").read_text())
     assert r["device"] == "cuda" and r["precision"] == "bf16"
     assert m["n_rows"] == 40 and m["invalid_outputs"] == 0 and m["duplicate_outputs"] == 0
+
+
+def test_bf16_pure_trains_bf16_weights_and_optimizer_on_cuda(tmp_path, tiny_dataset, tiny_backbone):
+    """`paper`'s train.precision bf16_pure on the GPU (full fine-tune, as the authors): weights and AdamW moments
+    bf16 on cuda, no fp32 copy, finite loss; the saved model is bf16 and evaluate scores it on the GPU."""
+    import json
+
+    from transformers import TrainerCallback
+
+    from tsrec.cli import main
+    from tsrec.sft import train_run
+
+    seen = {}
+
+    class Dtypes(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, optimizer=None, **kw):
+            seen["weights"] = {(p.dtype, p.device.type) for p in model.parameters()}
+            seen["moments"] = {(t.dtype, t.device.type) for st in optimizer.state.values() for k, t in st.items()
+                               if k in ("exp_avg", "exp_avg_sq")}
+
+    params = make_params(tmp_path, tiny_dataset, tiny_backbone, max_steps=6, precision="bf16_pure")
+    params["backbone"]["finetune"] = "full"
+    meta = train_run(params, "tiny", "tsrec", seed=5, callbacks=[Dtypes()])
+    assert meta["train"]["precision"] == {"requested": "bf16_pure", "resolved": "bf16_pure"}
+    assert seen == {"weights": {(torch.bfloat16, "cuda")}, "moments": {(torch.bfloat16, "cuda")}}
+    assert torch.isfinite(torch.tensor(meta["train"]["train_loss"]))
+    final = tmp_path / "artifacts/tiny/runs/tsrec/seed5/final"
+    assert json.loads((final / "config.json").read_text()).get("dtype") == "bfloat16"
+    rc = main(["--params", params["_path"], "evaluate", "--dataset", "tiny", "--variant", "tsrec", "--seed", "5",
+               "--results", str(tmp_path / "results"), "--artifacts", str(tmp_path / "artifacts")])
+    assert rc == 0
+    m = json.loads((tmp_path / "results/tiny/tsrec/seed5/metrics.json").read_text())
+    assert m["n_rows"] == 40 and m["invalid_outputs"] == 0

@@ -136,20 +136,98 @@ def test_profiles_resolve_to_the_intended_params():
         segs, resp = t.prompts.render("tsalign_d2t", description="Saw blades.", token="<a_3>")
         assert segs[0] == AUTHORS_HEADER + "Answer the question about item Semantic ID token identification.\n"
         assert "contain: \"Saw blades.\"?\n\n### Response:\n" in segs[1] and resp == "<a_3>\n"
-    # the cpu profile's knobs are untouched by `authors` (backbone, batch, lr, precision from params); its step cap
-    # is a cut below the cpu one (a run must fit one session), so its linear schedule anneals within it
+    # `authors` keeps the cpu backbone; its step cap is a cut below the cpu one (a run must fit one session), so
+    # its linear schedule anneals within it (the other forced knobs: test_authors_profile_is_the_authors_code)
     for key in ("backbone", "seed"):
         assert authors[key] == PARAMS[key]
-    assert {k: authors["train"][k] for k in ("batch_size", "lr", "precision")} == {
-        k: PARAMS["train"][k] for k in ("batch_size", "lr", "precision")}
     assert 0 < authors["train"]["max_steps"] < PARAMS["train"]["max_steps"]
-    # paper: + Qwen2.5-1.5B, bf16, global batch 1024, 10 epochs with early stopping
+    # paper: + Qwen2.5-1.5B, pure bf16, global batch 1024, 10 epochs with the authors' early stopping
     b = paper["backbone"]
     assert (b["model"], b["keep_layers"], b["finetune"]) == ("Qwen/Qwen2.5-1.5B", None, "full")
     tc = section(paper, "train", TrainConfig)
     assert (tc.global_batch, tc.epochs, tc.max_steps, tc.patience, tc.eval_steps, tc.lr, tc.precision) == (
-        1024, 10.0, -1, 3, 0.05, 3e-4, "bf16")
+        1024, 10.0, -1, 3, 0.05, 3e-4, "bf16_pure")
     assert paper["evaluate"]["precision"] == "bf16"
+
+
+# The TS-Rec authors' value of each knob docs/profiles.md names, beside where it is in their code (github
+# jiaweif3ng/TS-Rec-Review @ b66944b: scripts/ts_rec_sft.sh, train/ts_rec_sft.py, data/ts_rec_data.py,
+# data/rl_data.py; HF = a transformers TrainingArguments / EarlyStoppingCallback default they leave as is).
+AUTHORS = {
+    "train.lr": (3e-4, "ts_rec_sft.sh: --learning_rate 3e-4"),
+    "train.schedule": ("linear", "HF lr_scheduler_type; their cosine helper is never passed to the Trainer"),
+    "train.warmup_steps": (20, "ts_rec_sft.py: warmup_steps=20"),
+    "train.weight_decay": (0.0, "HF weight_decay"),
+    "train.epochs": (10.0, "ts_rec_sft.py: num_epochs=10"),
+    "train.eval_steps": (0.05, "ts_rec_sft.py: eval_step = 0.05 (eval_steps and save_steps)"),
+    "train.valid_rows": (0, "ts_rec_sft.py: val_data = SidSFTDataset(eval_file, sample=-1): every valid row"),
+    "train.patience": (3, "ts_rec_sft.py: EarlyStoppingCallback(early_stopping_patience=3)"),
+    "train.min_delta": (0.0, "HF early_stopping_threshold"),
+    "train.group_by_length": (False, "ts_rec_sft.py: group_by_length=False"),
+    "train.early_stopping": (True, "ts_rec_sft.py: callbacks=[EarlyStoppingCallback(...)]"),
+    "train.select": ("valid_loss", "ts_rec_sft.py: load_best_model_at_end=True, HF metric_for_best_model loss"),
+    "train.rank_rows": (0, "their valid pass computes the loss only (no ranking during training)"),
+    "tasks.seqrec": ({"enabled": True, "share": 1.0}, "SidSFTDataset: every train row"),
+    "tasks.item2sid": ({"enabled": True, "share": 1.0}, "SidItemFeatDataset title2sid: every distinct title"),
+    "tasks.sid2item": ({"enabled": True, "share": 1.0}, "SidItemFeatDataset sid2title: every distinct SID"),
+    "tasks.sid_hist2title": ({"enabled": True, "share": 1.0}, "FusionSeqRecDataset: every train row"),
+    "tasks.title_hist2sid": ({"enabled": False}, "not in ts_rec_sft.py's ConcatDataset"),
+    "tasks.tsalign": ({"enabled": True, "share": 1.0, "weight": 1.0}, "SidTokenFeatDataset, plain CE"),
+    "tasks.max_len": (512, "cutoff_len=512"),
+    "tasks.title_words": (0, "full titles"),
+    "tasks.item_pool": ("distinct", "their {SID: title} / {title: SID} dicts"),
+    "tasks.prompts.header": (AUTHORS_HEADER + "{instruction}", "ts_rec_data.py: the Alpaca instruction header"),
+    "tasks.prompts.wrap": ("### User Input: \n{prompt}\n\n### Response:\n", "ts_rec_data.py"),
+    "tasks.prompts.eos_suffix": ("\n", "ts_rec_data.py: response + '\\n' + EOS"),
+    "tasks.prompts.history_sep": (", ", "ts_rec_data.py: ', '.join(history)"),
+    "tasks.prompts.seqrec.prompt": ("The user has interacted with items {history} in chronological order. Can you "
+                                    "predict the next possible item that the user may expect?", "SidSFTDataset"),
+    "tasks.prompts.paraphrase.prompt": ("Can you predict the next possible item the user may expect, given the "
+                                        "following chronological interaction history: {history}",
+                                        "rl_data.py EvalSidDataset: the test prompt"),
+    "evaluate.prompt": ("paraphrase", "eval/evaluate.py reads the EvalSidDataset prompt"),
+    "sainit.rescale_target": ("current_table", "initialize_sid_token_with_text: norm of the live table"),
+}
+# what this machine forces, each a row of docs/profiles.md's deviation table: (the row, the authors' value, ours)
+FORCED = {
+    "backbone.model": ("backbone", "Qwen2.5-1.5B", "smollm2-135m-instruct"),
+    "backbone.keep_layers": ("backbone", None, 4),
+    "train.precision": ("precision", "bf16_pure", "fp32"),
+    "train.batch_size": ("batch", 16, 16),          # micro batch: theirs too
+    "train.global_batch": ("batch", 1024, None),
+    "train.max_steps": ("step cap", -1, 1000),
+}
+# train keys that set no numerics of the run (where it writes, what it logs and keeps, threads, which runs)
+OPERATIONAL = {"datasets", "variants", "seeds", "extra", "out", "grad_accum", "logging_steps", "save_total_limit",
+               "keep_checkpoints", "threads", "rank_beams", "rank_batch"}  # rank_*: unused at rank_rows 0
+
+
+def _get(params: dict, dotted: str):
+    for key in dotted.split("."):
+        params = params[key]
+    return params
+
+
+def test_authors_profile_is_the_authors_code():
+    """Each knob of the resolved `authors` profile is the authors' value written beside it above, except the
+    ones this machine forces (FORCED), each a row of the deviation table in docs/profiles.md; a train key that
+    is neither is unclassified (a new protocol knob must be pinned here and in profiles/authors.yaml)."""
+    authors = profiles.resolve(PARAMS, "authors")
+    off = {k: (_get(authors, k), v) for k, (v, _) in AUTHORS.items()
+           if (_get(authors, k) if not isinstance(v, dict) else {f: _get(authors, k).get(f) for f in v}) != v}
+    assert not off, f"authors profile off the authors' code (ours, theirs): {off}"
+    assert {k: _get(authors, k) for k in FORCED} == {k: ours for k, (_, _, ours) in FORCED.items()}
+    paper = profiles.resolve(PARAMS, "paper")   # paper lifts the forced knobs (its model id is the hub name)
+    assert {k: _get(paper, k) for k in FORCED if k != "backbone.model"} == {
+        k: theirs for k, (_, theirs, _) in FORCED.items() if k != "backbone.model"}
+    known = {k.split(".", 1)[1] for k in [*AUTHORS, *FORCED] if k.startswith("train.")} | OPERATIONAL
+    assert not set(authors["train"]) - known, f"train keys neither the authors' nor forced: {set(authors['train']) - known}"
+    # the deviation table marks exactly these rows forced
+    page = (REPO / "docs" / "profiles.md").read_text(encoding="utf-8")
+    table = page[page.index("## Deviations"):]
+    rows = {line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")}
+    assert {r.removesuffix(" (*forced*)") for r in rows if r.endswith(" (*forced*)")} == {
+        row for row, _, _ in FORCED.values()}
 
 
 def test_make_profile_writes_params_reversibly(tmp_path):
@@ -235,24 +313,51 @@ def test_prompts_default_is_the_cpu_text():
 
 
 def test_authors_profile_trains_and_evaluates_end_to_end(tmp_path, tiny_dataset, tiny_backbone):
-    """The authors' knobs (tasks, prompts, SA-Init target, schedule, batching, test paraphrase) through the
+    """The authors' knobs (tasks, prompts, SA-Init target, the whole train section less the forced knobs: lr,
+    schedule, warm-up, batching, evaluation interval and rows, stopping, selection; test paraphrase) through the
     production train -> evaluate path on the tiny data: the test prompt is the paraphrase in the run's Alpaca
     format and the decoder scores SID + "\\n" + EOS."""
+    import pandas as pd
+    from transformers import TrainerCallback
+
     from tsrec.cli import main
     from tsrec.config import deep_merge
     from tsrec.sft import train_run
 
-    params = make_params(tmp_path, tiny_dataset, tiny_backbone, max_steps=2)
+    params = make_params(tmp_path, tiny_dataset, tiny_backbone)
     over = profiles.overlay("authors")
     params = deep_merge(params, {k: over[k] for k in ("tasks", "sainit", "evaluate")})
-    params["train"].update(schedule="linear", group_by_length=False)
+    forced = {k.split(".", 1)[1] for k in FORCED if k.startswith("train.")} | {"variants"}
+    params["train"].update({k: v for k, v in over["train"].items() if k not in forced}, max_steps=40)
     params["variants"]["authors_tsrec"] = {}
+    seen = {}
+
+    class Args(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            seen.update(args=args, stopping=state.stateful_callbacks["EarlyStoppingCallback"]["args"])
+
+        def on_evaluate(self, args, state, control, eval_dataloader=None, **kw):
+            seen.setdefault("valid", set()).add(len(eval_dataloader.dataset))
+
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({k: v for k, v in params.items() if k != "_path"}))
     from tsrec.layout import results_dir, train_run_dir
 
     run = train_run_dir(tmp_path / "artifacts", "tiny", "authors_tsrec", params["seed"])
-    meta = train_run(params, "tiny", "authors_tsrec", out=run)
+    meta = train_run(params, "tiny", "authors_tsrec", out=run, callbacks=[Args()])
     assert meta["sainit"]["rescale_target"] == "current_table"
+    # the authors' TrainingArguments / EarlyStoppingCallback (train/ts_rec_sft.py), through the production trainer
+    a = seen["args"]
+    assert (a.learning_rate, a.lr_scheduler_type, a.warmup_steps, a.weight_decay, a.eval_steps, a.save_steps) == (
+        3e-4, "linear", 20, 0.0, 0.05, 0.05)
+    assert (a.load_best_model_at_end, a.metric_for_best_model, a.greater_is_better) == (True, "eval_loss", False)
+    assert seen["stopping"] == {"early_stopping_patience": 3, "early_stopping_threshold": 0.0}
+    assert seen["valid"] == {40}  # every valid row of the tiny data, at each evaluation
+    # valid loss every 5 % of the 40 planned steps; the final model is the best valid loss's checkpoint
+    valid = pd.read_csv(run / "plots" / "valid.csv")
+    assert list(valid["step"]) == list(range(2, int(valid["step"].max()) + 1, 2))
+    best = valid.loc[valid["eval_loss"].idxmin()]
+    assert meta["train"]["best_eval_loss"] == pytest.approx(best["eval_loss"], rel=1e-6)
+    assert meta["train"]["best_checkpoint"] == f"checkpoint-{int(best['step'])}"
     assert main(["--params", params["_path"], "evaluate", "--dataset", "tiny", "--variant", "authors_tsrec",
                  "--run-dir", str(run), "--results", str(tmp_path / "results"),
                  "--artifacts", str(tmp_path / "artifacts")]) == 0

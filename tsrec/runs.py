@@ -17,7 +17,7 @@ from tsrec.datasets import load_index
 from tsrec.errors import ParamError, TsrecError
 from tsrec.io import atomic_dir, atomic_file, sha256_file, sha256_json, write_json
 from tsrec.layout import train_run_dir
-from tsrec.precision import Precision
+from tsrec.precision import TrainPrecision
 from tsrec.sids import index_tokens
 
 META = "tsrec_meta.json"
@@ -67,7 +67,8 @@ class TrainConfig:
     save_total_limit: int = 2
     keep_checkpoints: bool = False  # delete checkpoints/ once final/ is written
     threads: int = 0                # torch threads per process (0 = leave as is)
-    precision: Precision = "fp32"   # auto: bf16 autocast where the hardware has native bf16 (machine-dependent)
+    precision: TrainPrecision = "fp32"  # auto: bf16 autocast where native (machine-dependent); bf16_pure: bf16
+                                        # weights + optimizer state, no fp32 master copy (the authors')
 
     def validate(self) -> None:
         for name in ("batch_size", "grad_accum", "logging_steps", "save_total_limit"):

@@ -26,6 +26,7 @@ from tsrec.layout import index_path
 from tsrec.llm import backbone_path
 from tsrec import pinning
 from tsrec.precision import resolve as resolve_precision
+from tsrec.precision import trainer_args, weight_dtype
 from tsrec.runs import (
     PLOTS,
     VARIANT_SECTIONS,
@@ -155,7 +156,8 @@ def label_position_loss(model, head, inputs: dict) -> tuple[torch.Tensor, torch.
                 output_hidden_states=True, logits_to_keep=no_logits, use_cache=False)
     keep = labels != IGNORE
     hidden = out.hidden_states[-1][:, :-1][keep]
-    ce = F.cross_entropy(head(hidden).float(), labels[keep], reduction="none")
+    # the head's dtype: under Trainer bf16 the outputs come back fp32 (accelerate), a bf16_pure head is bf16
+    ce = F.cross_entropy(head(hidden.to(head.weight.dtype)).float(), labels[keep], reduction="none")
     w = inputs["weight"].to(ce.dtype)[:, None].expand_as(labels)[keep]
     return (ce * w).sum(), keep.sum()
 
@@ -293,7 +295,8 @@ def train_run(params: dict, ds: str, variant: str, *, seed: int | None = None, o
     if overrides:
         vp = apply_overrides(vp, overrides, "overrides")
     cfg = section(vp, "train", TrainConfig)
-    precision = resolve_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = resolve_precision(cfg.precision, device)
     tcfg = tasks_config(vp)
     seed = global_seed(params)
     if cfg.threads:
@@ -310,6 +313,7 @@ def train_run(params: dict, ds: str, variant: str, *, seed: int | None = None, o
 
     set_seed(seed)
     model, tokenizer, sainit_report = load_model(vp, tokens, keywords)
+    model = model.to(weight_dtype(precision))  # bf16_pure: bf16 weights, so bf16 AdamW state (the authors')
     train_rows = build_examples(corpus, tokenizer, seed)
     valid_rows = seqrec_examples(data_dir, "valid", corpus.sids, tokenizer, tcfg.max_len, cfg.valid_rows, seed,
                                  tcfg.prompts)
@@ -358,7 +362,7 @@ def train_run(params: dict, ds: str, variant: str, *, seed: int | None = None, o
         remove_unused_columns=False, label_names=["labels"], prediction_loss_only=True,
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, dataloader_pin_memory=False,
         ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None, ddp_find_unused_parameters=False,
-        disable_tqdm=not rank0, bf16=precision == "bf16",
+        disable_tqdm=not rank0, **trainer_args(precision, device),
     )
     csv_log = _csv_logger(plots)
     rank_cb = []
