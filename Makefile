@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 
 
-.PHONY: setup repro rl teachers test bench tables ablations sweep confirm clean-venv profile push pull
+.PHONY: setup repro rl teachers test bench roofline tables ablations sweep confirm clean-venv profile push pull
 DVC := PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc
 
 setup: $(VENV)/.installed
@@ -69,6 +69,10 @@ test: setup
 
 bench: setup
 	$(PY) -m pytest -q benchmarks --benchmark-enable --benchmark-columns=min,mean,max,rounds
+
+# GEMM rate at the model's shapes vs the train step's and beam search's achieved rate (docs/speed.md)
+roofline: setup
+	$(PY) benchmarks/roofline.py --lora30
 
 clean-venv:
 	rm -rf $(VENV)

@@ -41,6 +41,35 @@ def test_label_position_loss_equals_full_head_loss(tiny_backbone):
     torch.testing.assert_close(total / count, full, rtol=1e-5, atol=1e-6)
 
 
+def test_label_position_loss_skips_unused_logits_bit_identically(tiny_backbone):
+    """The model's own head sees no row (only label positions go through ``head``), and the loss and every
+    gradient are bit-identical to the earlier call (``logits_to_keep=1``, logits of the last position unused)."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_backbone)
+    model.train()
+    rows, coll = _batch(model, model.config.pad_token_id)
+    batch = coll(rows)
+    head = model.get_output_embeddings()
+    seen = []
+    hook = head.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[:-1].numel()))
+    total, count = label_position_loss(model, head, batch)
+    hook.remove()
+    assert [n for n in seen if n] == [int(count)], "the model's head computed logits nobody reads"
+    total.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    labels = batch["labels"][:, 1:]  # the earlier formulation, inline
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                output_hidden_states=True, logits_to_keep=1, use_cache=False)
+    keep = labels != IGNORE
+    ce = torch.nn.functional.cross_entropy(head(out.hidden_states[-1][:, :-1][keep]).float(), labels[keep],
+                                           reduction="none")
+    old = (ce * batch["weight"][:, None].expand_as(labels)[keep]).sum()
+    old.backward()
+    assert torch.equal(total, old)
+    for n, p in model.named_parameters():
+        assert torch.equal(grads[n], p.grad), n
+
+
 def test_lambda_scales_tsalign_loss(tiny_backbone):
     model = AutoModelForCausalLM.from_pretrained(tiny_backbone)
     rows, coll = _batch(model, model.config.pad_token_id)

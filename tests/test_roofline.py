@@ -1,0 +1,39 @@
+"""benchmarks/roofline.py end to end on the tiny backbone: one JSON with the GEMM rates, the train and evaluate
+cases, the analytic FLOPs and the ratios (numbers are meaningless at this size; the wiring is what is tested)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _roofline():
+    spec = importlib.util.spec_from_file_location("roofline", REPO / "benchmarks" / "roofline.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_roofline_json(tmp_path, tiny_backbone):
+    out = tmp_path / "roofline.json"
+    assert _roofline().main(["--backbone", str(tiny_backbone), "--out", str(out), "--reps", "1",
+                             "--eval-prompts", "4", "--lora30", "--keep-layers", "2"]) == 0
+    r = json.loads(out.read_text())
+    assert r["machine"]["torch_cpu_capability"] and "simd_flags" in r["machine"]
+    assert r["env"]["OMP_WAIT_POLICY"] == "PASSIVE"  # as the CLI runs the stages
+    assert {k.rsplit("_t", 1)[1] for k in r["gemm"]} == {"1", "2"}
+    train = r["train_4L_full"]
+    assert set(train["cases"]) == {"default", "before-logits", "default-1thread"}
+    short = train["groups"]["short"]
+    # analytic FLOPs: 6 x layer params per token + the head at label positions + attention
+    head = 6 * r["model"]["vocab"] * r["model"]["hidden"] * short["label_tokens"]
+    assert short["flops_head"] == head
+    assert short["flops_useful"] > 6 * r["model"]["layer_params"] * short["tokens"] + head
+    ev = r["evaluate_4L"]["cases"]
+    assert ev["default_b8"]["identical_rankings"] and ev["default_b8"]["rows_with_other_ranking"] == 0
+    assert r["evaluate_4L"]["analytic"]["flops_per_row"] > 0
+    assert "default" in r["train_30L_lora"]["cases"]
+    for key in ("train_4L_full_default_over_gemm", "evaluate_default_b8_over_gemm",
+                "train_4L_full_default_over_before-logits"):
+        assert r["roofline"][key] > 0
