@@ -83,7 +83,10 @@ def test_record_refuses_a_torch_running_other_kernels():
 
 
 def test_blas_compatible_sets_mkl_and_refuses_a_contradiction(monkeypatch):
-    monkeypatch.delenv("MKL_CBWR", raising=False)
+    # setenv first, so monkeypatch removes the variable afterwards (a delenv of an absent variable restores
+    # nothing, and a leaked MKL_CBWR changes the bits of every later subprocess: tests/test_resume.py)
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
+    monkeypatch.delenv("MKL_CBWR")
     pinning.apply(pinning.ReproConfig(cpu_capability="native", threads=0, blas="compatible"), "params.yaml")
     assert os.environ["MKL_CBWR"] == "COMPATIBLE"
     monkeypatch.setenv("MKL_CBWR", "AVX2")
