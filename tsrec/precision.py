@@ -13,12 +13,12 @@ emulated and slower, so fp32.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-from pathlib import Path
 from typing import Literal
 
 import torch
+
+from tsrec.pinning import cpu_flags
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +27,6 @@ TrainPrecision = Literal["auto", "fp32", "bf16", "bf16_pure"]  # train.precision
 PURE = "bf16_pure"
 Device = str  # auto | cpu | cuda | cuda:N
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags of /proc/cpuinfo (empty where there is no such file)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
 
 
 def native_bf16(device: str = "cpu") -> bool:
