@@ -66,7 +66,12 @@ def read_values(path: Path) -> dict[str, float]:
 LEGACY = "legacy_machines.json"  # under --results: the kernel sets of runs made before records carried them
 
 
-def machine(results: Path, rel: str, legacy: dict | None = None) -> dict | None:
+def legacy_machines(results: Path) -> dict:
+    """``legacy_machines.json``'s runs (empty without the file)."""
+    return read_json_object(results / LEGACY).get("runs", {}) if (results / LEGACY).is_file() else {}
+
+
+def machine(results: Path, rel: str, legacy: dict) -> dict | None:
     """The CPU kernel set + threads a metrics file was made with: its run record's ``machine`` block (a
     baseline's: its first seed's), else ``legacy_machines.json``'s entry (reconstructed from the ledger)."""
     rec_file = run_path(results / rel)
@@ -79,15 +84,13 @@ def machine(results: Path, rel: str, legacy: dict | None = None) -> dict | None:
         found = rec["runs"][0].get("machine") if isinstance(rec["runs"][0], dict) else None
     if found:
         return {"cpu_capability": found.get("cpu_capability"), "threads": found.get("threads")}
-    if legacy is None:
-        legacy = read_json_object(results / LEGACY).get("runs", {}) if (results / LEGACY).is_file() else {}
     return legacy.get(rel)
 
 
 def machine_notes(expected: dict[str, Any], results: Path, rows: list[dict[str, Any]]) -> list[str]:
     """One line per metrics file that differs from the expected file, saying which kernel sets / threads the two
     runs used, and whether a mismatch is therefore expected (tsrec.pinning)."""
-    legacy = read_json_object(results / LEGACY).get("runs", {}) if (results / LEGACY).is_file() else {}
+    legacy = legacy_machines(results)
     notes = []
     for rel in sorted({r["path"] for r in rows if r["status"] not in ("ok", "better")}):
         want = (expected.get("machines") or {}).get(rel)
@@ -233,7 +236,8 @@ def run(args, params) -> None:
         if not found:
             raise TsrecError("no metrics files with HR/NDCG found under the results folder", file=results)
         tol = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
-        machines = {rel: m for rel in found if (m := machine(results, rel))}
+        legacy = legacy_machines(results)
+        machines = {rel: m for rel in found if (m := machine(results, rel, legacy))}
         write_json(expected_path, {"tolerance": tol, "note": args.note,
                                    "command": "tsrec " + " ".join(sys.argv[1:]), "metrics": found,
                                    "machines": machines})

@@ -92,8 +92,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _pin_cpu(argv: list[str]) -> None:
-    """Apply params ``repro`` (torch CPU kernel set, threads: tsrec.pinning) before torch loads."""
+def _pin_cpu(argv: list[str]) -> dict | None:
+    """Apply params ``repro`` (torch CPU kernel set, threads: tsrec.pinning) before torch loads; returns the
+    params read (None where there is no params file), which the command then uses."""
     from tsrec.config import DEFAULT_PARAMS, load_params
     from tsrec.pinning import apply, config
 
@@ -102,9 +103,10 @@ def _pin_cpu(argv: list[str]) -> None:
     known, _ = pre.parse_known_args(argv)
     path = known.params or os.environ.get("TSREC_PARAMS") or DEFAULT_PARAMS
     if not os.path.isfile(path):
-        return  # commands without params (check) or --help; a stage that needs the file says so itself
+        return None  # commands without params (check) or --help; a stage that needs the file says so itself
     params = load_params(path)
     apply(config(params), params["_path"])
+    return params
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = sys.argv[1:] if argv is None else argv
     try:
-        _pin_cpu(argv)  # before any stage module imports torch
+        pinned = _pin_cpu(argv)  # before any stage module imports torch
     except TsrecError as exc:
         print(f"tsrec: error: {exc}", file=sys.stderr)
         return 2
@@ -126,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     from tsrec.config import load_params
 
     try:
-        params = {} if args.stage in NO_PARAMS and args.params is None else load_params(args.params)
+        if args.stage in NO_PARAMS and args.params is None:
+            params = {}
+        else:  # the file _pin_cpu read (same --params / $TSREC_PARAMS / default), else the loader's error
+            params = pinned if pinned is not None else load_params(args.params)
         args._module.run(args, params)
     except TsrecError as exc:
         log.error("%s", exc)

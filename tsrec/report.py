@@ -27,7 +27,7 @@ import pandas as pd
 
 from tsrec import layout, stats
 from tsrec.baselines.table import PUBLISHED_COLUMNS, PUBLISHED_LABEL, ROWS, baseline_runs, published_rows, write_table
-from tsrec.check import machine, read_json_object
+from tsrec.check import legacy_machines, machine, read_json_object
 from tsrec.config import global_seed, section
 from tsrec.errors import TsrecError
 from tsrec.io import atomic_file, commit_group
@@ -588,7 +588,7 @@ def write_dataset(results: Path, ds: str, ks: list[int], variants: list[str], se
 def run_ledger(results: Path, ds: str) -> pd.DataFrame:
     """One row per evaluated LLM run (variant x seed; not the RL runs): its budget, stop and measured time, from
     its train_summary.json and metrics.json. Empty without runs."""
-    rows = []
+    rows, legacy = [], legacy_machines(results)
     for variant in layout.found_variants(results, ds):
         for seed, folder in layout.variant_seeds(results, ds, variant).items():
             summary_file = folder / "train_summary.json"
@@ -604,7 +604,7 @@ def run_ledger(results: Path, ds: str) -> pd.DataFrame:
                 "best valid loss": tr.get("best_eval_loss"),
                 "precision": prec.get("resolved") if isinstance(prec, dict) else prec,
                 # CPU kernel set x threads (tsrec.pinning): the train record's, else the legacy reconstruction
-                "kernels": describe(tr.get("machine") or machine(results, f"{ds}/{variant}/{folder.name}/metrics.json")),
+                "kernels": describe(tr.get("machine") or machine(results, f"{ds}/{variant}/{folder.name}/metrics.json", legacy)),
                 "train min": round(tr["wall_s"] / 60, 1) if tr.get("wall_s") is not None else None,
                 "evaluate min": round(met["wall_time_s"] / 60, 1) if met.get("wall_time_s") is not None else None,
                 "test rows/s": met.get("rows_per_s"),

@@ -140,14 +140,18 @@ PLOTS = {"train.csv": ["step", "epoch", "learning_rate", "loss"], "valid.csv": [
 
 
 def append_row(path: Path, fields: list[str], row: dict | None) -> None:
+    """Append ``row`` (None: the header only, for a new file)."""
+    append_rows(path, fields, [] if row is None else [row])
+
+
+def append_rows(path: Path, fields: list[str], rows: list[dict]) -> None:
     new = not path.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=fields)
         if new:
             w.writeheader()
-        if row is not None:  # None: the header only
-            w.writerow(row)
+        w.writerows(rows)
 
 
 def trim_logs(plots: Path, step: int, spec: dict[str, list[str]] = PLOTS) -> None:

@@ -32,6 +32,7 @@ from tsrec.runs import (
     VARIANT_SECTIONS,
     TrainConfig,
     append_row,
+    append_rows,
     apply_overrides,
     backbone_id,
     run_dir,
@@ -272,9 +273,9 @@ def _rank_callback(rows, trie, index, prompts, cfg: TrainConfig, plots: Path, pr
                 append_row(plots / "valid_rank.csv", PLOTS["valid_rank.csv"],
                            {"step": state.global_step, "epoch": round(state.epoch or 0, 4), "rows": len(rows),
                             **{k: m[k] for k in PLOTS["valid_rank.csv"][3:-1]}, "wall_s": summary["wall_time_s"]})
-                for r, rank in zip(ranks["row"], ranks["rank"]):
-                    append_row(plots / "valid_rank_rows.csv", PLOTS["valid_rank_rows.csv"],
-                               {"step": state.global_step, "row": int(r), "rank": int(rank)})
+                append_rows(plots / "valid_rank_rows.csv", PLOTS["valid_rank_rows.csv"],
+                            [{"step": state.global_step, "row": int(r), "rank": int(rank)}
+                             for r, rank in zip(ranks["row"], ranks["rank"])])
             log.info("step %d: valid NDCG@10 %.4f HR@10 %.4f (%d rows, %.0f s)", state.global_step, m["NDCG@10"],
                      m["HR@10"], len(rows), summary["wall_time_s"])
 
