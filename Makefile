@@ -62,7 +62,7 @@ confirm: setup
 
 P ?= cpu
 profile: setup
-	$(PY) -m tsrec.profiles $(P)
+	$(PY) -m tsrec.commands.profiles $(P)
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -23,8 +23,8 @@ EMB = REPO / "artifacts" / DS / "embed" / "embeddings.npy"
 @pytest.mark.skipif(not ITEMS.is_file(), reason="run `tsrec data` first")
 @pytest.mark.parametrize("max_seq_length", [128, 256])
 def test_embed_256_items(benchmark, max_seq_length):
-    from tsrec.datasets import load_items
-    from tsrec.encoder import encode_texts, item_text
+    from tsrec.data.datasets import load_items
+    from tsrec.semantics.encoder import encode_texts, item_text
 
     items = load_items(ITEMS.parent).head(256)
     texts = [item_text(t, d) for t, d in zip(items.title, items.description)]
@@ -37,7 +37,7 @@ def test_embed_256_items(benchmark, max_seq_length):
 @pytest.mark.skipif(not EMB.is_file(), reason="run `tsrec embed` first")
 @pytest.mark.parametrize("method", ["rqkmeans", "rqvae"])
 def test_codebook_industrial(benchmark, method):
-    from tsrec import codebook as cb
+    from tsrec.commands import codebook as cb
 
     x = np.load(EMB)
     if method == "rqkmeans":

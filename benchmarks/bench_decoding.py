@@ -1,4 +1,4 @@
-"""Constrained beam search throughput: ours (tsrec.decoding.beam_search) vs the HF reference
+"""Constrained beam search throughput: ours (tsrec.lm.decoding.beam_search) vs the HF reference
 (generate + prefix_allowed_tokens_fn), same model, prompts, trie and beam width, in one run.
 
     flock /tmp/tsrec-cpu.lock python -m pytest -q benchmarks/bench_decoding.py --benchmark-enable -s
@@ -6,7 +6,7 @@
 Model: a random llama with the SmolLM2-135M shapes (hidden 576, 9/3 heads, vocab 49,152 + 768 SID
 tokens, TSREC_BENCH_LAYERS layers, default 8 = the CPU profile), or a real backbone folder given in
 TSREC_BENCH_BACKBONE (loaded with keep_layers = TSREC_BENCH_LAYERS). The trie has the shape of the official
-Industrial index (3,670 SIDs over 48 x 48 x 256 codes). Prompts follow tsrec.tasks.seqrec_prompt (5-10 SIDs
+Industrial index (3,670 SIDs over 48 x 48 x 256 codes). Prompts follow tsrec.model.tasks.seqrec_prompt (5-10 SIDs
 of history). TSREC_BENCH_PROMPTS prompts (default 16) in batches of 8, B = 20.
 `test_speedup` prints the ratio and writes it to $TSREC_BENCH_OUT (JSON) when set.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tsrec.decoding import SidTrie, beam_search, left_pad, reference_beam_search
+from tsrec.lm.decoding import SidTrie, beam_search, left_pad, reference_beam_search
 
 B = 20
 BATCH = 8
@@ -42,8 +42,8 @@ def _index(seed: int = 0) -> dict[int, list[str]]:
 def _model_and_tokenizer(tokens: list[str]):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from tsrec.llm import add_sid_tokens, load_backbone
-    from tsrec.tiny import make_tiny_backbone
+    from tsrec.lm.llm import add_sid_tokens, load_backbone
+    from tsrec.lm.tiny import make_tiny_backbone
 
     torch.manual_seed(0)
     path = os.environ.get("TSREC_BENCH_BACKBONE")
@@ -68,7 +68,7 @@ def _model_and_tokenizer(tokens: list[str]):
 
 @pytest.fixture(scope="module")
 def setup():
-    from tsrec.tasks import encode_prompt, seqrec_prompt
+    from tsrec.model.tasks import encode_prompt, seqrec_prompt
 
     index = _index()
     tokens = sorted({t for s in index.values() for t in s}, key=lambda t: (t[1], int(t[3:-1])))

@@ -2,7 +2,7 @@
 
 The paper's backbone is Qwen2.5-1.5B; its weights are not reachable offline, so the model here is that
 architecture (the public config's sizes) with random weights: the same FLOPs and memory per step. The step
-is the train stage's (AdamW over fp32 master weights, ``tsrec.sft.label_position_loss``), on the profile's
+is the train stage's (AdamW over fp32 master weights, ``tsrec.model.sft.label_position_loss``), on the profile's
 micro batch (16) of random token rows as long as its mean example (112 tokens per the committed
 ``results/profiles/dryrun/paper_tsrec.md``), the last 30 % of each row as labels.
 Run on a GPU machine: python -m pytest -q -s benchmarks/bench_gpu_paper_step.py --benchmark-enable \
@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tsrec.precision import autocast
+from tsrec.core.precision import autocast
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -37,8 +37,8 @@ def model():
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_paper_train_step(benchmark, model, precision):
-    from tsrec.sft import label_position_loss
-    from tsrec.tasks import IGNORE
+    from tsrec.model.sft import label_position_loss
+    from tsrec.model.tasks import IGNORE
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, QWEN25_15B["vocab_size"], (BATCH, SEQ), generator=g).cuda()

@@ -1,7 +1,7 @@
 """fp32 vs bf16 autocast on the real backbone, side by side: train-step tokens/s, evaluate rows/s, and quality.
 
 - train step: SmolLM2-135M (first 8 layers) + 768 SID tokens, full fine-tune, AdamW, real seqrec examples of
-  Industrial train (batch 16), loss of the train stage (``tsrec.train.label_position_loss``);
+  Industrial train (batch 16), loss of the train stage (``tsrec.commands.train.label_position_loss``);
 - evaluate: the evaluate stage's constrained beam search (B=20, batch 8) on 16 real valid prompts;
 - quality: the same N steps from the same init and batches in each precision, then valid loss on 128 valid
   rows and HR@10 on 64 valid rows (fixed seeded subsamples).
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tsrec.precision import autocast, cpu_flags, native_bf16
+from tsrec.core.precision import autocast, cpu_flags, native_bf16
 
 REPO = Path(__file__).resolve().parents[1]
 BACKBONE = Path(os.environ.get("TSREC_BACKBONE", REPO / "artifacts" / "backbone" / "smollm2-135m-instruct"))
@@ -35,11 +35,11 @@ PRECISIONS = ["fp32", "bf16"]
 
 def _setup():
     """(model state_dict at init, tokenizer, sids, train batches, valid examples, valid rows) built once."""
-    from tsrec.datasets import load_index
-    from tsrec.llm import add_sid_tokens, load_backbone
-    from tsrec.sft import Collator
-    from tsrec.sids import index_tokens, sid_str
-    from tsrec.tasks import seqrec_examples
+    from tsrec.data.datasets import load_index
+    from tsrec.lm.llm import add_sid_tokens, load_backbone
+    from tsrec.model.sft import Collator
+    from tsrec.data.sids import index_tokens, sid_str
+    from tsrec.model.tasks import seqrec_examples
 
     index = load_index(DATA / "sid_index.json")
     torch.manual_seed(0)
@@ -71,7 +71,7 @@ def fresh_model():
 
 
 def train_step(model, opt, batch, precision):
-    from tsrec.sft import label_position_loss
+    from tsrec.model.sft import label_position_loss
 
     opt.zero_grad(set_to_none=True)
     with autocast(precision):
@@ -109,10 +109,10 @@ def test_train_step(benchmark, precision):
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_evaluate_rows(benchmark, precision):
-    from tsrec.datasets import load_split
-    from tsrec.decoding import SidTrie
-    from tsrec.scoring import evaluate_rows
-    from tsrec.tasks import encode_prompt, seqrec_prompt
+    from tsrec.data.datasets import load_split
+    from tsrec.lm.decoding import SidTrie
+    from tsrec.model.scoring import evaluate_rows
+    from tsrec.model.tasks import encode_prompt, seqrec_prompt
 
     _init, _m, tok, index, *_ = state()
     model = fresh_model().eval()
@@ -135,11 +135,11 @@ def test_quality_after_fixed_steps(benchmark, precision):
     """Same init, same batches, QUALITY_STEPS steps; valid loss (128 rows) and HR@10 (64 rows) per precision."""
     if precision == "bf16" and not native_bf16():
         pytest.skip("bf16 is emulated on this CPU (no avx512_bf16/amx_bf16): see test_train_step for its cost")
-    from tsrec.datasets import load_split
-    from tsrec.decoding import SidTrie
-    from tsrec.scoring import evaluate_rows
-    from tsrec.sft import label_position_loss
-    from tsrec.tasks import encode_prompt, seqrec_prompt
+    from tsrec.data.datasets import load_split
+    from tsrec.lm.decoding import SidTrie
+    from tsrec.model.scoring import evaluate_rows
+    from tsrec.model.sft import label_position_loss
+    from tsrec.model.tasks import encode_prompt, seqrec_prompt
 
     _init, _m, tok, index, batches, valid, collate = state()
 

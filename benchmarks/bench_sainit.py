@@ -29,9 +29,9 @@ _STATE: dict = {}
 
 def _setup():
     if not _STATE:
-        from tsrec.keyword_cache import read_records
-        from tsrec.llm import add_sid_tokens, load_backbone
-        from tsrec.sids import sid_sort_key
+        from tsrec.semantics.keyword_cache import read_records
+        from tsrec.lm.llm import add_sid_tokens, load_backbone
+        from tsrec.data.sids import sid_sort_key
 
         torch.manual_seed(0)
         model, tok = load_backbone(BACKBONE, keep_layers=KEEP_LAYERS)
@@ -59,7 +59,7 @@ def _hit_at_10(s) -> float:
 
 @pytest.mark.parametrize("pooling", ["random", "mean", "idf", "max", "contextual"])
 def test_sainit_real(benchmark, pooling):
-    from tsrec.sainit import SAInitConfig, sa_init
+    from tsrec.model.sainit import SAInitConfig, sa_init
 
     s = _setup()
     w = s["model"].get_input_embeddings().weight

@@ -28,7 +28,7 @@ _MODELS: dict[int, tuple] = {}
 def _setup(keep_layers: int):
     """LoRA-wrapped backbone with the 3 x 256 SID tokens added (as in training), a batch and an optimizer."""
     if keep_layers not in _MODELS:
-        from tsrec.llm import LoraParams, add_sid_tokens, load_backbone, prepare_for_finetune
+        from tsrec.lm.llm import LoraParams, add_sid_tokens, load_backbone, prepare_for_finetune
 
         torch.manual_seed(0)
         model, tok = load_backbone(BACKBONE, keep_layers=keep_layers)
@@ -46,7 +46,7 @@ def _setup(keep_layers: int):
 def _loss(model, ids, labels, head: str):
     if head == "full":
         return model(input_ids=ids, labels=labels, use_cache=False).loss
-    from tsrec.sft import label_position_loss
+    from tsrec.model.sft import label_position_loss
 
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
              "weight": torch.ones(ids.shape[0])}

@@ -43,8 +43,8 @@ def main(out: str, rehearse: bool = False) -> int:
     import yaml
 
     from tiny_train import make_params
-    from tsrec.synthetic import make_dataset
-    from tsrec.tiny import make_tiny_backbone
+    from tsrec.data.synthetic import make_dataset
+    from tsrec.lm.tiny import make_tiny_backbone
 
     report: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

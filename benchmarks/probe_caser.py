@@ -23,9 +23,9 @@ from torch import nn
 
 from tsrec.baselines import sequential as seq
 from tsrec.baselines.trainer import FitConfig, SeqData
-from tsrec.config import from_dict
-from tsrec.io import atomic_file
-from tsrec.layout import index_path
+from tsrec.core.config import from_dict
+from tsrec.core.io import atomic_file
+from tsrec.data.layout import index_path
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("caser", "no_final_relu", "vertical_only", "untied_output", "input_x_sqrt_d", "window_5",

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from tsrec import llm_baselines as lb
-from tsrec.config import load_params
-from tsrec.datasets import load_split
-from tsrec.llm import backbone_config, load_backbone
-from tsrec.sft import Collator, label_position_loss
-from tsrec.tasks import IGNORE, encode_prompt
+from tsrec.commands import llm_baseline as lb
+from tsrec.core.config import load_params
+from tsrec.data.datasets import load_split
+from tsrec.lm.llm import backbone_config, load_backbone
+from tsrec.model.sft import Collator, label_position_loss
+from tsrec.model.tasks import IGNORE, encode_prompt
 
 
 def main(ds: str = "Industrial_and_Scientific", backbone: str | None = None) -> dict:

@@ -23,7 +23,7 @@ def one(backbone: str) -> dict:
     os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
     import torch
 
-    from tsrec.llm import load_backbone
+    from tsrec.lm.llm import load_backbone
 
     torch.set_num_threads(1)
     model, _ = load_backbone(backbone, 4)

@@ -1,6 +1,6 @@
 """Evaluate cost of the authors' test prompt vs the cpu one: rows/s of the constrained beam search (B=20,
 batch 8, 1 thread) on the same seeded test rows, UNTRAINED backbone (first backbone.keep_layers layers) + SID
-tokens (the search's cost does not depend on the weights). Prompts from `tsrec.profiles.resolve(params, P)`.
+tokens (the search's cost does not depend on the weights). Prompts from `tsrec.commands.profiles.resolve(params, P)`.
 
     OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE python benchmarks/probe_prompt_eval.py [--rows 48] [--out FILE]
 
@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
-from tsrec import profiles
-from tsrec.config import load_params
-from tsrec.datasets import load_index, load_split
-from tsrec.decoding import SidTrie
-from tsrec.llm import add_sid_tokens, backbone_config, backbone_path, load_backbone
-from tsrec.scoring import evaluate_rows, select_rows
-from tsrec.sids import index_tokens
-from tsrec.tasks import encode_prompt, seqrec_prompt, tasks_config
+from tsrec.commands import profiles
+from tsrec.core.config import load_params
+from tsrec.data.datasets import load_index, load_split
+from tsrec.lm.decoding import SidTrie
+from tsrec.lm.llm import add_sid_tokens, backbone_config, backbone_path, load_backbone
+from tsrec.model.scoring import evaluate_rows, select_rows
+from tsrec.data.sids import index_tokens
+from tsrec.model.tasks import encode_prompt, seqrec_prompt, tasks_config
 
 
 def main() -> None:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from tsrec.config import load_params
-from tsrec.datasets import load_index
-from tsrec.keyword_cache import cache_path, read_records
-from tsrec.layout import index_path
-from tsrec.llm import add_sid_tokens, backbone_path, load_backbone
-from tsrec.sainit import SAInitConfig, sa_init
-from tsrec.sids import index_tokens
+from tsrec.core.config import load_params
+from tsrec.data.datasets import load_index
+from tsrec.semantics.keyword_cache import cache_path, read_records
+from tsrec.data.layout import index_path
+from tsrec.lm.llm import add_sid_tokens, backbone_path, load_backbone
+from tsrec.model.sainit import SAInitConfig, sa_init
+from tsrec.data.sids import index_tokens
 
 
 def main() -> None:

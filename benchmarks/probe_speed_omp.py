@@ -6,7 +6,7 @@ import sys, time, torch, os
 POLICY = os.environ.get("OMP_WAIT_POLICY", "unset")  # before roofline's setdefault
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import roofline as R
-from tsrec.sft import label_position_loss
+from tsrec.model.sft import label_position_loss
 torch.set_num_threads(2)
 model, tok = R.load(R.REPO / "artifacts/backbone/smollm2-135m-instruct", 4, "full")
 model.train()
@@ -22,7 +22,7 @@ step()
 ts = [R.timed(step) for _ in range(3)]
 model.eval()
 trie, seqs = R.eval_setup(tok, 8)
-from tsrec.decoding import search_batches
+from tsrec.lm.decoding import search_batches
 res = {}
 te = [R.timed(lambda: res.setdefault("r", search_batches(model, seqs, trie, pad_id=tok.pad_token_id, num_beams=20, batch_size=8))) for _ in range(2)]
 import hashlib

@@ -25,12 +25,12 @@ import pandas as pd
 import torch
 import yaml
 
-from tsrec.config import section
-from tsrec.io import atomic_file
-from tsrec.metrics import ndcg_gain
-from tsrec.runs import run_dir
-from tsrec.sft import train_run
-from tsrec.sweep import SweepConfig, score_valid
+from tsrec.core.config import section
+from tsrec.core.io import atomic_file
+from tsrec.eval.metrics import ndcg_gain
+from tsrec.model.runs import run_dir
+from tsrec.model.sft import train_run
+from tsrec.commands.sweep import SweepConfig, score_valid
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("tsrec", "no_sainit", "no_tsalign", "sft")

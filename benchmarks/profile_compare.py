@@ -21,9 +21,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from tsrec import layout
-from tsrec.config import deep_merge
-from tsrec.stats import paired
+from tsrec.data import layout
+from tsrec.core.config import deep_merge
+from tsrec.eval.stats import paired
 
 REPO = Path(__file__).resolve().parents[1]
 DS, VARIANT, VALID_ROWS, TEST_ROWS = "Industrial_and_Scientific", "sft", 500, 4533
@@ -145,7 +145,7 @@ def main() -> None:
         f"running), so they are upper bounds.\n\n" + shown.to_markdown(index=False) + "\n\n"
         f"## Choice\n\nRule: converged runs only (stop = plateau), within the budget where any is, then the best "
         f"valid NDCG@10.{budget_note} Pick: **{pick}**.\n\n"
-        f"Paired difference on the same {VALID_ROWS} valid rows (bootstrap 95 % CI, `tsrec.stats.paired`):\n\n"
+        f"Paired difference on the same {VALID_ROWS} valid rows (bootstrap 95 % CI, `tsrec.eval.stats.paired`):\n\n"
         + pd.DataFrame(paired_rows).to_markdown(index=False) + "\n")
     print((out / "comparison.md").read_text())
 

@@ -12,11 +12,11 @@ reps are reported. (The 30-layer LoRA model repeats the train-shape GEMMs in its
 * ``gemm``: fp32 ``F.linear`` rate at the model's shapes (hidden 576, MLP 1536, q/k/v/o, the LM head over the
   whole vocabulary) at the batch's row count (a train micro-batch's tokens; the decode rows = prompts x beams),
   on 1 and 2 threads. This is the attainable rate the others are judged by.
-* ``train``: one optimizer step as the train stage does it (``tsrec.sft.label_position_loss``, the Trainer's
+* ``train``: one optimizer step as the train stage does it (``tsrec.model.sft.label_position_loss``, the Trainer's
   default fused AdamW, grad-norm clipping at 1.0, ``zero_grad``) on synthetic batches with the default
   profile's length mix (``results/profiles/dryrun/tsrec.md``: seqrec-like, mid, TS-Align-like rows), each case a
   code path (``default`` = today's). Rate = analytic FLOPs (stated in the file) / measured time.
-* ``evaluate``: ``tsrec.decoding.beam_search`` (B = 20) over synthetic seqrec prompts (~22 tokens, the CPU
+* ``evaluate``: ``tsrec.lm.decoding.beam_search`` (B = 20) over synthetic seqrec prompts (~22 tokens, the CPU
   prompt's mean) with a random 3 x 256 SID trie of Industrial's size; cases differ in prompts per batch.
   Cases that must rank identically are checked (``identical_rankings``).
 
@@ -43,12 +43,12 @@ sys.path.insert(0, str(REPO))
 
 def _pin_as_the_stages() -> None:
     """As the CLI (tsrec/cli.py) before torch loads: idle OpenMP threads sleep instead of spinning, and the
-    kernel set of params.yaml's ``repro.cpu_capability`` (tsrec.pinning; ``$TSREC_PARAMS`` picks the file)."""
+    kernel set of params.yaml's ``repro.cpu_capability`` (tsrec.core.pinning; ``$TSREC_PARAMS`` picks the file)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if "torch" in sys.modules:
         return
-    from tsrec import pinning
-    from tsrec.config import load_params
+    from tsrec.core import pinning
+    from tsrec.core.config import load_params
 
     cfg = pinning.config(load_params(os.environ.get("TSREC_PARAMS", str(REPO / "params.yaml"))))
     os.environ.setdefault(pinning.ENV, cfg.cpu_capability if cfg.cpu_capability != "native" else "")
@@ -120,7 +120,7 @@ def interleave(cases: dict, reps: int, warmup: int = 1) -> dict[str, list[float]
 
 # ---------------------------------------------------------------- model
 def load(backbone: Path, keep_layers: int | None, finetune: str):
-    from tsrec.llm import LoraParams, add_sid_tokens, load_backbone, prepare_for_finetune
+    from tsrec.lm.llm import LoraParams, add_sid_tokens, load_backbone, prepare_for_finetune
 
     torch.manual_seed(0)
     model, tok = load_backbone(backbone, keep_layers=keep_layers)
@@ -170,7 +170,7 @@ def gemm_cases(sh: dict, rows: dict[str, int], threads: list[int]) -> tuple[dict
 # ---------------------------------------------------------------- train step
 def train_batches(tok, seed: int = 0) -> list[dict]:
     """One micro-batch per MIX group: BATCH rows of mean length +-10% (group_by_length keeps them close)."""
-    from tsrec.sft import Collator
+    from tsrec.model.sft import Collator
 
     rng = random.Random(seed)
     out = []
@@ -215,7 +215,7 @@ def trainer_optimizer(model, lr: float = 1e-3):
 
 
 def legacy_loss(model, head, inputs: dict):
-    """``tsrec.sft.label_position_loss`` before issue 38: the model also computed the (unused) logits of the
+    """``tsrec.model.sft.label_position_loss`` before issue 38: the model also computed the (unused) logits of the
     last position (``logits_to_keep=1``). Kept here only as the benchmark's "before" case."""
     labels = inputs["labels"][:, 1:]
     out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
@@ -226,9 +226,9 @@ def legacy_loss(model, head, inputs: dict):
 
 
 def make_step(model, batch: dict, opt, threads: int, loss_fn=None, *, max_grad_norm: float = 1.0):
-    """The Trainer's step: loss (default ``tsrec.sft.label_position_loss``), backward, clip, optimizer step,
+    """The Trainer's step: loss (default ``tsrec.model.sft.label_position_loss``), backward, clip, optimizer step,
     zero_grad, on ``threads`` torch threads."""
-    from tsrec.sft import label_position_loss
+    from tsrec.model.sft import label_position_loss
 
     loss_fn = loss_fn or label_position_loss
     head = model.get_output_embeddings()
@@ -268,7 +268,7 @@ def op_shares(step) -> dict:
 
 # ---------------------------------------------------------------- beam search
 def eval_setup(tok, prompts: int, seed: int = 0):
-    from tsrec.decoding import SidTrie
+    from tsrec.lm.decoding import SidTrie
 
     rng = random.Random(seed)
     sids: set[tuple[str, ...]] = set()
@@ -299,7 +299,7 @@ def eval_flops(sh: dict, seqs: list[list[int]], trie, beams: int) -> dict:
 
 
 def search_case(model, seqs, trie, beams: int, batch_size: int, pad_id: int, threads: int, out: dict, key: str):
-    from tsrec.decoding import search_batches
+    from tsrec.lm.decoding import search_batches
 
     def run():
         torch.set_num_threads(threads)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tsrec.io import atomic_file, write_json
-from tsrec.stats import ndcg_at
+from tsrec.core.io import atomic_file, write_json
+from tsrec.eval.stats import ndcg_at
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = sorted((ROOT / "results/profiles").glob("*/Industrial_and_Scientific/*/seed*/ranks_valid.parquet"))

@@ -1,7 +1,7 @@
 import os
 from pathlib import Path
 
-# the params' repro.cpu_capability (tsrec.pinning): in-process runs must use the kernels the CLI pins, and
+# the params' repro.cpu_capability (tsrec.core.pinning): in-process runs must use the kernels the CLI pins, and
 # torch reads this once, at import
 os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")  # lower case: torch ignores "AVX2"
 
@@ -20,7 +20,7 @@ def mirror() -> Path:
 
 @pytest.fixture()
 def tiny_dataset(tmp_path):
-    from tsrec.synthetic import make_dataset
+    from tsrec.data.synthetic import make_dataset
 
     return make_dataset(tmp_path / "tiny")
 
@@ -28,6 +28,6 @@ def tiny_dataset(tmp_path):
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory):
     """A random 2-layer llama + real BPE tokenizer, in the backbone stage's folder layout."""
-    from tsrec.tiny import make_tiny_backbone
+    from tsrec.lm.tiny import make_tiny_backbone
 
     return make_tiny_backbone(tmp_path_factory.mktemp("backbone"))

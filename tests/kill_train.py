@@ -14,8 +14,8 @@ import sys
 from transformers import TrainerCallback
 from transformers.trainer_callback import TrainerState
 
-from tsrec.config import load_params
-from tsrec.sft import train_run
+from tsrec.core.config import load_params
+from tsrec.model.sft import train_run
 
 
 def _die() -> None:

@@ -3,9 +3,9 @@
 import json
 from pathlib import Path
 
-from tsrec.datasets import load_index
-from tsrec.llm import add_sid_tokens, load_backbone
-from tsrec.sids import index_tokens
+from tsrec.data.datasets import load_index
+from tsrec.lm.llm import add_sid_tokens, load_backbone
+from tsrec.data.sids import index_tokens
 
 
 def tokenizer_and_cache(ds: Path, backbone: Path, kw: Path, *, token_in_description: bool = False):

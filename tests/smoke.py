@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from tsrec.config import deep_merge
+from tsrec.core.config import deep_merge
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "smoke.yaml"

@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from tsrec.config import section
-from tsrec.errors import ParamError, TsrecError
-from tsrec.llm import (
+from tsrec.core.config import section
+from tsrec.core.errors import ParamError, TsrecError
+from tsrec.lm.llm import (
     BackboneConfig,
     LoraParams,
     add_sid_tokens,
@@ -17,7 +17,7 @@ from tsrec.llm import (
     resolve_source,
     truncate_layers,
 )
-from tsrec.sids import index_tokens
+from tsrec.data.sids import index_tokens
 
 
 def test_load_backbone_fp32_tied(tiny_backbone):
@@ -198,4 +198,4 @@ def test_stage_builds_the_tiny_random_backbone_identically(tmp_path):
     assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
     for p in a.iterdir():  # same bytes wherever it is built: the DVC output hash does not depend on the folder
         assert p.read_bytes() == (b / p.name).read_bytes(), p.name
-    assert json.loads((a / "tsrec_backbone.json").read_text())["source"].startswith("tsrec.tiny")
+    assert json.loads((a / "tsrec_backbone.json").read_text())["source"].startswith("tsrec.lm.tiny")

@@ -8,16 +8,16 @@ import pytest
 import torch
 import yaml
 
-from tsrec.baseline import LEARNED, MODELS, BaselinesConfig, build, model_config, summarise
+from tsrec.commands.baseline import LEARNED, MODELS, BaselinesConfig, build, model_config, summarise
 from tsrec.baselines.general import Transition
 from tsrec.baselines.sequential import NETS, Caser, CaserConfig, GRU4RecConfig, HSTUConfig, SASRecConfig
 from tsrec.baselines.table import below_floor, our_rows, render, sanity
 from tsrec.baselines.trainer import Granularity, Recommender, SeqData, evaluate, train_pairs
-from tsrec.config import section
-from tsrec.datasets import rows_frame
-from tsrec.errors import ParamError
-from tsrec.io import write_json
-from tsrec.metrics import mean_ci, read_item_metrics, read_metrics, read_with_run, run_path, write_metrics
+from tsrec.core.config import section
+from tsrec.data.datasets import rows_frame
+from tsrec.core.errors import ParamError
+from tsrec.core.io import write_json
+from tsrec.eval.metrics import mean_ci, read_item_metrics, read_metrics, read_with_run, run_path, write_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"batch_size": 32, "max_epochs": 2, "min_epochs": 1, "patience": 1}
@@ -208,7 +208,7 @@ def test_cli_pop_run_and_table(tiny_dataset, tmp_path, monkeypatch):
     ranks = pd.read_parquet(out / "tiny" / "baselines" / "pop" / "seed3.ranks.parquet")
     assert list(ranks["row"]) == list(range(40)) and list(ranks["target"]) == list(pd.read_parquet(
         tiny_dataset / "test.parquet")["target"])
-    from tsrec.metrics import from_ranks
+    from tsrec.eval.metrics import from_ranks
 
     assert from_ranks(ranks["rank"].tolist()) == {k: rec[k] for k in keys}
     assert main(["--params", str(pfile), "baseline", "--table", "--dataset", "tiny", "--out", str(out)]) == 0
@@ -312,7 +312,7 @@ def test_killed_stage_resumes_from_its_finished_fits(tiny_dataset, tmp_path, mon
 
 
 def test_fit_store_reuses_a_fit_only_for_the_same_settings_inputs_and_code(tiny_dataset, tmp_path):
-    from tsrec.baseline import FitStore, _train
+    from tsrec.commands.baseline import FitStore, _train
 
     cfg = cfg_of(tiny_params(tiny_dataset.parent))
     data = SeqData(tiny_dataset, 10)

@@ -2,14 +2,14 @@
 
 import json
 
-from tsrec.check import read_values
+from tsrec.commands.check import read_values
 from tsrec.cli import main
-from tsrec.io import write_json
-from tsrec.metrics import write_metrics
+from tsrec.core.io import write_json
+from tsrec.eval.metrics import write_metrics
 
 
 def _results(root, hr10=0.25, with_sft=True):
-    """Metrics files as the stages write them (tsrec.metrics.write_metrics: each with its run record)."""
+    """Metrics files as the stages write them (tsrec.eval.metrics.write_metrics: each with its run record)."""
     write_metrics(root / "DS" / "tsrec" / "metrics.json", {"HR@10": hr10, "NDCG@10": 0.125, "n_rows": 40,
                                                            "wall_time_s": 3.2},
                   {"command": "tsrec evaluate", "HR@10": "not a metric file"})

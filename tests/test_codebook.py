@@ -4,8 +4,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tsrec import cli, codebook, datasets, layout
-from tsrec.errors import TsrecError
+from tsrec import cli
+
+from tsrec.commands import codebook
+
+from tsrec.data import datasets
+
+from tsrec.data import layout
+from tsrec.core.errors import TsrecError
 
 TINY_RQVAE = {"hidden": [32], "latent_dim": 8, "epochs": 15, "batch_size": 32}
 
@@ -111,7 +117,7 @@ def test_index_path_defaults_to_official(tmp_path):
 
 @pytest.mark.parametrize("ds", ["Industrial_and_Scientific", "Office_Products"])
 def test_official_reproduces_published_index(tmp_path, mirror, monkeypatch, ds):
-    from tsrec import data
+    from tsrec.commands import data
 
     monkeypatch.delenv("TSREC_MIRROR", raising=False)
     data.build_dataset(datasets.DataConfig(mirror=str(mirror), datasets=[ds]), ds, tmp_path / "data")

@@ -10,8 +10,8 @@ import torch
 from test_decoding import encode, random_index, random_prompts, sid_model
 from tiny_train import make_params
 
-from tsrec.decoding import SidTrie, beam_search, left_pad
-from tsrec.precision import resolve, resolve_device
+from tsrec.lm.decoding import SidTrie, beam_search, left_pad
+from tsrec.core.precision import resolve, resolve_device
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -39,8 +39,8 @@ def test_train_and_evaluate_on_cuda(tmp_path, tiny_dataset, tiny_backbone):
     import json
 
     from tsrec.cli import main
-    from tsrec.runs import load_trained
-    from tsrec.sft import train_run
+    from tsrec.model.runs import load_trained
+    from tsrec.model.sft import train_run
 
     # precision auto explicitly: the code default is fp32 (pinned for the cpu profile)
     params = make_params(tmp_path, tiny_dataset, tiny_backbone, max_steps=6, precision="auto")
@@ -67,8 +67,8 @@ def test_rl_rollouts_and_update_on_cuda(tmp_path, tiny_dataset, tiny_backbone):
 
     from safetensors.torch import load_file
 
-    from tsrec.rl import rl_run
-    from tsrec.sft import train_run
+    from tsrec.commands.rl import rl_run
+    from tsrec.model.sft import train_run
 
     params = make_params(tmp_path, tiny_dataset, tiny_backbone, max_steps=2)
     train_run(params, "tiny", "sft", out=tmp_path / "sft")
@@ -92,7 +92,7 @@ def test_bf16_pure_trains_bf16_weights_and_optimizer_on_cuda(tmp_path, tiny_data
     from transformers import TrainerCallback
 
     from tsrec.cli import main
-    from tsrec.sft import train_run
+    from tsrec.model.sft import train_run
 
     seen = {}
 

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tsrec import data, datasets
-from tsrec.errors import TsrecError
+from tsrec.commands import data
+
+from tsrec.data import datasets
+from tsrec.core.errors import TsrecError
 
 EXPECTED = {
     "Industrial_and_Scientific": dict(items=3686, valid=4532, test=4533, sids_unique=3670),

@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tsrec.decoding import SidTrie, beam_search, left_pad, reference_beam_search, search_batches
-from tsrec.errors import TsrecError
-from tsrec.llm import add_sid_tokens
-from tsrec.precision import autocast
+from tsrec.lm.decoding import SidTrie, beam_search, left_pad, reference_beam_search, search_batches
+from tsrec.core.errors import TsrecError
+from tsrec.lm.llm import add_sid_tokens
+from tsrec.core.precision import autocast
 
 
 def random_index(n_sids: int, codes: int, seed: int, levels: int = 3) -> dict[int, list[str]]:
@@ -19,7 +19,7 @@ def random_index(n_sids: int, codes: int, seed: int, levels: int = 3) -> dict[in
 
 
 def sid_model(backbone, codes: int, levels: int = 3, seed: int = 0):
-    """The tiny backbone + SID tokens (tsrec.backbone.add_sid_tokens); new rows re-drawn at full scale, since
+    """The tiny backbone + SID tokens (tsrec.commands.backbone.add_sid_tokens); new rows re-drawn at full scale, since
     mean-resizing makes them near-identical and near-tied scores would make rankings fragile."""
     tok = AutoTokenizer.from_pretrained(backbone)
     model = AutoModelForCausalLM.from_pretrained(backbone)

@@ -15,7 +15,7 @@ import yaml
 from safetensors.torch import load_file
 from tiny_train import make_params  # noqa: E402
 
-from tsrec.sft import train_run
+from tsrec.model.sft import train_run
 
 REPO = Path(__file__).resolve().parents[1]
 KILLER = Path(__file__).parent / "kill_train.py"
@@ -56,7 +56,7 @@ def assert_same_training(a: Path, b: Path, loss_tol: float, weight_tol: float) -
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_backbone):
-    from tsrec.synthetic import make_dataset
+    from tsrec.data.synthetic import make_dataset
 
     root = tmp_path_factory.mktemp("ddp")
     params = make_params(root, make_dataset(root / "data" / "tiny", n_items=120, n_users=200), tiny_backbone, **RUN)
@@ -116,7 +116,7 @@ def rl_rows(run: Path) -> list[dict]:
 def test_rl_two_cpu_processes_step_as_one(setup):
     """Each process takes half of every step's 4 prompts; gradients summed over the processes: the logged
     rows (loss, KL, rewards) and the final policy equal the 1-process run's; process 0 alone writes."""
-    from tsrec.rl import rl_run
+    from tsrec.commands.rl import rl_run
 
     root, _ = setup
     params = {**yaml.safe_load((root / "params2.yaml").read_text()), "rl": RL}
@@ -145,9 +145,9 @@ def test_rl_two_cpu_processes_step_as_one(setup):
 
 
 def test_rl_device_is_checked(setup):
-    from tsrec.config import section
-    from tsrec.errors import ParamError
-    from tsrec.rl import RLConfig, rl_run
+    from tsrec.core.config import section
+    from tsrec.core.errors import ParamError
+    from tsrec.commands.rl import RLConfig, rl_run
 
     with pytest.raises(ParamError, match="device must be auto, cpu, cuda or cuda:N"):
         section({"rl": {"device": "tpu"}, "_path": "p.yaml"}, "rl", RLConfig)

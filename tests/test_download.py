@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import yaml
 
-from tsrec import download
-from tsrec.datasets import MINIONEREC_COMMIT, load_items
-from tsrec.errors import TsrecError
-from tsrec.keyword_cache import cache_path, load_cache
-from tsrec.teaching import authors_file, run_dataset
+from tsrec.data import download
+from tsrec.data.datasets import MINIONEREC_COMMIT, load_items
+from tsrec.core.errors import TsrecError
+from tsrec.semantics.keyword_cache import cache_path, load_cache
+from tsrec.semantics.teaching import authors_file, run_dataset
 
 DS = "Industrial_and_Scientific"
 KEYWORDS = f"{DS}.description_keywords.json"

@@ -5,8 +5,12 @@ import sys
 import numpy as np
 import pytest
 
-from tsrec import cli, embed, encoder
-from tsrec.errors import TsrecError
+from tsrec import cli
+
+from tsrec.commands import embed
+
+from tsrec.semantics import encoder
+from tsrec.core.errors import TsrecError
 
 
 def test_clean_text_flattens_lists_and_html():

@@ -7,15 +7,15 @@ import yaml
 from test_decoding import sid_model
 from tiny_train import make_params  # noqa: E402
 
-from tsrec import metrics
+from tsrec.eval import metrics
 from tsrec.cli import main
-from tsrec.config import section
-from tsrec.datasets import load_index, load_split
-from tsrec.decoding import SidTrie
-from tsrec.errors import ParamError
-from tsrec.layout import write_row_ranks
-from tsrec.scoring import EvaluateConfig, evaluate_rows, select_rows
-from tsrec.tasks import encode_prompt, seqrec_prompt
+from tsrec.core.config import section
+from tsrec.data.datasets import load_index, load_split
+from tsrec.lm.decoding import SidTrie
+from tsrec.core.errors import ParamError
+from tsrec.data.layout import write_row_ranks
+from tsrec.model.scoring import EvaluateConfig, evaluate_rows, select_rows
+from tsrec.model.tasks import encode_prompt, seqrec_prompt
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_cli_writes_metrics_and_ranks(tiny_dataset, tiny_eval_model, tmp_path):
     # the git-tracked slim ranks beside the metrics: the same rows and ranks
     slim = pd.read_parquet(res / "ranks.parquet")
     assert list(slim.columns) == ["row", "target", "rank"] and slim.equals(ranks[["row", "target", "rank"]])
-    from tsrec.io import sha256_file
+    from tsrec.core.io import sha256_file
 
     assert r["row_ranks"]["sha256"] == sha256_file(res / "ranks.parquet")
     assert r["subsample"] == {"n": 25, "seed": 42} and r["split"] == "test" and r["beams"] == 20
@@ -125,8 +125,8 @@ def test_cli_errors_are_one_line(tiny_dataset, tmp_path, capsys):
 
 
 def test_cli_evaluates_a_trained_run(tmp_path, tiny_dataset, tiny_backbone):
-    """Production path: tsrec.train run -> load_trained (index checked) -> tasks prompt -> metrics."""
-    from tsrec.sft import train_run
+    """Production path: tsrec.commands.train run -> load_trained (index checked) -> tasks prompt -> metrics."""
+    from tsrec.model.sft import train_run
 
     params = make_params(tmp_path, tiny_dataset, tiny_backbone, max_steps=2)
     train_run(params, "tiny", "sft", seed=5)  # the default run folder: artifacts/tiny/runs/sft/seed5
@@ -144,7 +144,7 @@ def test_cli_evaluates_a_trained_run(tmp_path, tiny_dataset, tiny_backbone):
 
 
 def test_paired_comparison():
-    from tsrec.stats import paired
+    from tsrec.eval.stats import paired
 
     rows = list(range(200))
     a = pd.DataFrame({"row": rows, "rank": [0] * 60 + [-1] * 140})
@@ -202,7 +202,7 @@ def test_metrics_and_ranks_commit_together(tiny_dataset, tiny_eval_model, tmp_pa
                      "--artifacts", str(art)])
 
     assert evaluate(10) == 0
-    from tsrec.io import sha256_file
+    from tsrec.core.io import sha256_file
 
     assert json.loads((res / "DS/tiny/seed42/run.json").read_text())["ranks"]["sha256"] == sha256_file(rfile)
     old_ranks = rfile.read_bytes()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tsrec.io import _owner, atomic_dir, atomic_file, clean_stale, write_json
+from tsrec.core.io import _owner, atomic_dir, atomic_file, clean_stale, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,8 +31,8 @@ def test_outputs_get_normal_permissions(tmp_path, mask, file_mode, dir_mode):
 
 KILLED_WRITER = """
 import os, signal, sys
-from tsrec.synthetic import make_dataset
-import tsrec.synthetic as syn
+from tsrec.data.synthetic import make_dataset
+import tsrec.data.synthetic as syn
 real = syn.rows_frame
 def die(rows):  # killed while the dataset folder is being written
     os.kill(os.getpid(), signal.SIGKILL)
@@ -42,7 +42,7 @@ make_dataset(sys.argv[1])
 
 
 def test_killed_data_stage_temp_folder_cleaned_on_next_run(tmp_path):
-    from tsrec.synthetic import make_dataset
+    from tsrec.data.synthetic import make_dataset
 
     out = tmp_path / "data" / "DS"
     env = {**os.environ, "PYTHONPATH": str(REPO)}

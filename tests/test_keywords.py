@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import yaml
 
-from tsrec.datasets import load_index, load_items
-from tsrec.errors import TsrecError
-from tsrec.keyword_cache import cache_path, load_cache
-from tsrec.teachers import (
+from tsrec.data.datasets import load_index, load_items
+from tsrec.core.errors import TsrecError
+from tsrec.semantics.keyword_cache import cache_path, load_cache
+from tsrec.semantics.teachers import (
     EXAMPLE_ANSWER,
     PREFILL,
     ContentRepetitionPenalty,
@@ -25,7 +25,7 @@ from tsrec.teachers import (
     build_messages,
     parse_answer,
 )
-from tsrec.teaching import Journal, build_clusters, coherence, generate, import_authors, make_teacher, run_dataset
+from tsrec.semantics.teaching import Journal, build_clusters, coherence, generate, import_authors, make_teacher, run_dataset
 
 
 def fake_encode(texts):
@@ -200,7 +200,7 @@ def test_content_repetition_penalty_exempts_syntax_tokens():
 
 
 def _tiny_hf(tiny_backbone, **kw):
-    from tsrec.llm import load_backbone
+    from tsrec.lm.llm import load_backbone
 
     cfg = HFConfig(model="tiny", batch_size=3, retry_temperature=0.9, n_keywords=3, desc_words=10, sample_size=2,
                    desc_chars=0, **kw)
@@ -415,14 +415,14 @@ def test_authors_import_validates_tokens_and_checksum(tiny_dataset, tmp_path, mo
 def test_stage_refuses_incomplete_cache(tiny_dataset, tmp_path, monkeypatch):
     monkeypatch.delenv("TSREC_MIRROR", raising=False)
     params = _params(tmp_path, tiny_dataset, tmp_path)
-    monkeypatch.setattr("tsrec.teaching.make_teacher", lambda name, p: CountingTeacher(junk={"<a_1>"}))
+    monkeypatch.setattr("tsrec.semantics.teaching.make_teacher", lambda name, p: CountingTeacher(junk={"<a_1>"}))
     with pytest.raises(TsrecError, match=r"incomplete keyword caches.*1 tokens \(<a_1>\)"):
         run_dataset(params, "tiny", ["ctfidf"], encode=fake_encode)
     assert not (tmp_path / "art" / "tiny" / "keywords" / "ctfidf.json").exists()
 
 
 def test_params_validation(tiny_dataset, tmp_path):
-    from tsrec.errors import ParamError
+    from tsrec.core.errors import ParamError
 
     params = _params(tmp_path, tiny_dataset, tmp_path, datasets={"tiny": {"use": "hf", "teachers": ["ctfidf"]}})
     with pytest.raises(ParamError, match="use='hf' must be one of"):
@@ -435,8 +435,8 @@ def test_params_validation(tiny_dataset, tmp_path):
 def test_real_params_parse():
     from pathlib import Path
 
-    from tsrec.config import load_params
-    from tsrec.keyword_cache import keywords_config
+    from tsrec.core.config import load_params
+    from tsrec.semantics.keyword_cache import keywords_config
 
     cfg = keywords_config(load_params(Path(__file__).resolve().parents[1] / "params.yaml"))
     for ds in ("Industrial_and_Scientific", "Office_Products"):

@@ -1,4 +1,4 @@
-"""BIGRec, D3 and S-DPO (tsrec/llm_baselines.py): the title trie, grounding, the S-DPO loss, D3's assistant,
+"""BIGRec, D3 and S-DPO (tsrec/commands/llm_baseline.py): the title trie, grounding, the S-DPO loss, D3's assistant,
 and a tiny end-to-end run of each through the CLI, the evaluate stage's files, paired and the report."""
 
 import json
@@ -13,9 +13,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_train import make_params  # noqa: E402
 
-from tsrec import llm_baselines as lb  # noqa: E402
-from tsrec.decoding import SidTrie  # noqa: E402
-from tsrec.tasks import PromptsConfig, encode_prompt  # noqa: E402
+from tsrec.commands import llm_baseline as lb  # noqa: E402
+from tsrec.lm.decoding import SidTrie  # noqa: E402
+from tsrec.model.tasks import PromptsConfig, encode_prompt  # noqa: E402
 
 
 def _tiny_model(tiny_backbone):
@@ -137,7 +137,7 @@ def test_d3_assistant_mixes_normalised_subtree_mass_into_the_scores():
 def tiny_run(tmp_path_factory, tiny_backbone):
     import yaml
 
-    from tsrec.synthetic import make_dataset
+    from tsrec.data.synthetic import make_dataset
 
     root = tmp_path_factory.mktemp("llm")
     params = make_params(root, make_dataset(root / "data" / "tiny"), tiny_backbone, max_steps=2)
@@ -167,9 +167,9 @@ def test_a_baseline_without_its_title_sft_is_refused(tiny_run, capsys):
 
 @pytest.mark.parametrize("model", ["bigrec", "d3", "sdpo"])
 def test_tiny_end_to_end_writes_the_evaluate_stage_files(tiny_run, model, capsys):
-    from tsrec import layout
-    from tsrec.metrics import read_item_metrics, read_metrics
-    from tsrec.scoring import check_ranks
+    from tsrec.data import layout
+    from tsrec.eval.metrics import read_item_metrics, read_metrics
+    from tsrec.model.scoring import check_ranks
 
     if not (layout.train_run_dir(tiny_run / "artifacts", "tiny", lb.SFT_RUN, 0) / "final").is_dir():
         assert _main(tiny_run, "--sft-only") == 0
@@ -192,8 +192,8 @@ def test_tiny_end_to_end_writes_the_evaluate_stage_files(tiny_run, model, capsys
 
 
 def test_planning_more_runs_keeps_the_title_sft_but_a_budget_change_refuses_it(tiny_run):
-    from tsrec.config import load_params
-    from tsrec.errors import TsrecError
+    from tsrec.core.config import load_params
+    from tsrec.core.errors import TsrecError
 
     params = load_params(tiny_run / "params.yaml")
     if not (tiny_run / "artifacts" / "tiny" / "runs" / lb.SFT_RUN / "seed0" / "final").is_dir():
@@ -206,9 +206,9 @@ def test_planning_more_runs_keeps_the_title_sft_but_a_budget_change_refuses_it(t
 
 
 def test_the_report_and_paired_read_the_llm_baselines(tiny_run, capsys):
-    from tsrec import layout
+    from tsrec.data import layout
     from tsrec.baselines.table import our_rows
-    from tsrec.report import method_rows
+    from tsrec.commands.report import method_rows
 
     for model in ("bigrec", "d3", "sdpo"):
         if not layout.variant_seeds(tiny_run / "results", "tiny", model):

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from tsrec.metrics import KS, MISSING, from_ranks, rank_of, ranks
+from tsrec.eval.metrics import KS, MISSING, from_ranks, rank_of, ranks
 
 
 def test_rank_of_first_match_and_missing():
@@ -36,7 +36,7 @@ def test_empty_rows_rejected():
 
 
 def test_write_metrics_keeps_numbers_only_and_the_run_record_beside(tmp_path):
-    from tsrec.metrics import is_run_record, read_with_run, run_path, write_metrics
+    from tsrec.eval.metrics import is_run_record, read_with_run, run_path, write_metrics
 
     path = tmp_path / "DS" / "v" / "metrics.json"
     rec = write_metrics(path, {"HR@10": 0.5, "counts": {"rows": 3, "rate": None}}, {"command": "tsrec x", "p": {"a": 1}})

@@ -7,9 +7,9 @@ import yaml
 from tiny_train import make_params  # noqa: E402
 
 from tsrec.cli import main
-from tsrec.config import load_params
-from tsrec.errors import ParamError
-from tsrec.keyword_cache import cache_path
+from tsrec.core.config import load_params
+from tsrec.core.errors import ParamError
+from tsrec.semantics.keyword_cache import cache_path
 
 REPO = Path(__file__).resolve().parents[1]
 

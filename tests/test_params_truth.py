@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tsrec.config import SECTIONS, load_params
-from tsrec.errors import ParamError
+from tsrec.core.config import SECTIONS, load_params
+from tsrec.core.errors import ParamError
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -17,14 +17,14 @@ PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 # section -> its typed config; the sections without one hold no defaults (seed: int, variants: overrides,
 # repro: the make repro list)
 CONFIGS = {
-    "data": "tsrec.data:DataConfig", "raw": "tsrec.raw:RawConfig", "report": "tsrec.report:ReportConfig",
-    "embed": "tsrec.embed:EmbedConfig", "backbone": "tsrec.backbone:BackboneConfig",
-    "sainit": "tsrec.sainit:SAInitConfig", "tasks": "tsrec.tasks:TasksConfig", "train": "tsrec.runs:TrainConfig",
-    "baselines": "tsrec.baseline:BaselinesConfig", "sweep": "tsrec.sweep:SweepConfig",
-    "evaluate": "tsrec.evaluate:EvaluateConfig", "codebook": "tsrec.codebook:CodebookConfig",
-    "keywords": "tsrec.keyword_cache:KeywordsConfig", "rl": "tsrec.rl:RLConfig",
-    "llm_baselines": "tsrec.llm_baselines:LLMBaselinesConfig",
-    "repro": "tsrec.pinning:ReproConfig",
+    "data": "tsrec.commands.data:DataConfig", "raw": "tsrec.data.raw:RawConfig", "report": "tsrec.commands.report:ReportConfig",
+    "embed": "tsrec.commands.embed:EmbedConfig", "backbone": "tsrec.commands.backbone:BackboneConfig",
+    "sainit": "tsrec.model.sainit:SAInitConfig", "tasks": "tsrec.model.tasks:TasksConfig", "train": "tsrec.model.runs:TrainConfig",
+    "baselines": "tsrec.commands.baseline:BaselinesConfig", "sweep": "tsrec.commands.sweep:SweepConfig",
+    "evaluate": "tsrec.commands.evaluate:EvaluateConfig", "codebook": "tsrec.commands.codebook:CodebookConfig",
+    "keywords": "tsrec.semantics.keyword_cache:KeywordsConfig", "rl": "tsrec.commands.rl:RLConfig",
+    "llm_baselines": "tsrec.commands.llm_baseline:LLMBaselinesConfig",
+    "repro": "tsrec.core.pinning:ReproConfig",
 }
 UNTYPED = {"seed", "variants"}
 
@@ -63,7 +63,7 @@ def test_code_defaults_equal_params_yaml(name):
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_params_yaml_section_parses_with_no_unknown_key(name):
-    from tsrec.config import from_dict
+    from tsrec.core.config import from_dict
 
     from_dict(config_class(CONFIGS[name]), PARAMS[name], name, "params.yaml")
 
@@ -74,7 +74,7 @@ def test_drift_is_detected():
 
 
 def test_seed_has_no_fallback(tmp_path):
-    from tsrec.config import global_seed
+    from tsrec.core.config import global_seed
 
     p = tmp_path / "params.yaml"
     p.write_text("data: {datasets: [X]}\n")

@@ -1,4 +1,4 @@
-"""repro.cpu_capability / repro.threads (tsrec.pinning): the same tiny training gives the same bits on any x86
+"""repro.cpu_capability / repro.threads (tsrec.core.pinning): the same tiny training gives the same bits on any x86
 machine, the run records say what ran, and a CPU that cannot honour the pin is refused."""
 
 import csv
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tsrec import pinning
-from tsrec.errors import ParamError
+from tsrec.core import pinning
+from tsrec.core.errors import ParamError
 
 from tiny_train import make_params  # noqa: E402
 

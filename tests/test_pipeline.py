@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from tsrec.cli import NOT_STAGES, STAGES, build_parser
-from tsrec.config import load_params
+from tsrec.core.config import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def test_cli_imports_only_the_stage_it_runs():
     assert out.stdout.strip() == "[]"
     args = build_parser(["evaluate", "--dataset", "D", "--variant", "V"]).parse_args(
         ["evaluate", "--dataset", "D", "--variant", "V"])
-    assert args._module.__name__ == "tsrec.evaluate" and args.dataset == "D"
+    assert args._module.__name__ == "tsrec.commands.evaluate" and args.dataset == "D"
     # a params file named like a stage is not taken for the stage
     args = build_parser(["--params", "data", "report"]).parse_args(["--params", "data", "report"])
-    assert args._module.__name__ == "tsrec.report"
+    assert args._module.__name__ == "tsrec.commands.report"

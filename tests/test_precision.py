@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.attention
 
-from tsrec import precision
+from tsrec.core import precision
 
 
 @pytest.mark.parametrize("flags,expected", [({"avx2", "avx512_bf16"}, "bf16"), ({"amx_bf16"}, "bf16"),
@@ -43,7 +43,7 @@ def test_device_auto_follows_cuda_and_bad_devices_are_refused(monkeypatch):
 
 
 def test_evaluate_config_refuses_an_unknown_device():
-    from tsrec.scoring import EvaluateConfig
+    from tsrec.model.scoring import EvaluateConfig
 
     with pytest.raises(ValueError, match="device must be"):
         EvaluateConfig(device="gpu0").validate()
@@ -58,7 +58,7 @@ def test_train_precision_sets_weight_and_optimizer_dtypes(tmp_path, tiny_dataset
     from tiny_train import make_params
     from transformers import TrainerCallback
 
-    from tsrec.sft import train_run
+    from tsrec.model.sft import train_run
 
     seen = {}
 
@@ -84,10 +84,10 @@ def test_train_precision_sets_weight_and_optimizer_dtypes(tmp_path, tiny_dataset
 
 def test_bf16_pure_is_a_train_mode_only():
     """evaluate / rl score with autocast; their configs refuse bf16_pure (one clear error)."""
-    from tsrec.config import section
-    from tsrec.errors import ParamError
-    from tsrec.runs import TrainConfig
-    from tsrec.scoring import EvaluateConfig
+    from tsrec.core.config import section
+    from tsrec.core.errors import ParamError
+    from tsrec.model.runs import TrainConfig
+    from tsrec.model.scoring import EvaluateConfig
 
     assert section({"train": {"precision": "bf16_pure"}}, "train", TrainConfig).precision == "bf16_pure"
     with pytest.raises(ParamError, match="bf16_pure"):

@@ -1,4 +1,4 @@
-"""Named profiles (profiles/{cpu,authors,paper}.yaml, tsrec.profiles) and the authors' protocol in the registry."""
+"""Named profiles (profiles/{cpu,authors,paper}.yaml, tsrec.commands.profiles) and the authors' protocol in the registry."""
 
 import hashlib
 import json
@@ -11,14 +11,14 @@ import yaml
 from sid_setup import tokenizer_and_cache  # noqa: E402
 from tiny_train import make_params  # noqa: E402
 
-from tsrec import profiles
-from tsrec.config import load_params, section
-from tsrec.errors import ParamError
-from tsrec.runs import TrainConfig, variant_params
-from tsrec.sainit import SAInitConfig
-from tsrec.scoring import EvaluateConfig
-from tsrec.sft import dry_run
-from tsrec.tasks import (
+from tsrec.commands import profiles
+from tsrec.core.config import load_params, section
+from tsrec.core.errors import ParamError
+from tsrec.model.runs import TrainConfig, variant_params
+from tsrec.model.sainit import SAInitConfig
+from tsrec.model.scoring import EvaluateConfig
+from tsrec.model.sft import dry_run
+from tsrec.model.tasks import (
     IGNORE,
     PromptsConfig,
     build_examples,
@@ -45,7 +45,7 @@ PINNED = {"cpu": "fc845eb4b34898b1835715dae4a2c73febaa88ae1e4df06d588e1bf5d5c203
 
 @pytest.fixture(scope="module")
 def corpus_env(tmp_path_factory, tiny_backbone):
-    from tsrec.synthetic import make_dataset
+    from tsrec.data.synthetic import make_dataset
 
     tmp = tmp_path_factory.mktemp("profiles")
     ds = make_dataset(tmp / "ds")
@@ -321,8 +321,8 @@ def test_authors_profile_trains_and_evaluates_end_to_end(tmp_path, tiny_dataset,
     from transformers import TrainerCallback
 
     from tsrec.cli import main
-    from tsrec.config import deep_merge
-    from tsrec.sft import train_run
+    from tsrec.core.config import deep_merge
+    from tsrec.model.sft import train_run
 
     params = make_params(tmp_path, tiny_dataset, tiny_backbone)
     over = profiles.overlay("authors")
@@ -340,7 +340,7 @@ def test_authors_profile_trains_and_evaluates_end_to_end(tmp_path, tiny_dataset,
             seen.setdefault("valid", set()).add(len(eval_dataloader.dataset))
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({k: v for k, v in params.items() if k != "_path"}))
-    from tsrec.layout import results_dir, train_run_dir
+    from tsrec.data.layout import results_dir, train_run_dir
 
     run = train_run_dir(tmp_path / "artifacts", "tiny", "authors_tsrec", params["seed"])
     meta = train_run(params, "tiny", "authors_tsrec", out=run, callbacks=[Args()])

@@ -8,10 +8,10 @@ import pytest
 import yaml
 from tiny_train import make_params  # noqa: E402
 
-from tsrec.config import section
-from tsrec.errors import ParamError
-from tsrec.runs import TrainConfig, variant_params
-from tsrec.sft import train_run
+from tsrec.core.config import section
+from tsrec.core.errors import ParamError
+from tsrec.model.runs import TrainConfig, variant_params
+from tsrec.model.sft import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL = {"max_steps": 4, "eval_steps": 2, "schedule": "linear", "warmup_steps": 1, "early_stopping": False,
@@ -80,8 +80,8 @@ def comparison_budgets(params: dict) -> dict[str, tuple]:
 @pytest.mark.parametrize("profile", ["params.yaml", "profiles/pilot.yaml"])
 def test_every_run_of_a_comparison_shares_one_budget_and_schedule(profile):
     params = yaml.safe_load((ROOT / profile).read_text())
-    if profile != "params.yaml":  # a profile overlays params.yaml (tsrec.profiles)
-        from tsrec.config import deep_merge
+    if profile != "params.yaml":  # a profile overlays params.yaml (tsrec.commands.profiles)
+        from tsrec.core.config import deep_merge
 
         params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), params)
     budgets = comparison_budgets(params)

@@ -4,9 +4,9 @@ import sys
 
 import pytest
 
-from tsrec.datasets import load_items, load_split
-from tsrec.errors import TsrecError
-from tsrec.raw import build_from_raw, clean_title, k_core
+from tsrec.data.datasets import load_items, load_split
+from tsrec.core.errors import TsrecError
+from tsrec.data.raw import build_from_raw, clean_title, k_core
 
 DAY = 86_400
 T0 = 1_480_000_000  # 2016-11-24, inside the default window

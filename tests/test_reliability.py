@@ -19,13 +19,13 @@ import pytest
 import yaml
 from test_evaluate import tiny_eval_model  # noqa: F401  (fixture)
 
-from tsrec import metrics
-from tsrec.check import read_values
+from tsrec.eval import metrics
+from tsrec.commands.check import read_values
 from tsrec.cli import main
-from tsrec.config import load_params
-from tsrec.errors import ParamError, TsrecError
-from tsrec.io import atomic_dir, sha256_file
-from tsrec.metrics import write_metrics
+from tsrec.core.config import load_params
+from tsrec.core.errors import ParamError, TsrecError
+from tsrec.core.io import atomic_dir, sha256_file
+from tsrec.eval.metrics import write_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = [f"{n}@{k}" for k in (1, 3, 5, 10, 20) for n in ("HR", "NDCG")]
@@ -147,7 +147,7 @@ def test_bad_cli_flag_is_not_blamed_on_params(tmp_path, capsys):
 
 # ---------------------------------------------------------------- helpers: a trained run, evaluated
 def _trained_run(tmp_path, tiny_dataset, tiny_eval_model):  # noqa: F811
-    from tsrec.runs import save_final
+    from tsrec.model.runs import save_final
 
     model, tok, _ = tiny_eval_model
     index = tiny_dataset / "sid_index.json"
@@ -175,7 +175,7 @@ def _snapshot(tmp_path):
 
 
 def _consistent(tmp_path):
-    from tsrec.scoring import check_ranks
+    from tsrec.model.scoring import check_ranks
 
     mfile, _, slim, full = _outputs(tmp_path)
     check_ranks(slim, mfile)
@@ -190,7 +190,7 @@ def test_second_train_of_a_run_is_refused_naming_the_holder(tmp_path, tiny_datas
     import filelock
     from tiny_train import make_params
 
-    from tsrec.io import _lock_file
+    from tsrec.core.io import _lock_file
 
     params = make_params(tmp_path, tiny_dataset, tiny_backbone, max_steps=1)
     run = tmp_path / "artifacts" / "tiny" / "runs" / "sft" / "seed5"
@@ -221,7 +221,7 @@ def test_second_train_of_a_run_is_refused_naming_the_holder(tmp_path, tiny_datas
 def test_simultaneous_commits_never_mix(tmp_path):
     """Many writers of one evaluate output at once: each either commits whole or is refused; what is left is
     one writer's complete set (metrics, run record and both ranks agree)."""
-    from tsrec.scoring import commit_outputs
+    from tsrec.model.scoring import commit_outputs
 
     mfile, _, slim, full = _outputs(tmp_path)
     go = threading.Barrier(8)
@@ -288,7 +288,7 @@ def test_two_atomic_dirs_finishing_together_both_succeed(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- 5. paired needs the run record
 def test_paired_refuses_ranks_without_their_run_record(tmp_path, capsys):
-    from tsrec.layout import write_row_ranks
+    from tsrec.data.layout import write_row_ranks
 
     res = tmp_path / "results"
     for v in ("a", "b"):
@@ -340,7 +340,7 @@ def test_missing_tokenizer_named(tmp_path, tiny_dataset, tiny_eval_model, capsys
 def test_truncated_backbone_weights_named(tmp_path, tiny_backbone):
     import shutil
 
-    from tsrec.llm import load_backbone
+    from tsrec.lm.llm import load_backbone
 
     bb = tmp_path / "bb"
     shutil.copytree(tiny_backbone, bb)

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from tsrec.cli import main
-from tsrec.errors import TsrecError
-from tsrec.metrics import read_metrics, write_metrics
-from tsrec.report import ITEM_ONLY, dataset_table
+from tsrec.core.errors import TsrecError
+from tsrec.eval.metrics import read_metrics, write_metrics
+from tsrec.commands.report import ITEM_ONLY, dataset_table
 
 DS = "Industrial_and_Scientific"
 T95_2 = 4.302652729911275  # Student t, 0.975 quantile, 2 dof
@@ -133,7 +133,7 @@ def test_one_seed_shows_value_and_n1(tmp_path):
     assert ours["runs"] == "n=1 (42)" and ours["NDCG@10"] == "0.1000" and "±" not in ours["HR@10"]
     assert sft["seed test"] == "n/a (n=1)" and sft["tsrec gain NDCG@10"] == "+25.0 %"
     assert "1 run pair, 4 rows" in sft["paired test (rows)"]
-    # one pair: the pooled test is the single-run paired comparison of tsrec.stats (McNemar on rows)
+    # one pair: the pooled test is the single-run paired comparison of tsrec.eval.stats (McNemar on rows)
     c = table.comparisons[sft["method"]]["paired"]
     assert (c["HR@10_only_a"], c["HR@10_only_b"]) == (1, 1)
 
@@ -188,7 +188,7 @@ def test_bad_metrics_files(tmp_path):
 
 
 def test_rl_curves_plot_only_where_rl_ran(tmp_path):
-    from tsrec.report import plot_rl, rl_variants
+    from tsrec.commands.report import plot_rl, rl_variants
 
     ds = tmp_path / "DS"
     (ds / "sft" / "seed42").mkdir(parents=True)
@@ -206,7 +206,7 @@ def test_rl_curves_plot_only_where_rl_ran(tmp_path):
 
 
 def test_baseline_curves_plot_the_learned_models_against_the_floors(tmp_path, monkeypatch):
-    from tsrec import report
+    from tsrec.commands import report
 
     base = tmp_path / "DS" / "baselines"
     assert report.plot_baseline_curves(tmp_path, "DS", tmp_path / "none.png") is None  # nothing ran yet
@@ -238,7 +238,7 @@ def test_baseline_curves_plot_the_learned_models_against_the_floors(tmp_path, mo
 
 
 def test_run_ledger_lists_each_llm_run_with_its_budget_and_time(three_seeds, tmp_path):
-    from tsrec.report import ledger_lines, run_ledger
+    from tsrec.commands.report import ledger_lines, run_ledger
 
     for seed, (steps, wall) in {42: (1100, 1590.0), 43: (1200, 1650.0)}.items():
         d = three_seeds / DS / "tsrec" / f"seed{seed}"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tiny_train import make_params  # noqa: E402
 
-from tsrec.sft import SeededLengthGroupedSampler, drop_incomplete_checkpoints, train_run
+from tsrec.model.sft import SeededLengthGroupedSampler, drop_incomplete_checkpoints, train_run
 
 REPO = Path(__file__).resolve().parents[1]
 KILLER = Path(__file__).parent / "kill_train.py"
@@ -19,7 +19,7 @@ RUN = {"max_steps": -1, "epochs": 3.0, "batch_size": 32, "eval_steps": 2}
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_backbone):
-    from tsrec.synthetic import make_dataset
+    from tsrec.data.synthetic import make_dataset
 
     root = tmp_path_factory.mktemp("resume")
     params = make_params(root, make_dataset(root / "data" / "tiny"), tiny_backbone, **RUN)

@@ -13,13 +13,13 @@ from safetensors.torch import load_file
 from test_decoding import encode, random_prompts, sid_model
 from tiny_train import make_params  # noqa: E402
 
-from tsrec import layout
+from tsrec.data import layout
 from tsrec.cli import main
-from tsrec.config import section
-from tsrec.datasets import load_index
-from tsrec.decoding import SidTrie, beam_search, left_pad
-from tsrec.errors import ParamError
-from tsrec.rl import (
+from tsrec.core.config import section
+from tsrec.data.datasets import load_index
+from tsrec.lm.decoding import SidTrie, beam_search, left_pad
+from tsrec.core.errors import ParamError
+from tsrec.commands.rl import (
     MATRIX_KEYS,
     RLConfig,
     completion_logps,
@@ -174,7 +174,7 @@ def test_bad_params_give_one_param_error_naming_the_field(raw, field):
 
 
 def test_repo_params_rl_section_loads():
-    from tsrec.config import load_params
+    from tsrec.core.config import load_params
 
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     cfg = section(params, "rl", RLConfig)
@@ -250,8 +250,8 @@ RL = {"train_prompts": 24, "epochs": 1.0, "batch_size": 4, "num_generations": 16
 
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory, tiny_backbone):
-    from tsrec.sft import train_run
-    from tsrec.synthetic import make_dataset
+    from tsrec.model.sft import train_run
+    from tsrec.data.synthetic import make_dataset
 
     root = tmp_path_factory.mktemp("rl")
     params = make_params(root, make_dataset(root / "data" / "tiny"), tiny_backbone, max_steps=2)
@@ -348,14 +348,15 @@ def test_rl_renders_the_sft_runs_prompt_text(tmp_path, tiny_backbone, monkeypatc
     and evaluate scores the RL run with the same text."""
     import json
 
-    import tsrec.evaluate
-    import tsrec.scoring
-    from tsrec import profiles, rl
-    from tsrec.config import deep_merge
-    from tsrec.runs import load_trained
-    from tsrec.sft import train_run
-    from tsrec.synthetic import make_dataset
-    from tsrec.tasks import IGNORE, build_examples, load_corpus, seqrec_prompt, tasks_config
+    import tsrec.commands.evaluate
+    import tsrec.model.scoring
+    from tsrec.commands import profiles
+    from tsrec.commands import rl
+    from tsrec.core.config import deep_merge
+    from tsrec.model.runs import load_trained
+    from tsrec.model.sft import train_run
+    from tsrec.data.synthetic import make_dataset
+    from tsrec.model.tasks import IGNORE, build_examples, load_corpus, seqrec_prompt, tasks_config
 
     params = make_params(tmp_path, make_dataset(tmp_path / "data" / "tiny"), tiny_backbone, max_steps=1)
     params = deep_merge(params, {"tasks": profiles.overlay("authors")["tasks"]})
@@ -366,7 +367,7 @@ def test_rl_renders_the_sft_runs_prompt_text(tmp_path, tiny_backbone, monkeypatc
     assert tcfg.prompts.eos_suffix == "\n" and tcfg.prompts.header.startswith("Below is an instruction")
 
     seen: dict = {"valid": [], "ends": [], "completions": []}
-    real_rows, real_beam, real_tokens = tsrec.scoring.evaluate_rows, rl.beam_search, rl.sid_tokens
+    real_rows, real_beam, real_tokens = tsrec.model.scoring.evaluate_rows, rl.beam_search, rl.sid_tokens
 
     def rows(model, tokenizer, trie, index, df, prompt_fn, encode, **kw):
         seen["valid"].append(prompt_fn(["<a_1><b_2><c_3>", "<a_4><b_5><c_6>"]))
@@ -380,8 +381,8 @@ def test_rl_renders_the_sft_runs_prompt_text(tmp_path, tiny_backbone, monkeypatc
         seen["completions"].append(real_tokens(trie, sid_ids))
         return seen["completions"][-1]
 
-    monkeypatch.setattr(tsrec.evaluate, "evaluate_rows", rows)  # both stages score through tsrec.scoring
-    monkeypatch.setattr(tsrec.scoring, "evaluate_rows", rows)
+    monkeypatch.setattr(tsrec.commands.evaluate, "evaluate_rows", rows)  # both stages score through tsrec.model.scoring
+    monkeypatch.setattr(tsrec.model.scoring, "evaluate_rows", rows)
     monkeypatch.setattr(rl, "beam_search", beam)
     monkeypatch.setattr(rl, "sid_tokens", tokens)
     params["rl"] = {**RL, "variants": ["sft"], "train_prompts": 8, "max_steps": 2, "eval_steps": 2, "valid_rows": 4}
@@ -399,9 +400,9 @@ def test_rl_renders_the_sft_runs_prompt_text(tmp_path, tiny_backbone, monkeypatc
     # the RL pool: the prompt part of the run's SFT seqrec examples, targets without the suffix
     from dataclasses import replace
 
-    from tsrec.tasks import TaskParams
+    from tsrec.model.tasks import TaskParams
 
-    ipath = tsrec.evaluate.run_index(params, "tiny", base)
+    ipath = tsrec.commands.evaluate.run_index(params, "tiny", base)
     corpus = load_corpus(tmp_path / "data" / "tiny", ipath, None, replace(tcfg, tsalign=TaskParams(enabled=False)))
     trie = SidTrie.from_index(load_index(ipath), tok, suffix="\n")
     pool = rl.rl_prompts(corpus, tok, section({"rl": RL}, "rl", RLConfig).tasks, None, params["seed"], tcfg.max_len,

@@ -4,11 +4,11 @@ import math
 import pytest
 import torch
 
-from tsrec.config import section
-from tsrec.errors import ParamError, TsrecError
-from tsrec.keyword_cache import read_records
-from tsrec.llm import LoraParams, add_sid_tokens, is_tied, load_backbone, prepare_for_finetune
-from tsrec.sainit import SAInitConfig, sa_init
+from tsrec.core.config import section
+from tsrec.core.errors import ParamError, TsrecError
+from tsrec.semantics.keyword_cache import read_records
+from tsrec.lm.llm import LoraParams, add_sid_tokens, is_tied, load_backbone, prepare_for_finetune
+from tsrec.model.sainit import SAInitConfig, sa_init
 
 TOKENS = ["<a_0>", "<a_1>", "<b_0>", "<b_1>", "<c_0>", "<c_1>"]
 KEYWORDS = {

@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from tsrec import layout
+from tsrec.data import layout
 from tsrec.cli import main
-from tsrec.errors import ParamError, TsrecError
-from tsrec.io import sha256_file
-from tsrec.migrate import migrate
-from tsrec.runs import MATRIX_KEYS, TrainConfig
-from tsrec.stats import paired, paired_pooled, seed_pairs, seed_test
+from tsrec.core.errors import ParamError, TsrecError
+from tsrec.core.io import sha256_file
+from tsrec.commands.migrate import migrate
+from tsrec.model.runs import MATRIX_KEYS, TrainConfig
+from tsrec.eval.stats import paired, paired_pooled, seed_pairs, seed_test
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,9 +30,9 @@ def _stage_params(stage: str) -> list[str]:
 
 def profile_params(path: Path) -> dict:
     """The params file DVC would read with this profile: a complete file (params.yaml, profiles/smoke.yaml)
-    as it is; an overlay (profiles/{cpu,authors,paper}.yaml, tsrec.profiles) merged onto params.yaml as
+    as it is; an overlay (profiles/{cpu,authors,paper}.yaml, tsrec.commands.profiles) merged onto params.yaml as
     `make profile P=<name>` writes it."""
-    from tsrec import profiles
+    from tsrec.commands import profiles
 
     if path.parent.name == "profiles" and path.stem in profiles.OVERLAYS:
         return profiles.resolve(yaml.safe_load((REPO / "params.yaml").read_text()), path.stem)
@@ -43,7 +43,7 @@ PROFILES = [REPO / "params.yaml", *sorted((REPO / "profiles").glob("*.yaml"))]
 
 
 def test_every_profile_file_is_a_full_file_or_a_known_overlay():
-    from tsrec import profiles
+    from tsrec.commands import profiles
 
     for path in PROFILES[1:]:
         assert path.stem in (*profiles.OVERLAYS, "smoke"), f"{path.name}: unknown profile kind (full file or overlay?)"
@@ -161,9 +161,9 @@ def test_confirm_runs_are_the_same_stages_over_the_sweep_winner(tmp_path):
 
 
 def test_extra_variants_resolve_to_their_ablation(tmp_path):
-    from tsrec import sainit
-    from tsrec.keyword_cache import cache_path
-    from tsrec.runs import variant_params
+    from tsrec.model import sainit
+    from tsrec.semantics.keyword_cache import cache_path
+    from tsrec.model.runs import variant_params
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     ds = "Industrial_and_Scientific"
@@ -177,14 +177,14 @@ def test_extra_variants_resolve_to_their_ablation(tmp_path):
         variant_params(params, "bad")
     both = {"datasets": [ds], "variants": ["tsrec"], "seeds": [42]}
     with pytest.raises(ParamError, match="in variants too"):
-        from tsrec.config import section
+        from tsrec.core.config import section
 
         section({"train": {**params["train"], "extra": both}}, "train", TrainConfig)
 
 
 @pytest.mark.parametrize("seeds", [[], [1, 1]])
 def test_bad_seed_lists_refused(seeds):
-    from tsrec.config import section
+    from tsrec.core.config import section
 
     with pytest.raises(ParamError, match="seeds must be a non-empty list of distinct integers"):
         section({"train": {"seeds": seeds}}, "train", TrainConfig)

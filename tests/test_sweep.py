@@ -7,8 +7,8 @@ import pytest
 import yaml
 from tiny_train import make_params  # noqa: E402
 
-from tsrec.errors import ParamError
-from tsrec.sweep import masked, run_sweep, scoring_precision
+from tsrec.core.errors import ParamError
+from tsrec.commands.sweep import masked, run_sweep, scoring_precision
 
 
 @pytest.fixture()
@@ -62,13 +62,13 @@ def test_sweep_uses_rdb_storage_and_resumes(params, tmp_path):
     best = yaml.safe_load((dest / "best.yaml").read_text())["sweep_best"]
     assert best["sainit"]["pooling"] == summary["best"]["params"]["pooling"]
     params["variants"]["sweep_best"] = best
-    from tsrec.runs import variant_params
-    from tsrec.sainit import config as sainit_config
+    from tsrec.model.runs import variant_params
+    from tsrec.model.sainit import config as sainit_config
 
     assert sainit_config(variant_params(params, "sweep_best")).levels == list(summary["best"]["params"]["levels"])
     # a failed trial that shares trial 1's folder (a stopped copy) gets no curve of its own
-    from tsrec.config import section
-    from tsrec.sweep import SweepConfig, summarize
+    from tsrec.core.config import section
+    from tsrec.commands.sweep import SweepConfig, summarize
 
     study = optuna.load_study(study_name="tsrec-sweep-ndcg", storage=params["sweep"]["storage"])
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, params=trials[1].params,
@@ -80,7 +80,7 @@ def test_sweep_uses_rdb_storage_and_resumes(params, tmp_path):
 def test_trial_curve_is_the_trials_own(tmp_path):
     """A trial's curve: its folder's valid.csv when that ends where the trial's reports end (a resumed trial keeps
     its steps before the resume), else the losses the trial reported (the folder was rewritten by a copy)."""
-    from tsrec.sweep import trial_curve
+    from tsrec.commands.sweep import trial_curve
 
     (tmp_path / "plots").mkdir()
     pd.DataFrame({"step": [100, 200, 300], "epoch": [0.1, 0.2, 0.3], "eval_loss": [4.0, 3.5, 3.2]}).to_csv(
@@ -107,7 +107,7 @@ def test_trial_curve_is_the_trials_own(tmp_path):
 
 
 def test_pruning_callback_stops_a_trial_the_pruner_rejects():
-    from tsrec.sweep import pruning_callback
+    from tsrec.commands.sweep import pruning_callback
 
     class Trial:
         reports = []
@@ -131,8 +131,8 @@ def test_pruning_callback_stops_a_trial_the_pruner_rejects():
 
 
 def test_default_trial_only_inside_the_search_space(params):
-    from tsrec.config import section
-    from tsrec.sweep import SweepConfig, default_trial
+    from tsrec.core.config import section
+    from tsrec.commands.sweep import SweepConfig, default_trial
 
     cfg = section(params, "sweep", SweepConfig)
     assert default_trial(params, cfg)["pooling"] == "mean"
@@ -165,8 +165,8 @@ def test_storage_password_is_masked():
 def test_storage_url_from_environment(params, tmp_path, monkeypatch):
     from sqlalchemy.engine import make_url
 
-    from tsrec.config import section
-    from tsrec.sweep import SweepConfig, storage_url
+    from tsrec.core.config import section
+    from tsrec.commands.sweep import SweepConfig, storage_url
 
     params["sweep"].update(storage_env="TSREC_TEST_STORAGE", n_trials=1)
     with pytest.raises(ParamError, match="TSREC_TEST_STORAGE") as exc:
@@ -187,16 +187,16 @@ def test_storage_url_from_environment(params, tmp_path, monkeypatch):
 
 
 def test_trials_are_scored_in_the_evaluate_precision(params, monkeypatch):
-    import tsrec.precision
+    import tsrec.core.precision
 
-    monkeypatch.setattr(tsrec.precision, "native_bf16", lambda device="cpu": True)  # a native-bf16 CPU
+    monkeypatch.setattr(tsrec.core.precision, "native_bf16", lambda device="cpu": True)  # a native-bf16 CPU
     assert scoring_precision({**params, "evaluate": {"precision": "fp32"}}, "cpu") == "fp32"
     assert scoring_precision({**params, "evaluate": {"precision": "auto"}}, "cpu") == "bf16"
 
 
 def test_threshold_pruner_stops_only_a_loss_above_the_bound_after_warmup(params):
-    from tsrec.config import section
-    from tsrec.sweep import SweepConfig, make_pruner, pruning_callback
+    from tsrec.core.config import section
+    from tsrec.commands.sweep import SweepConfig, make_pruner, pruning_callback
 
     params["sweep"]["pruner"] = {"kind": "threshold", "max_loss": 3.8, "warmup_steps": 500}
     cfg = section(params, "sweep", SweepConfig)

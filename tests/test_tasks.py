@@ -4,10 +4,10 @@ from collections import Counter
 import pytest
 from sid_setup import tokenizer_and_cache
 
-from tsrec.config import section
-from tsrec.errors import ParamError, TsrecError
-from tsrec.sft import Collator
-from tsrec.tasks import (
+from tsrec.core.config import section
+from tsrec.core.errors import ParamError, TsrecError
+from tsrec.model.sft import Collator
+from tsrec.model.tasks import (
     IGNORE,
     TASKS,
     TasksConfig,

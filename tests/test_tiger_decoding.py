@@ -1,13 +1,13 @@
-"""TIGER decodes with tsrec.decoding.seq2seq_beam_search: same rankings and scores as HF generate."""
+"""TIGER decodes with tsrec.lm.decoding.seq2seq_beam_search: same rankings and scores as HF generate."""
 
 import pytest
 import torch
 
-from tsrec.baseline import BaselinesConfig, build
+from tsrec.commands.baseline import BaselinesConfig, build
 from tsrec.baselines.generative import EOS, PAD
 from tsrec.baselines.trainer import SeqData
-from tsrec.config import section
-from tsrec.decoding import SidTrie, seq2seq_beam_search
+from tsrec.core.config import section
+from tsrec.lm.decoding import SidTrie, seq2seq_beam_search
 
 
 def _tiger(tiny_dataset, seed=0, d_model=32):

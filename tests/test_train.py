@@ -8,11 +8,11 @@ from safetensors.torch import load_file
 from tiny_train import make_params  # noqa: E402
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from tsrec.config import section
-from tsrec.errors import ParamError, TsrecError
-from tsrec.runs import RUN_HISTORY, TrainConfig, load_trained, stable_meta, variant_params
-from tsrec.sft import Collator, label_position_loss, train_run
-from tsrec.tasks import IGNORE
+from tsrec.core.config import section
+from tsrec.core.errors import ParamError, TsrecError
+from tsrec.model.runs import RUN_HISTORY, TrainConfig, load_trained, stable_meta, variant_params
+from tsrec.model.sft import Collator, label_position_loss, train_run
+from tsrec.model.tasks import IGNORE
 
 
 @pytest.fixture()
@@ -195,7 +195,7 @@ def test_seed_option_is_the_top_level_seed_of_that_run(params, tmp_path):
 
 def test_summary_records_precision_and_stop_reason(params, tmp_path, monkeypatch):
     """auto follows the hardware; a run that ends on its step cap says so, one that plateaus says plateau."""
-    from tsrec import precision
+    from tsrec.core import precision
 
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
     params["train"]["precision"] = "auto"  # the default is fp32 now; auto is still an option

@@ -13,7 +13,7 @@ from tsrec.cli import NOT_STAGES, STAGES
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 STAGE_MODULES = {module_file(mod) for name, (mod, _) in STAGES.items() if name not in NOT_STAGES}
-COMMANDS = {PKG / "cli.py", PKG / "__main__.py", PKG / "profiles.py"} | {
+COMMANDS = {PKG / "cli.py", PKG / "__main__.py", PKG / "commands" / "profiles.py"} | {
     module_file(mod) for name, (mod, _) in STAGES.items() if name in NOT_STAGES}
 
 # sections a stage's code can read that dvc.yaml leaves out on purpose, with the reason

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from tsrec.datasets import load_index
+from tsrec.data.datasets import load_index
 
 
 def make_params(root: Path, dataset: Path, backbone: Path, **train) -> dict:
@@ -19,7 +19,7 @@ def make_params(root: Path, dataset: Path, backbone: Path, **train) -> dict:
     cache = [{"token": t, "keywords": ["drill", "steel"], "description": f"This family comprises drill {t[1]} items."}
              for t in tokens]
     (sem / f"{dataset.name}.description_keywords.json").write_text(json.dumps(cache))
-    kw = root / "artifacts" / dataset.name / "keywords" / "authors.json"  # where tsrec.keywords.cache_path points
+    kw = root / "artifacts" / dataset.name / "keywords" / "authors.json"  # where tsrec.commands.keywords.cache_path points
     kw.parent.mkdir(parents=True, exist_ok=True)
     kw.write_text(json.dumps(cache))
     params = {

@@ -10,28 +10,28 @@ import logging
 import os
 import sys
 
-from tsrec.errors import TsrecError
-from tsrec.io import NO_SPACE
+from tsrec.core.errors import TsrecError
+from tsrec.core.io import NO_SPACE
 
 # stage name -> (module, help); each module defines add_arguments(parser) and run(args, params).
 # Only the stage being run is imported (``tsrec --help`` imports none of them).
 STAGES = {
-    "data": ("tsrec.data", "mirror or download -> sha256 check -> canonical parquet splits"),
-    "embed": ("tsrec.embed", "frozen text-encoder embeddings of every item"),
-    "codebook": ("tsrec.codebook", "SID indexes (official / RQ-VAE / RQ-KMeans) and their report"),
-    "keywords": ("tsrec.keywords", "per-SID-token keywords + description caches (teachers in use)"),
-    "teachers": ("tsrec.teacher_caches", "optional keyword caches (e.g. the slow hf teacher)"),
-    "backbone": ("tsrec.backbone", "convert the pretrained backbone once to a safetensors folder"),
-    "train": ("tsrec.train", "multi-task SFT with SID tokens, SA-Init and TS-Align (one variant)"),
-    "rl": ("tsrec.rl", "GRPO after SFT: beam-search rollouts over the SID trie, ranking reward (one variant)"),
-    "evaluate": ("tsrec.evaluate", "constrained beam search on valid/test -> HR@K / NDCG@K"),
-    "baseline": ("tsrec.baseline", "train and score one baseline model"),
-    "llm-baseline": ("tsrec.llm_baselines", "BIGRec / D3 / S-DPO: the title SFT, S-DPO, grounding or title-trie decoding"),
-    "sweep": ("tsrec.sweep", "Optuna sweep over SA-Init pooling and the TS-Align weight"),
-    "report": ("tsrec.report", "Recall/NDCG tables from the metrics files"),
-    "paired": ("tsrec.paired", "paired test of two evaluated variants on their saved row ranks (no decoding)"),
-    "check": ("tsrec.check", "compare the metrics files with a committed expected file (regression check)"),
-    "migrate-seed-layout": ("tsrec.migrate", "move runs made before per-seed folders into seed<N>/ (no retraining)"),
+    "data": ("tsrec.commands.data", "mirror or download -> sha256 check -> canonical parquet splits"),
+    "embed": ("tsrec.commands.embed", "frozen text-encoder embeddings of every item"),
+    "codebook": ("tsrec.commands.codebook", "SID indexes (official / RQ-VAE / RQ-KMeans) and their report"),
+    "keywords": ("tsrec.commands.keywords", "per-SID-token keywords + description caches (teachers in use)"),
+    "teachers": ("tsrec.commands.teachers", "optional keyword caches (e.g. the slow hf teacher)"),
+    "backbone": ("tsrec.commands.backbone", "convert the pretrained backbone once to a safetensors folder"),
+    "train": ("tsrec.commands.train", "multi-task SFT with SID tokens, SA-Init and TS-Align (one variant)"),
+    "rl": ("tsrec.commands.rl", "GRPO after SFT: beam-search rollouts over the SID trie, ranking reward (one variant)"),
+    "evaluate": ("tsrec.commands.evaluate", "constrained beam search on valid/test -> HR@K / NDCG@K"),
+    "baseline": ("tsrec.commands.baseline", "train and score one baseline model"),
+    "llm-baseline": ("tsrec.commands.llm_baseline", "BIGRec / D3 / S-DPO: the title SFT, S-DPO, grounding or title-trie decoding"),
+    "sweep": ("tsrec.commands.sweep", "Optuna sweep over SA-Init pooling and the TS-Align weight"),
+    "report": ("tsrec.commands.report", "Recall/NDCG tables from the metrics files"),
+    "paired": ("tsrec.commands.paired", "paired test of two evaluated variants on their saved row ranks (no decoding)"),
+    "check": ("tsrec.commands.check", "compare the metrics files with a committed expected file (regression check)"),
+    "migrate-seed-layout": ("tsrec.commands.migrate", "move runs made before per-seed folders into seed<N>/ (no retraining)"),
 }
 NOT_STAGES = {"paired", "check", "migrate-seed-layout"}  # commands run by hand around `dvc repro`, not pipeline stages
 NO_PARAMS = {"check", "migrate-seed-layout"}  # they run wherever the results are, params.yaml or not
@@ -93,10 +93,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def _pin_cpu(argv: list[str]) -> dict | None:
-    """Apply params ``repro`` (torch CPU kernel set, threads: tsrec.pinning) before torch loads; returns the
+    """Apply params ``repro`` (torch CPU kernel set, threads: tsrec.core.pinning) before torch loads; returns the
     params read (None where there is no params file), which the command then uses."""
-    from tsrec.config import DEFAULT_PARAMS, load_params
-    from tsrec.pinning import apply, config
+    from tsrec.core.config import DEFAULT_PARAMS, load_params
+    from tsrec.core.pinning import apply, config
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--params", default=None)
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from tsrec.config import load_params
+    from tsrec.core.config import load_params
 
     try:
         if args.stage in NO_PARAMS and args.params is None:

@@ -1,1 +1,1 @@
-"""The baseline models (one class per model) and their shared trainer; the baseline stage is ``tsrec/baseline.py``."""
+"""The baseline models (one class per model) and their shared trainer; the baseline stage is ``tsrec/commands/baseline.py``."""

@@ -7,7 +7,7 @@ that share a SID are indistinguishable (official index: 3,686 items on 3,670 SID
 3,444 for Office).
 Unlike the paper, no 4th de-duplication code and no user-id token are added.
 
-The trie is ``tsrec.decoding.SidTrie`` (shared with the LLM evaluation), over this model's own token ids.
+The trie is ``tsrec.lm.decoding.SidTrie`` (shared with the LLM evaluation), over this model's own token ids.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from tsrec.baselines.trainer import FitConfig, FitResult, Recommender, SeqData, evaluate, fit, set_seed
-from tsrec.decoding import SidTrie, seq2seq_beam_search
-from tsrec.sids import SID_PATTERN
+from tsrec.lm.decoding import SidTrie, seq2seq_beam_search
+from tsrec.data.sids import SID_PATTERN
 
 log = logging.getLogger(__name__)
 

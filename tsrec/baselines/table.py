@@ -3,7 +3,7 @@ the sft variant's metrics) at both granularities, with 95 % t-intervals over see
 tuning config tried; in a separate table, the published MiniOneRec Table-1 numbers for context only.
 
 Numbers come from the metrics files, the rest (native unit, epochs, stopping reasons, configs tried) from the
-run records beside them (``tsrec.metrics.read_with_run``)."""
+run records beside them (``tsrec.eval.metrics.read_with_run``)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from tsrec.io import atomic_file
-from tsrec.layout import baseline_seed_file, baseline_summary, load_variant
-from tsrec.metrics import ITEM_PREFIX, KS, mean_ci, read_item_metrics, read_metrics, read_with_run
+from tsrec.core.io import atomic_file
+from tsrec.data.layout import baseline_seed_file, baseline_summary, load_variant
+from tsrec.eval.metrics import ITEM_PREFIX, KS, mean_ci, read_item_metrics, read_metrics, read_with_run
 
 # (display name, source): "baseline:<model>" reads results/<DS>/baselines/<model>.json, "variant:<v>" reads
-# results/<DS>/<v>/seed<N>/metrics.json (every seed; tsrec.layout), "llm:<m>" the same files of an LLM baseline
-# (tsrec.llm_baselines), None = not run by us (never filled from a paper).
+# results/<DS>/<v>/seed<N>/metrics.json (every seed; tsrec.data.layout), "llm:<m>" the same files of an LLM baseline
+# (tsrec.commands.llm_baseline), None = not run by us (never filled from a paper).
 ROWS = [
     ("Pop", "baseline:pop"),
     ("Transition (floor)", "baseline:transition"),

@@ -35,9 +35,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from tsrec.datasets import load_index, load_items, load_split
-from tsrec.errors import TsrecError
-from tsrec.metrics import ITEM_PREFIX, both_levels, ranks
+from tsrec.data.datasets import load_index, load_items, load_split
+from tsrec.core.errors import TsrecError
+from tsrec.eval.metrics import ITEM_PREFIX, both_levels, ranks
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""TS-Rec itself: SA-Init, the TS-Align tasks, runs, SFT, GRPO, scoring a run."""
