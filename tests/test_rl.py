@@ -250,12 +250,13 @@ RL = {"train_prompts": 24, "epochs": 1.0, "batch_size": 4, "num_generations": 16
 
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory, tiny_backbone):
+    from tsrec.model.runs import resolve_run
     from tsrec.model.sft import train_run
     from tsrec.data.synthetic import make_dataset
 
     root = tmp_path_factory.mktemp("rl")
     params = make_params(root, make_dataset(root / "data" / "tiny"), tiny_backbone, max_steps=2)
-    train_run(params, "tiny", "sft")
+    train_run(resolve_run(params, "tiny", "sft"))
     params["rl"] = {**RL, "variants": ["sft"]}
     return root, params
 
@@ -354,6 +355,7 @@ def test_rl_renders_the_sft_runs_prompt_text(tmp_path, tiny_backbone, monkeypatc
     from tsrec.commands import rl
     from tsrec.core.config import deep_merge
     from tsrec.model.runs import load_trained
+    from tsrec.model.runs import resolve_run
     from tsrec.model.sft import train_run
     from tsrec.data.synthetic import make_dataset
     from tsrec.model.tasks import IGNORE, build_examples, load_corpus, seqrec_prompt, tasks_config
@@ -361,7 +363,7 @@ def test_rl_renders_the_sft_runs_prompt_text(tmp_path, tiny_backbone, monkeypatc
     params = make_params(tmp_path, make_dataset(tmp_path / "data" / "tiny"), tiny_backbone, max_steps=1)
     params = deep_merge(params, {"tasks": profiles.overlay("authors")["tasks"]})
     base = layout.train_run_dir(tmp_path / "artifacts", "tiny", "sft", params["seed"])
-    train_run(params, "tiny", "sft")
+    train_run(resolve_run(params, "tiny", "sft"))
     _, tok, meta = load_trained(base)
     tcfg = tasks_config({"tasks": meta["params"]["tasks"]})
     assert tcfg.prompts.eos_suffix == "\n" and tcfg.prompts.header.startswith("Below is an instruction")
@@ -402,7 +404,7 @@ def test_rl_renders_the_sft_runs_prompt_text(tmp_path, tiny_backbone, monkeypatc
 
     from tsrec.model.tasks import TaskParams
 
-    ipath = tsrec.commands.evaluate.run_index(params, "tiny", base)
+    ipath = tsrec.model.scoring.run_index(base, tmp_path / "data" / "tiny" / "sid_index.json")
     corpus = load_corpus(tmp_path / "data" / "tiny", ipath, None, replace(tcfg, tsalign=TaskParams(enabled=False)))
     trie = SidTrie.from_index(load_index(ipath), tok, suffix="\n")
     pool = rl.rl_prompts(corpus, tok, section({"rl": RL}, "rl", RLConfig).tasks, None, params["seed"], tcfg.max_len,

@@ -162,7 +162,7 @@ def test_confirm_runs_are_the_same_stages_over_the_sweep_winner(tmp_path):
 
 def test_extra_variants_resolve_to_their_ablation(tmp_path):
     from tsrec.model import sainit
-    from tsrec.semantics.keyword_cache import cache_path
+    from tsrec.semantics.keyword_cache import cache_path, keywords_config
     from tsrec.model.runs import variant_params
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -170,8 +170,8 @@ def test_extra_variants_resolve_to_their_ablation(tmp_path):
     assert sainit.config(variant_params(params, "sainit_a")).levels == ["a"]
     assert sainit.config(variant_params(params, "sainit_ab")).levels == ["a", "b"]
     assert sainit.config(variant_params(params, "tsrec")).levels == ["a", "b", "c"]
-    assert cache_path(variant_params(params, "teacher_ctfidf"), ds).name == "ctfidf.json"
-    assert cache_path(variant_params(params, "tsrec"), ds).name == "authors.json"
+    assert cache_path(keywords_config(variant_params(params, "teacher_ctfidf")), ds).name == "ctfidf.json"
+    assert cache_path(keywords_config(variant_params(params, "tsrec")), ds).name == "authors.json"
     params["variants"]["bad"] = {"evaluate": {"beams": 3}}  # a variant overrides a run's settings only
     with pytest.raises(ParamError, match="overrides only"):
         variant_params(params, "bad")

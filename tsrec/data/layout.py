@@ -20,9 +20,8 @@ import dataclasses
 import re
 from pathlib import Path
 
-from tsrec.core.config import section
 from tsrec.data.datasets import DataConfig
-from tsrec.data.sids import codebook_config
+from tsrec.data.sids import CodebookConfig
 
 SEED_DIR = re.compile(r"^seed(-?\d+)$")
 # folders under results/<DS>/ that are not variants
@@ -171,9 +170,8 @@ def load_baseline(results: str | Path, ds: str, model: str) -> Runs | None:
     return Runs(model, "baseline", {seed: read_metrics(path, allow_empty=True)}, {}, [path], deterministic)
 
 
-def index_path(params: dict, ds: str) -> Path:
+def index_path(codebook: CodebookConfig, data: DataConfig, ds: str) -> Path:
     """The SID index IN USE for ``ds``: the data stage's published index for ``official``."""
-    cfg = codebook_config(params)
-    if cfg.use == "official":
-        return Path(section(params, "data", DataConfig).out) / ds / "sid_index.json"
-    return Path(cfg.out) / ds / "sid" / cfg.use / "index.json"
+    if codebook.use == "official":
+        return Path(data.out) / ds / "sid_index.json"
+    return Path(codebook.out) / ds / "sid" / codebook.use / "index.json"
