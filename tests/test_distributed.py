@@ -148,7 +148,8 @@ def test_rl_two_cpu_processes_step_as_one(setup):
 def test_rl_device_is_checked(setup):
     from tsrec.core.config import section
     from tsrec.core.errors import ParamError
-    from tsrec.commands.rl import RLConfig, rl_run
+    from tsrec.commands.rl import rl_run
+    from tsrec.model.grpo import RLConfig
 
     with pytest.raises(ParamError, match="device must be auto, cpu, cuda or cuda:N"):
         section({"rl": {"device": "tpu"}, "_path": "p.yaml"}, "rl", RLConfig)

@@ -22,7 +22,7 @@ CONFIGS = {
     "sainit": "tsrec.model.sainit:SAInitConfig", "tasks": "tsrec.model.tasks:TasksConfig", "train": "tsrec.model.runs:TrainConfig",
     "baselines": "tsrec.commands.baseline:BaselinesConfig", "sweep": "tsrec.commands.sweep:SweepConfig",
     "evaluate": "tsrec.model.scoring:EvaluateConfig", "codebook": "tsrec.data.sids:CodebookConfig",
-    "keywords": "tsrec.semantics.keyword_cache:KeywordsConfig", "rl": "tsrec.commands.rl:RLConfig",
+    "keywords": "tsrec.semantics.keyword_cache:KeywordsConfig", "rl": "tsrec.model.grpo:RLConfig",
     "llm_baselines": "tsrec.commands.llm_baseline:LLMBaselinesConfig",
     "repro": "tsrec.core.pinning:ReproConfig",
 }

@@ -1,7 +1,7 @@
 """Multi-process runs (``torchrun``, ``accelerate launch``): who this process is, its device, the process group.
 
 The launcher sets ``WORLD_SIZE`` / ``RANK`` / ``LOCAL_RANK``. On CUDA each rank is put on GPU ``LOCAL_RANK``
-*before* the (nccl) process group starts; on CPU the group is gloo. Used by training (tsrec.model.sft) and RL (tsrec.commands.rl).
+*before* the (nccl) process group starts; on CPU the group is gloo. Used by training (tsrec.model.sft) and RL (tsrec.model.grpo).
 """
 
 from __future__ import annotations
