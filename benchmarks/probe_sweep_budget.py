@@ -30,7 +30,8 @@ from tsrec.core.io import atomic_file
 from tsrec.eval.metrics import ndcg_gain
 from tsrec.model.runs import run_dir
 from tsrec.model.sft import train_run
-from tsrec.commands.sweep import SweepConfig, score_valid
+from tsrec.commands.sweep import score_valid
+from tsrec.tuning.config import SweepConfig
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("tsrec", "no_sainit", "no_tsalign", "sft")
