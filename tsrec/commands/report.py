@@ -22,7 +22,8 @@ def run(args, params) -> None:
     datasets = args.dataset or (params.get("data") or {}).get("datasets") or []
     variants = list((params.get("variants") or {}).keys())
     train = params.get("train") or {}  # the train matrix as dvc.yaml and config.check_top_level read it
-    matrix = Matrix(list(train.get("variants") or []), list(train.get("seeds") or []), list(train.get("datasets") or []))
+    matrix = Matrix(list(train.get("variants") or []), list(train.get("seeds") or []),
+                    list(train.get("datasets") or []))
     parts, baselines_md, readme = write_report(cfg, datasets, variants, global_seed(params), matrix,
                                                Path(args.readme) if args.readme else None)
     log.info("wrote %s and %s", cfg.out, baselines_md)

@@ -1,4 +1,5 @@
-"""Moving runs made before per-seed folders into ``seed<N>/`` folders, without retraining (``tsrec migrate-seed-layout``).
+"""Moving runs made before per-seed folders into ``seed<N>/`` folders, without retraining
+(``tsrec migrate-seed-layout``).
 
 Before: results/<DS>/<V>/{metrics*.json,run*.json,train.csv,valid.csv,train_summary.json},
 artifacts/<DS>/runs/<V>/{final,checkpoints,plots}, artifacts/<DS>/eval/<V>/ranks*.parquet.

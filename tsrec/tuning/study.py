@@ -1,4 +1,5 @@
-"""The sweep's Optuna study (``tsrec sweep``): search over SA-Init (source, pooling, rescale, levels) and the TS-Align loss weight lambda.
+"""The sweep's Optuna study (``tsrec sweep``): search over SA-Init (source, pooling, rescale, levels) and the
+TS-Align loss weight lambda.
 
 Each trial trains the `tsrec` variant with the trial's overrides on the `train` budget (plateau stopping;
 `sweep.train` may override it) and scores it by the project's constrained beam search on a fixed seeded
