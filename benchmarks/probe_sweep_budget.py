@@ -32,7 +32,8 @@ from tsrec.data.layout import train_run_dir
 from tsrec.model.runs import TrainConfig
 from tsrec.model.runs import resolve_run
 from tsrec.model.sft import train_run
-from tsrec.commands.sweep import SweepConfig, score_valid
+from tsrec.commands.sweep import score_valid
+from tsrec.tuning.config import SweepConfig
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("tsrec", "no_sainit", "no_tsalign", "sft")

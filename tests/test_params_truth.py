@@ -17,10 +17,10 @@ PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 # section -> its typed config; the sections without one hold no defaults (seed: int, variants: overrides,
 # repro: the make repro list)
 CONFIGS = {
-    "data": "tsrec.data.datasets:DataConfig", "raw": "tsrec.data.raw:RawConfig", "report": "tsrec.commands.report:ReportConfig",
+    "data": "tsrec.data.datasets:DataConfig", "raw": "tsrec.data.raw:RawConfig", "report": "tsrec.reporting.document:ReportConfig",
     "embed": "tsrec.semantics.encoder:EmbedConfig", "backbone": "tsrec.lm.llm:BackboneConfig",
     "sainit": "tsrec.model.sainit:SAInitConfig", "tasks": "tsrec.model.tasks:TasksConfig", "train": "tsrec.model.runs:TrainConfig",
-    "baselines": "tsrec.commands.baseline:BaselinesConfig", "sweep": "tsrec.commands.sweep:SweepConfig",
+    "baselines": "tsrec.commands.baseline:BaselinesConfig", "sweep": "tsrec.tuning.config:SweepConfig",
     "evaluate": "tsrec.model.scoring:EvaluateConfig", "codebook": "tsrec.data.sids:CodebookConfig",
     "keywords": "tsrec.semantics.keyword_cache:KeywordsConfig", "rl": "tsrec.model.grpo:RLConfig",
     "llm_baselines": "tsrec.commands.llm_baseline:LLMBaselinesConfig",

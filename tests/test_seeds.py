@@ -16,7 +16,8 @@ from tsrec.data import layout
 from tsrec.cli import main
 from tsrec.core.errors import ParamError, TsrecError
 from tsrec.core.io import sha256_file
-from tsrec.commands.migrate import migrate
+from tsrec.eval.records import load_variant
+from tsrec.reporting.migrate import migrate
 from tsrec.model.runs import MATRIX_KEYS, TrainConfig
 from tsrec.eval.stats import paired, paired_pooled, seed_pairs, seed_test
 
@@ -262,7 +263,7 @@ def test_migrate_moves_files_adds_seed_and_slim_ranks(tmp_path, monkeypatch):
     assert list(yaml.safe_load(lock.read_text())["stages"]) == ["data@DS"]
     assert migrate("results", "artifacts", ["DS"], 42) == []  # done: nothing left to move
     # the migrated run is what the report and the paired comparison read
-    runs = layout.load_variant("results", "DS", "tsrec")
+    runs = load_variant("results", "DS", "tsrec")
     assert runs.seeds == [42] and runs.metrics[42]["NDCG@10"] == 0.3 and 42 in runs.ranks
 
 

@@ -132,7 +132,7 @@ def params_read(mod: str, entry: str = "run") -> set[str]:
 
 # ---------------------------------------------------------------- wings: the folder tree is the architecture
 # bottom -> top; a module imports only its own wing and the wings below it; commands import no command
-WINGS = ("core", "data", "eval", "lm", "semantics", "model", "baselines", "reporting", "commands")
+WINGS = ("core", "data", "eval", "lm", "semantics", "model", "baselines", "tuning", "reporting", "commands")
 TOP = {"__init__.py", "__main__.py", "cli.py"}  # above every wing
 # the functions outside commands/ that may take the raw params dict: resolvers that return a typed config
 RESOLVER_NAMES = {"section", "section_with_flags", "global_seed", "check_top_level", "variant_params",
