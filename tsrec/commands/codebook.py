@@ -1,15 +1,6 @@
-"""codebook: semantic IDs from item embeddings (RQ-VAE, residual k-means) or the published index.
-
-Methods (``codebook.methods``; ``codebook.use`` picks the index downstream stages read):
-  official  the published MiniOneRec index (``data/<DS>/sid_index.json``), copied byte for byte
-  rqvae     MLP encoder -> ``levels`` residual VQ codebooks (k-means init, dead codes re-seeded) -> decoder
-  rqkmeans  residual k-means (scikit-learn) on the embeddings themselves
-
-Collision policy ``reassign_last`` (default): items that share a full SID keep it in order of how
-close their last-level residual is to the shared code; every other one moves to the nearest code
-of the last level that no item with the same prefix uses. SIDs stay 3 tokens ``<a_><b_><c_>``
-(what the decoder's prefix trie and SA-Init expect) and become unique. ``none`` keeps collisions.
-Both count the quantiser's raw collisions in the report.
+"""codebook: semantic IDs from item embeddings or the published index (methods and collision policy:
+``tsrec.semantics.codebook``); ``codebook.methods`` lists what is built, ``codebook.use`` picks the index
+downstream stages read.
 
 Output per dataset: ``artifacts/<DS>/sid/<method>/{index.json,report.json}`` and the side-by-side
 report ``results/<DS>/codebook_report.json`` (a ``dvc metrics`` file of numbers, always with the official index;

@@ -87,20 +87,24 @@ def _metric_keys(block: Mapping[str, Any], prefix: str = "", path: Path | None =
     return {k: float(v) for k, v in out.items()}
 
 
-def _load_object(path: Path) -> dict:
+METRICS_OBJECT = "a JSON object of metrics"
+
+
+def read_json_object(path: Path, what: str = "a JSON object") -> dict:
+    """A JSON object from a results file; malformed JSON or another JSON type names the file (and line)."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise TsrecError(f"invalid JSON: {exc.msg}", file=path, line=exc.lineno) from exc
     if not isinstance(raw, dict):
-        raise TsrecError("expected a JSON object of metrics", file=path)
+        raise TsrecError(f"expected {what}", file=path)
     return raw
 
 
 def read_metrics(path: Path, *, allow_empty: bool = False) -> dict[str, float]:
     """The top-level (SID-level) HR@K / NDCG@K of a metrics JSON; an error if it has none, unless
     ``allow_empty`` ({} then: e.g. a baseline file with item-level metrics only)."""
-    found = _metric_keys(_load_object(path), path=path)
+    found = _metric_keys(read_json_object(path, METRICS_OBJECT), path=path)
     if not found and not allow_empty:
         raise TsrecError("no HR@K / NDCG@K entries", file=path)
     return found
@@ -122,7 +126,7 @@ def both_levels(sid_ranks: Sequence[int], item_ranks: Sequence[int], ks: Sequenc
 
 def read_item_metrics(path: Path) -> dict[str, float]:
     """The item-level HR@K / NDCG@K of a metrics JSON (keys ``item/...``, prefix removed); {} if it has none."""
-    return _metric_keys(_load_object(path), ITEM_PREFIX, path)
+    return _metric_keys(read_json_object(path, METRICS_OBJECT), ITEM_PREFIX, path)
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float | None]:
@@ -194,7 +198,7 @@ def verify_record(metrics_file: str | os.PathLike) -> dict:
     if not rec.is_file():
         raise TsrecError(f"no run record {rec.name} beside it: an incomplete commit (rerun the stage that wrote it)",
                          file=metrics_file)
-    record = _load_object(rec)
+    record = read_json_object(rec, METRICS_OBJECT)
     want = record.get("metrics_sha256")
     if want and hashlib.sha256(metrics_file.read_bytes()).hexdigest() != want:
         raise TsrecError(f"does not match its run record {rec.name} (another run's, or a mixed commit: rerun the "

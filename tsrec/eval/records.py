@@ -7,22 +7,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
 
-from tsrec.core.errors import TsrecError
 from tsrec.data.layout import baseline_ranks, baseline_seed_file, baseline_summary, variant_seeds
-from tsrec.eval.metrics import mean_ci, read_metrics, read_with_run, run_path
-
-
-def read_json_object(path: Path) -> dict[str, Any]:
-    """A JSON object from a results file; malformed JSON or another JSON type names the file (and line)."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise TsrecError(f"invalid JSON: {exc.msg}", file=path, line=exc.lineno) from exc
-    if not isinstance(raw, dict):
-        raise TsrecError("expected a JSON object", file=path)
-    return raw
+from tsrec.eval.metrics import mean_ci, read_json_object, read_metrics, read_with_run, run_path
 
 
 LEGACY = "legacy_machines.json"  # under --results: the kernel sets of runs made before records carried them

@@ -1,6 +1,6 @@
-"""codebook: semantic IDs from item embeddings (RQ-VAE, residual k-means) or the published index.
+"""Semantic-ID codebooks from item embeddings: RQ-VAE, residual k-means, or the published index.
 
-Methods (``codebook.methods``; ``codebook.use`` picks the index downstream stages read):
+Methods:
   official  the published MiniOneRec index (``data/<DS>/sid_index.json``), copied byte for byte
   rqvae     MLP encoder -> ``levels`` residual VQ codebooks (k-means init, dead codes re-seeded) -> decoder
   rqkmeans  residual k-means (scikit-learn) on the embeddings themselves
@@ -10,10 +10,6 @@ close their last-level residual is to the shared code; every other one moves to 
 of the last level that no item with the same prefix uses. SIDs stay 3 tokens ``<a_><b_><c_>``
 (what the decoder's prefix trie and SA-Init expect) and become unique. ``none`` keeps collisions.
 Both count the quantiser's raw collisions in the report.
-
-Output per dataset: ``artifacts/<DS>/sid/<method>/{index.json,report.json}`` and the side-by-side
-report ``results/<DS>/codebook_report.json`` (a ``dvc metrics`` file of numbers, always with the official index;
-command, params, embeddings and per-method settings in ``codebook_report.run.json`` beside it).
 """
 
 from __future__ import annotations
