@@ -20,10 +20,10 @@ CONFIGS = {
     "data": "tsrec.commands.data:DataConfig", "raw": "tsrec.data.raw:RawConfig", "report": "tsrec.commands.report:ReportConfig",
     "embed": "tsrec.commands.embed:EmbedConfig", "backbone": "tsrec.commands.backbone:BackboneConfig",
     "sainit": "tsrec.model.sainit:SAInitConfig", "tasks": "tsrec.model.tasks:TasksConfig", "train": "tsrec.model.runs:TrainConfig",
-    "baselines": "tsrec.commands.baseline:BaselinesConfig", "sweep": "tsrec.commands.sweep:SweepConfig",
+    "baselines": "tsrec.baselines.config:BaselinesConfig", "sweep": "tsrec.commands.sweep:SweepConfig",
     "evaluate": "tsrec.commands.evaluate:EvaluateConfig", "codebook": "tsrec.commands.codebook:CodebookConfig",
     "keywords": "tsrec.semantics.keyword_cache:KeywordsConfig", "rl": "tsrec.commands.rl:RLConfig",
-    "llm_baselines": "tsrec.commands.llm_baseline:LLMBaselinesConfig",
+    "llm_baselines": "tsrec.baselines.llm_config:LLMBaselinesConfig",
     "repro": "tsrec.core.pinning:ReproConfig",
 }
 UNTYPED = {"seed", "variants"}
