@@ -30,12 +30,7 @@ header / wrap / eos_suffix, tokenized by ``tsrec.model.tasks.encode_pair`` (the 
           frozen reference model (the SFT model), ``sdpo_loss``; scored like D3 without the assistant
           (title-constrained beam search).
 
-TRL is not used (it is not in this environment, and ``tsrec.commands.rl`` set the precedent): TRL's DPOTrainer takes
-one rejected response per prompt, so S-DPO's multi-negative loss, batching and log-prob gathering would all
-have to be rewritten anyway (the official code subclasses an old DPOTrainer and overrides exactly those). Kept
-from the HF stack: ``transformers.Trainer`` (optimizer, schedule, accumulation, checkpoints) with
-``compute_loss`` replaced; the reference model is a frozen copy loaded from the SFT run (what TRL's
-``create_reference_model`` would give).
+TRL is not used: why, in ``tsrec.baselines.sdpo``.
 
 Scoring writes the evaluate stage's files (``tsrec.model.scoring.commit_outputs``) under the model's name, so
 ``tsrec paired --variant tsrec --other bigrec`` and ``tsrec report`` read them like any run:
