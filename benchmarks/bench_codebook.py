@@ -37,7 +37,7 @@ def test_embed_256_items(benchmark, max_seq_length):
 @pytest.mark.skipif(not EMB.is_file(), reason="run `tsrec embed` first")
 @pytest.mark.parametrize("method", ["rqkmeans", "rqvae"])
 def test_codebook_industrial(benchmark, method):
-    from tsrec.commands import codebook as cb
+    from tsrec.semantics import codebook as cb
 
     x = np.load(EMB)
     if method == "rqkmeans":

@@ -28,9 +28,12 @@ import yaml
 from tsrec.core.config import section
 from tsrec.core.io import atomic_file
 from tsrec.eval.metrics import ndcg_gain
-from tsrec.model.runs import run_dir
+from tsrec.data.layout import train_run_dir
+from tsrec.model.runs import TrainConfig
+from tsrec.model.runs import resolve_run
 from tsrec.model.sft import train_run
-from tsrec.commands.sweep import SweepConfig, score_valid
+from tsrec.commands.sweep import score_valid
+from tsrec.tuning.config import SweepConfig
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("tsrec", "no_sainit", "no_tsalign", "sft")
@@ -65,11 +68,11 @@ def main(argv: list[str] | None = None) -> None:
     short_train = {**args.short_train, **({"threads": args.threads} if args.threads else {})}
     rows = []
     for variant in args.variants.split(","):
-        full = run_dir(params, ds, variant, args.seed)
+        full = train_run_dir(section(params, "train", TrainConfig).out, ds, variant, args.seed)
         short = out / variant
         full_ranks, short_ranks = out / f"{variant}.full_ranks.parquet", out / f"{variant}.short_ranks.parquet"
         full_m = score_valid(params, cfg, full, ranks_file=full_ranks)
-        train_run(params, ds, variant, seed=args.seed, out=short, overrides={"train": short_train})
+        train_run(resolve_run(params, ds, variant, seed=args.seed, out=short, overrides={"train": short_train}))
         short_m = score_valid(params, cfg, short, ranks_file=short_ranks)
         gains = [np.array([ndcg_gain(int(r), 10) for r in pd.read_parquet(f)["rank"]])
                  for f in (short_ranks, full_ranks)]

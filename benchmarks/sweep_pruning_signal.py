@@ -6,7 +6,7 @@ From the committed full runs (results/<DS>/<variant>/seed<N>/: valid.csv, the tr
 - a replay of optuna's MedianPruner (`sweep.pruner` startup / warmup, the loss negated as `tsrec sweep` reports
   it) over the runs in 200 seeded random orders, each run a trial whose final value is its test NDCG@10: how
   often each run is pruned, and how often the best run is;
-- the same replay of the pruner params.yaml configures (`tsrec.commands.sweep.make_pruner`): which healthy runs it stops.
+- the same replay of the pruner params.yaml configures (`tsrec.tuning.study.make_pruner`): which healthy runs it stops.
 
     python benchmarks/sweep_pruning_signal.py  ->  results/sweep_design/pruning_signal.{json,md}
 """
@@ -22,10 +22,11 @@ import optuna
 import pandas as pd
 from scipy.stats import spearmanr
 
-from tsrec.commands.check import read_json_object
+from tsrec.eval.records import read_json_object
 from tsrec.core.config import load_params, section
 from tsrec.core.io import atomic_file, write_json
-from tsrec.commands.sweep import SweepConfig, make_pruner
+from tsrec.tuning.config import SweepConfig
+from tsrec.tuning.study import make_pruner
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = (300, 500, 800, 1000)

@@ -15,6 +15,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import TrainerState
 
 from tsrec.core.config import load_params
+from tsrec.model.runs import resolve_run
 from tsrec.model.sft import train_run
 
 
@@ -49,7 +50,7 @@ def main(params_file: str, ds: str, variant: str, out: str, where: str) -> None:
         callbacks.append(KillAfterStep(int(step)))
     else:
         kill_in_save(int(step))
-    train_run(load_params(params_file), ds, variant, out=out, callbacks=callbacks)
+    train_run(resolve_run(load_params(params_file), ds, variant, out=out), callbacks=callbacks)
     sys.exit("not killed")
 
 

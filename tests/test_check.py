@@ -2,7 +2,7 @@
 
 import json
 
-from tsrec.commands.check import read_values
+from tsrec.reporting.expected import read_values
 from tsrec.cli import main
 from tsrec.core.io import write_json
 from tsrec.eval.metrics import write_metrics

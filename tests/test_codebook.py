@@ -6,11 +6,12 @@ import pytest
 
 from tsrec import cli
 
-from tsrec.commands import codebook
+from tsrec.semantics import codebook
 
 from tsrec.data import datasets
 
 from tsrec.data import layout
+from tsrec.data.sids import codebook_config
 from tsrec.core.errors import TsrecError
 
 TINY_RQVAE = {"hidden": [32], "latent_dim": 8, "epochs": 15, "batch_size": 32}
@@ -106,24 +107,23 @@ def test_bad_input_one_error_no_output(tmp_path, tiny_dataset, capsys, bad, matc
 
 
 def test_index_path_defaults_to_official(tmp_path):
-    params = {"data": {"out": "data"}, "codebook": {}}
-    assert layout.index_path(params, "X") == Path("data/X/sid_index.json")
-    params["codebook"] = {"use": "rqvae"}
-    assert layout.index_path(params, "X") == Path("artifacts/X/sid/rqvae/index.json")
-    params["codebook"] = {"use": "rqvae", "methods": ["rqkmeans"]}
+    data = datasets.DataConfig(out="data")
+    assert layout.index_path(codebook_config({"codebook": {}}), data, "X") == Path("data/X/sid_index.json")
+    assert layout.index_path(codebook_config({"codebook": {"use": "rqvae"}}), data, "X") == Path(
+        "artifacts/X/sid/rqvae/index.json")
     with pytest.raises(TsrecError, match="never be built"):
-        layout.index_path(params, "X")
+        codebook_config({"codebook": {"use": "rqvae", "methods": ["rqkmeans"]}})
 
 
 @pytest.mark.parametrize("ds", ["Industrial_and_Scientific", "Office_Products"])
 def test_official_reproduces_published_index(tmp_path, mirror, monkeypatch, ds):
-    from tsrec.commands import data
+    from tsrec.data import minionerec as data
 
     monkeypatch.delenv("TSREC_MIRROR", raising=False)
     data.build_dataset(datasets.DataConfig(mirror=str(mirror), datasets=[ds]), ds, tmp_path / "data")
     params = {"seed": 42, "data": {"out": str(tmp_path / "data")},
               "codebook": {"methods": ["official"], "out": str(tmp_path / "a"), "report": str(tmp_path / "r")}}
-    rep = codebook.build_dataset(params, ds, ["official"], data_dir=tmp_path / "data" / ds,
+    rep = codebook.build_dataset(codebook_config(params), 42, ds, ["official"], data_dir=tmp_path / "data" / ds,
                                  emb_path=tmp_path / "none.npy", out_root=tmp_path / "a" / ds / "sid",
                                  report_path=tmp_path / "r" / "report.json", command="test")
     published = json.loads((mirror / f"minionerec/Amazon/index/{ds}.index.json").read_text())

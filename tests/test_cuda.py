@@ -40,11 +40,12 @@ def test_train_and_evaluate_on_cuda(tmp_path, tiny_dataset, tiny_backbone):
 
     from tsrec.cli import main
     from tsrec.model.runs import load_trained
+    from tsrec.model.runs import resolve_run
     from tsrec.model.sft import train_run
 
     # precision auto explicitly: the code default is fp32 (pinned for the cpu profile)
     params = make_params(tmp_path, tiny_dataset, tiny_backbone, max_steps=6, precision="auto")
-    meta = train_run(params, "tiny", "tsrec", seed=5)
+    meta = train_run(resolve_run(params, "tiny", "tsrec", seed=5))
     assert meta["train"]["precision"] == {"requested": "auto", "resolved": "bf16"}
     assert meta["train"]["steps"] == 6
     run = tmp_path / "artifacts/tiny/runs/tsrec/seed5"
@@ -68,10 +69,11 @@ def test_rl_rollouts_and_update_on_cuda(tmp_path, tiny_dataset, tiny_backbone):
     from safetensors.torch import load_file
 
     from tsrec.commands.rl import rl_run
+    from tsrec.model.runs import resolve_run
     from tsrec.model.sft import train_run
 
     params = make_params(tmp_path, tiny_dataset, tiny_backbone, max_steps=2)
-    train_run(params, "tiny", "sft", out=tmp_path / "sft")
+    train_run(resolve_run(params, "tiny", "sft", out=tmp_path / "sft"))
     params["rl"] = {"variants": ["sft"], "train_prompts": 16, "max_steps": 3, "batch_size": 4, "num_generations": 16,
                     "eval_steps": 2, "valid_rows": 8, "valid_beams": 10, "lr": 1e-3, "precision": "fp32",
                     "device": "cuda"}
@@ -92,6 +94,7 @@ def test_bf16_pure_trains_bf16_weights_and_optimizer_on_cuda(tmp_path, tiny_data
     from transformers import TrainerCallback
 
     from tsrec.cli import main
+    from tsrec.model.runs import resolve_run
     from tsrec.model.sft import train_run
 
     seen = {}
@@ -104,7 +107,7 @@ def test_bf16_pure_trains_bf16_weights_and_optimizer_on_cuda(tmp_path, tiny_data
 
     params = make_params(tmp_path, tiny_dataset, tiny_backbone, max_steps=6, precision="bf16_pure")
     params["backbone"]["finetune"] = "full"
-    meta = train_run(params, "tiny", "tsrec", seed=5, callbacks=[Dtypes()])
+    meta = train_run(resolve_run(params, "tiny", "tsrec", seed=5), callbacks=[Dtypes()])
     assert meta["train"]["precision"] == {"requested": "bf16_pure", "resolved": "bf16_pure"}
     assert seen == {"weights": {(torch.bfloat16, "cuda")}, "moments": {(torch.bfloat16, "cuda")}}
     assert torch.isfinite(torch.tensor(meta["train"]["train_loss"]))

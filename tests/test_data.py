@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tsrec.commands import data
+from tsrec.data import minionerec as data
 
 from tsrec.data import datasets
 from tsrec.core.errors import TsrecError

@@ -19,7 +19,7 @@ def random_index(n_sids: int, codes: int, seed: int, levels: int = 3) -> dict[in
 
 
 def sid_model(backbone, codes: int, levels: int = 3, seed: int = 0):
-    """The tiny backbone + SID tokens (tsrec.commands.backbone.add_sid_tokens); new rows re-drawn at full scale, since
+    """The tiny backbone + SID tokens (tsrec.lm.llm.add_sid_tokens); new rows re-drawn at full scale, since
     mean-resizing makes them near-identical and near-tied scores would make rankings fragile."""
     tok = AutoTokenizer.from_pretrained(backbone)
     model = AutoModelForCausalLM.from_pretrained(backbone)

@@ -15,6 +15,7 @@ import yaml
 from safetensors.torch import load_file
 from tiny_train import make_params  # noqa: E402
 
+from tsrec.model.runs import resolve_run
 from tsrec.model.sft import train_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +65,7 @@ def setup(tmp_path_factory, tiny_backbone):
     two = {k: v for k, v in params.items() if k != "_path"}
     two["train"] = {**two["train"], "batch_size": 4}  # per process: 2 x 4 x accumulation 2 = 16
     (root / "params2.yaml").write_text(yaml.safe_dump(two))
-    one = train_run(params, "tiny", "sft", out=root / "one")  # the 1-process reference, in this process
+    one = train_run(resolve_run(params, "tiny", "sft", out=root / "one"))  # the 1-process reference, in this process
     assert one["train"]["world_size"] == 1 and one["train"]["ddp"] is False
     # more examples than one length-grouping megabatch (50 x 8) of a sampler that groups by the per-process
     # batch: such a sampler orders the 2-process run differently (the pre-fix code)
@@ -147,7 +148,8 @@ def test_rl_two_cpu_processes_step_as_one(setup):
 def test_rl_device_is_checked(setup):
     from tsrec.core.config import section
     from tsrec.core.errors import ParamError
-    from tsrec.commands.rl import RLConfig, rl_run
+    from tsrec.commands.rl import rl_run
+    from tsrec.model.grpo import RLConfig
 
     with pytest.raises(ParamError, match="device must be auto, cpu, cuda or cuda:N"):
         section({"rl": {"device": "tpu"}, "_path": "p.yaml"}, "rl", RLConfig)

@@ -160,7 +160,7 @@ def test_a_planted_stale_name_is_caught(tree):
 
 def test_readme_result_block_is_generated_from_results():
     """The README's numbers are `tsrec report --readme README.md`'s, from the committed results/."""
-    from tsrec.commands.report import readme_block, readme_current
+    from tsrec.reporting.readme import readme_block, readme_current
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     current = readme_current(ROOT / "README.md")

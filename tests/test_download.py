@@ -19,6 +19,10 @@ from tsrec.data.datasets import MINIONEREC_COMMIT, load_items
 from tsrec.core.errors import TsrecError
 from tsrec.semantics.keyword_cache import cache_path, load_cache
 from tsrec.semantics.teaching import authors_file, run_dataset
+from tsrec.semantics.teaching import resolve_job
+from tsrec.semantics.keyword_cache import keywords_config
+from tsrec.data.datasets import DataConfig
+from tsrec.core.config import section
 
 DS = "Industrial_and_Scientific"
 KEYWORDS = f"{DS}.description_keywords.json"
@@ -78,13 +82,13 @@ def test_data_and_keywords_stages_from_download_without_mirror(tmp_path, github)
     emb = tmp_path / "art" / DS / "embed" / "embeddings.npy"
     emb.parent.mkdir(parents=True)
     np.save(emb, _fake_encode(list(load_items(tmp_path / "data" / DS)["title"])))
-    run_dataset(params, DS, ["authors"], encode=_fake_encode, command="tsrec keywords")
-    assert len(load_cache(cache_path(params, DS))) == 560  # 48 a + 256 b + 256 c tokens of the official index
+    run_dataset(resolve_job(params, DS), ["authors"], encode=_fake_encode, command="tsrec keywords")
+    assert len(load_cache(cache_path(keywords_config(params), DS))) == 560  # 48 a + 256 b + 256 c tokens of the official index
     assert any(p.endswith(KEYWORDS) for p in served)
-    got = authors_file(params, DS)
+    got = authors_file(section(params, "data", DataConfig), keywords_config(params), DS)
     assert got.is_relative_to(tmp_path / "dl") and download.sha256_file(got) == download.AUTHORS_SHA256[KEYWORDS]
     n = len(served)
-    authors_file(params, DS)  # a second call reuses the verified download: no request
+    authors_file(section(params, "data", DataConfig), keywords_config(params), DS)  # a second call reuses the verified download: no request
     assert len(served) == n
 
 
@@ -95,7 +99,7 @@ def test_download_refuses_a_changed_file_and_leaves_nothing(tmp_path, github):
     sem.mkdir()
     (sem / KEYWORDS).write_text("[]")
     with pytest.raises(TsrecError, match="sha256 mismatch") as exc:
-        authors_file(_params(tmp_path), DS)
+        authors_file(section(_params(tmp_path), "data", DataConfig), keywords_config(_params(tmp_path)), DS)
     assert str(exc.value.file).endswith(KEYWORDS)
     assert not any((tmp_path / "dl").rglob(KEYWORDS))
 
@@ -103,10 +107,10 @@ def test_download_refuses_a_changed_file_and_leaves_nothing(tmp_path, github):
 def test_download_unreachable_is_one_error(tmp_path, monkeypatch):
     monkeypatch.setenv(download.BASE_ENV, "http://127.0.0.1:9")  # discard port: nothing listens
     with pytest.raises(TsrecError, match="download failed") as exc:
-        authors_file(_params(tmp_path), DS)
+        authors_file(section(_params(tmp_path), "data", DataConfig), keywords_config(_params(tmp_path)), DS)
     assert isinstance(exc.value.__cause__, OSError)
 
 
 def test_no_pin_for_office_keywords(tmp_path):
     with pytest.raises(TsrecError, match="no pinned checksum for the authors' keyword file of 'Office_Products'"):
-        authors_file(_params(tmp_path), "Office_Products")
+        authors_file(section(_params(tmp_path), "data", DataConfig), keywords_config(_params(tmp_path)), "Office_Products")

@@ -7,7 +7,7 @@ import pytest
 
 from tsrec import cli
 
-from tsrec.commands import embed
+from tsrec.core.io import sha256_file
 
 from tsrec.semantics import encoder
 from tsrec.core.errors import TsrecError
@@ -58,7 +58,7 @@ def test_cli_embed_tiny_dataset(tmp_path, tiny_dataset):
     emb = encoder.load_embeddings(out / "embeddings.npy", 60)
     meta = json.loads((out / "meta.json").read_text())
     assert emb.shape == (60, 384) and meta["n_items"] == 60 and meta["dim"] == 384
-    assert meta["embeddings_sha256"] == embed.sha256_file(out / "embeddings.npy")
+    assert meta["embeddings_sha256"] == sha256_file(out / "embeddings.npy")
     assert not list(out.parent.glob(".*tmp*"))
     first = {p.name: p.read_bytes() for p in out.iterdir()}
     assert cli.main(["--params", str(params), "embed"]) == 0

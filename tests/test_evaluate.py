@@ -126,10 +126,11 @@ def test_cli_errors_are_one_line(tiny_dataset, tmp_path, capsys):
 
 def test_cli_evaluates_a_trained_run(tmp_path, tiny_dataset, tiny_backbone):
     """Production path: tsrec.commands.train run -> load_trained (index checked) -> tasks prompt -> metrics."""
+    from tsrec.model.runs import resolve_run
     from tsrec.model.sft import train_run
 
     params = make_params(tmp_path, tiny_dataset, tiny_backbone, max_steps=2)
-    train_run(params, "tiny", "sft", seed=5)  # the default run folder: artifacts/tiny/runs/sft/seed5
+    train_run(resolve_run(params, "tiny", "sft", seed=5))  # the default run folder: artifacts/tiny/runs/sft/seed5
     rc = main(["--params", params["_path"], "evaluate", "--dataset", "tiny", "--variant", "sft", "--seed", "5",
                "--results", str(tmp_path / "results"), "--artifacts", str(tmp_path / "artifacts")])
     assert rc == 0

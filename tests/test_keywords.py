@@ -10,7 +10,7 @@ import yaml
 
 from tsrec.data.datasets import load_index, load_items
 from tsrec.core.errors import TsrecError
-from tsrec.semantics.keyword_cache import cache_path, load_cache
+from tsrec.semantics.keyword_cache import cache_path, keywords_config, load_cache
 from tsrec.semantics.teachers import (
     EXAMPLE_ANSWER,
     PREFILL,
@@ -26,6 +26,9 @@ from tsrec.semantics.teachers import (
     parse_answer,
 )
 from tsrec.semantics.teaching import Journal, build_clusters, coherence, generate, import_authors, make_teacher, run_dataset
+from tsrec.semantics.teaching import resolve_job
+from tsrec.data.datasets import DataConfig
+from tsrec.core.config import section
 
 
 def fake_encode(texts):
@@ -355,8 +358,8 @@ def _params(tmp_path, tiny_dataset, mirror_root, **kw):
 def test_stage_ctfidf_writes_authors_format(tiny_dataset, tmp_path, monkeypatch):
     monkeypatch.delenv("TSREC_MIRROR", raising=False)
     params = _params(tmp_path, tiny_dataset, tmp_path)
-    res = run_dataset(params, "tiny", ["ctfidf"], encode=fake_encode, command="tsrec keywords")
-    path = cache_path(params, "tiny")
+    res = run_dataset(resolve_job(params, "tiny"), ["ctfidf"], encode=fake_encode, command="tsrec keywords")
+    path = cache_path(keywords_config(params), "tiny")
     assert path.name == "ctfidf.json"
     cache = load_cache(path)
     index = load_index(tiny_dataset / "sid_index.json")
@@ -372,10 +375,10 @@ def test_stage_output_is_identical_when_the_journal_answers(tiny_dataset, tmp_pa
     file tells the runs apart (generated vs cached)."""
     monkeypatch.delenv("TSREC_MIRROR", raising=False)
     params = _params(tmp_path, tiny_dataset, tmp_path)
-    out = cache_path(params, "tiny").parent
-    first = run_dataset(params, "tiny", ["ctfidf"], encode=fake_encode, command="tsrec keywords")
+    out = cache_path(keywords_config(params), "tiny").parent
+    first = run_dataset(resolve_job(params, "tiny"), ["ctfidf"], encode=fake_encode, command="tsrec keywords")
     files = {f.name: f.read_bytes() for f in out.iterdir()}
-    second = run_dataset(params, "tiny", ["ctfidf"], encode=fake_encode, command="tsrec keywords")
+    second = run_dataset(resolve_job(params, "tiny"), ["ctfidf"], encode=fake_encode, command="tsrec keywords")
     assert {f.name: f.read_bytes() for f in out.iterdir()} == files
     tokens = first["teachers"]["ctfidf"]["tokens"]
     assert first["teachers"]["ctfidf"]["generated_this_run"] == second["teachers"]["ctfidf"]["cached"] == tokens
@@ -403,21 +406,21 @@ def test_authors_import_validates_tokens_and_checksum(tiny_dataset, tmp_path, mo
     monkeypatch.delenv("TSREC_MIRROR", raising=False)
     root, toks = _authors_mirror(tmp_path, tiny_dataset)
     params = _params(tmp_path, tiny_dataset, root)
-    assert set(import_authors(params, "tiny", toks)) == set(toks)
+    assert set(import_authors(section(params, "data", DataConfig), keywords_config(params), "tiny", toks)) == set(toks)
     root, toks = _authors_mirror(tmp_path, tiny_dataset, drop="<b_3>", add="<c_99>")
     with pytest.raises(TsrecError, match=r"1 missing \['<b_3>'\], 1 extra \['<c_99>'\]"):
-        import_authors(params, "tiny", toks)
+        import_authors(section(params, "data", DataConfig), keywords_config(params), "tiny", toks)
     (root / "SHA256SUMS").write_text("0" * 64 + "  tsrec-authors/semantics/tiny.description_keywords.json\n")
     with pytest.raises(TsrecError, match="sha256 mismatch"):
-        import_authors(params, "tiny", toks)
+        import_authors(section(params, "data", DataConfig), keywords_config(params), "tiny", toks)
 
 
 def test_stage_refuses_incomplete_cache(tiny_dataset, tmp_path, monkeypatch):
     monkeypatch.delenv("TSREC_MIRROR", raising=False)
     params = _params(tmp_path, tiny_dataset, tmp_path)
-    monkeypatch.setattr("tsrec.semantics.teaching.make_teacher", lambda name, p: CountingTeacher(junk={"<a_1>"}))
+    monkeypatch.setattr("tsrec.semantics.teaching.make_teacher", lambda name, *_: CountingTeacher(junk={"<a_1>"}))
     with pytest.raises(TsrecError, match=r"incomplete keyword caches.*1 tokens \(<a_1>\)"):
-        run_dataset(params, "tiny", ["ctfidf"], encode=fake_encode)
+        run_dataset(resolve_job(params, "tiny"), ["ctfidf"], encode=fake_encode)
     assert not (tmp_path / "art" / "tiny" / "keywords" / "ctfidf.json").exists()
 
 
@@ -426,10 +429,10 @@ def test_params_validation(tiny_dataset, tmp_path):
 
     params = _params(tmp_path, tiny_dataset, tmp_path, datasets={"tiny": {"use": "hf", "teachers": ["ctfidf"]}})
     with pytest.raises(ParamError, match="use='hf' must be one of"):
-        cache_path(params, "tiny")
+        cache_path(keywords_config(params), "tiny")
     params = _params(tmp_path, tiny_dataset, tmp_path, hf={"modle": "x"})
     with pytest.raises(ParamError, match="modle"):
-        make_teacher("hf", params)
+        make_teacher("hf", keywords_config(params), tmp_path, 0)
 
 
 def test_real_params_parse():
@@ -449,7 +452,7 @@ def test_stage_hf_tiny_random_backbone_junk_is_failure_not_filled(tiny_dataset, 
                      datasets={"tiny": {"use": "hf", "teachers": ["hf"]}},
                      hf={"model": str(tiny_backbone), "batch_size": 16, "max_new_tokens": 4, "sample_size": 2})
     with pytest.raises(TsrecError, match="incomplete keyword caches, no output written for them: hf: 24 tokens"):
-        run_dataset(params, "tiny", ["hf"], encode=fake_encode)
+        run_dataset(resolve_job(params, "tiny"), ["hf"], encode=fake_encode)
     lines = [json.loads(x) for x in (tmp_path / "cache" / "tiny" / "hf.jsonl").read_text().splitlines()]
     n_tokens = len({t for sid in load_index(tiny_dataset / "sid_index.json").values() for t in sid})
     assert len(lines) == n_tokens and all(x["status"] == "failed" and x["attempts"] == 2 for x in lines)

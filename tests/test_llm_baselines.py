@@ -215,7 +215,7 @@ def test_planning_more_runs_keeps_the_title_sft_but_a_budget_change_refuses_it(t
 def test_the_report_and_paired_read_the_llm_baselines(tiny_run, capsys):
     from tsrec.data import layout
     from tsrec.baselines.table import our_rows
-    from tsrec.commands.report import method_rows
+    from tsrec.reporting.tables import method_rows
 
     for model in ("bigrec", "d3", "sdpo"):
         if not layout.variant_seeds(tiny_run / "results", "tiny", model):

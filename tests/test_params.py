@@ -10,6 +10,7 @@ from tsrec.cli import main
 from tsrec.core.config import load_params
 from tsrec.core.errors import ParamError
 from tsrec.semantics.keyword_cache import cache_path
+from tsrec.semantics.keyword_cache import keywords_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,7 +48,7 @@ def test_misspelt_keywords_dataset_refused():
     ks = params["keywords"]["datasets"]
     ks["Industrial_and_Scientifc"] = ks.pop("Industrial_and_Scientific")
     with pytest.raises(ParamError, match="did you mean 'Industrial_and_Scientifc'") as exc:
-        cache_path(params, "Industrial_and_Scientific")  # was: silently the ctfidf cache
+        cache_path(keywords_config(params), "Industrial_and_Scientific")  # was: silently the ctfidf cache
     assert exc.value.field == "keywords.datasets"
 
 

@@ -17,12 +17,12 @@ PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 # section -> its typed config; the sections without one hold no defaults (seed: int, variants: overrides,
 # repro: the make repro list)
 CONFIGS = {
-    "data": "tsrec.commands.data:DataConfig", "raw": "tsrec.data.raw:RawConfig", "report": "tsrec.commands.report:ReportConfig",
-    "embed": "tsrec.commands.embed:EmbedConfig", "backbone": "tsrec.commands.backbone:BackboneConfig",
+    "data": "tsrec.data.datasets:DataConfig", "raw": "tsrec.data.raw:RawConfig", "report": "tsrec.reporting.document:ReportConfig",
+    "embed": "tsrec.semantics.encoder:EmbedConfig", "backbone": "tsrec.lm.llm:BackboneConfig",
     "sainit": "tsrec.model.sainit:SAInitConfig", "tasks": "tsrec.model.tasks:TasksConfig", "train": "tsrec.model.runs:TrainConfig",
-    "baselines": "tsrec.baselines.config:BaselinesConfig", "sweep": "tsrec.commands.sweep:SweepConfig",
-    "evaluate": "tsrec.commands.evaluate:EvaluateConfig", "codebook": "tsrec.commands.codebook:CodebookConfig",
-    "keywords": "tsrec.semantics.keyword_cache:KeywordsConfig", "rl": "tsrec.commands.rl:RLConfig",
+    "baselines": "tsrec.baselines.config:BaselinesConfig", "sweep": "tsrec.tuning.config:SweepConfig",
+    "evaluate": "tsrec.model.scoring:EvaluateConfig", "codebook": "tsrec.data.sids:CodebookConfig",
+    "keywords": "tsrec.semantics.keyword_cache:KeywordsConfig", "rl": "tsrec.model.grpo:RLConfig",
     "llm_baselines": "tsrec.baselines.llm_config:LLMBaselinesConfig",
     "repro": "tsrec.core.pinning:ReproConfig",
 }

@@ -58,6 +58,7 @@ def test_train_precision_sets_weight_and_optimizer_dtypes(tmp_path, tiny_dataset
     from tiny_train import make_params
     from transformers import TrainerCallback
 
+    from tsrec.model.runs import resolve_run
     from tsrec.model.sft import train_run
 
     seen = {}
@@ -74,7 +75,7 @@ def test_train_precision_sets_weight_and_optimizer_dtypes(tmp_path, tiny_dataset
     # the math attention kernel: torch's CPU flash kernel refuses bf16 under the pinned avx2 kernel set
     # (conftest, repro.cpu_capability: "pack_vnni2 is only supported when avx512 is supported")
     with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
-        meta = train_run(params, "tiny", "tsrec", seed=3, callbacks=[Dtypes()])
+        meta = train_run(resolve_run(params, "tiny", "tsrec", seed=3), callbacks=[Dtypes()])
     assert meta["train"]["precision"] == {"requested": mode, "resolved": mode}
     assert seen == {"bf16_arg": mode != "fp32", "weights": {weights}, "moments": {weights}}
     assert meta["train"]["train_loss"] == meta["train"]["train_loss"]  # not NaN

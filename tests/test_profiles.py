@@ -17,6 +17,7 @@ from tsrec.core.errors import ParamError
 from tsrec.model.runs import TrainConfig, variant_params
 from tsrec.model.sainit import SAInitConfig
 from tsrec.model.scoring import EvaluateConfig
+from tsrec.model.runs import resolve_run
 from tsrec.model.sft import dry_run
 from tsrec.model.tasks import (
     IGNORE,
@@ -288,7 +289,7 @@ def test_dry_run_counts_what_training_would(tmp_path, tiny_dataset, tiny_backbon
     from tsrec.cli import main
 
     params = make_params(tmp_path, tiny_dataset, tiny_backbone, global_batch=32)
-    report = dry_run(params, tiny_dataset.name, "tsrec", world_size=2, tokens_per_s=440.0)
+    report = dry_run(resolve_run(params, tiny_dataset.name, "tsrec"), world_size=2, tokens_per_s=440.0)
     t = report["tasks"]
     assert sum(x["examples"] for x in t.values()) == report["examples"]
     assert sum(x["tokens"] for x in t.values()) == report["tokens_per_epoch"]
@@ -304,7 +305,7 @@ def test_dry_run_counts_what_training_would(tmp_path, tiny_dataset, tiny_backbon
     assert json.loads((tmp_path / "dry.json").read_text())["variant"] == "sft"
     assert not (tmp_path / "artifacts" / tiny_dataset.name / "runs").exists()  # nothing trained
     with pytest.raises(ParamError, match="not a multiple"):
-        dry_run(params, tiny_dataset.name, "tsrec", world_size=3)
+        dry_run(resolve_run(params, tiny_dataset.name, "tsrec"), world_size=3)
 
 
 def test_prompts_default_is_the_cpu_text():
@@ -322,6 +323,7 @@ def test_authors_profile_trains_and_evaluates_end_to_end(tmp_path, tiny_dataset,
 
     from tsrec.cli import main
     from tsrec.core.config import deep_merge
+    from tsrec.model.runs import resolve_run
     from tsrec.model.sft import train_run
 
     params = make_params(tmp_path, tiny_dataset, tiny_backbone)
@@ -343,7 +345,7 @@ def test_authors_profile_trains_and_evaluates_end_to_end(tmp_path, tiny_dataset,
     from tsrec.data.layout import results_dir, train_run_dir
 
     run = train_run_dir(tmp_path / "artifacts", "tiny", "authors_tsrec", params["seed"])
-    meta = train_run(params, "tiny", "authors_tsrec", out=run, callbacks=[Args()])
+    meta = train_run(resolve_run(params, "tiny", "authors_tsrec", out=run), callbacks=[Args()])
     assert meta["sainit"]["rescale_target"] == "current_table"
     # the authors' TrainingArguments / EarlyStoppingCallback (train/ts_rec_sft.py), through the production trainer
     a = seen["args"]

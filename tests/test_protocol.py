@@ -11,6 +11,7 @@ from tiny_train import make_params  # noqa: E402
 from tsrec.core.config import section
 from tsrec.core.errors import ParamError
 from tsrec.model.runs import TrainConfig, variant_params
+from tsrec.model.runs import resolve_run
 from tsrec.model.sft import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,7 @@ def _rows(path: Path) -> list[dict]:
 
 def test_budget_run_decays_to_zero_and_is_selected_on_valid_ndcg(tmp_path, tiny_dataset, tiny_backbone):
     params = make_params(tmp_path, tiny_dataset, tiny_backbone, **PROTOCOL)
-    meta = train_run(params, tiny_dataset.name, "tsrec", out=tmp_path / "run")
+    meta = train_run(resolve_run(params, tiny_dataset.name, "tsrec", out=tmp_path / "run"))
     t = meta["train"]
     assert t["steps"] == 4 and t["stop_reason"] == "budget" and t["select"] == "valid_ndcg10"
     plots = tmp_path / "run" / "plots"
@@ -47,7 +48,7 @@ def test_ranking_evaluation_leaves_the_training_trajectory_alone(tmp_path, tiny_
         root = tmp_path / f"r{rank_rows}"
         params = make_params(root, tiny_dataset, tiny_backbone,
                              **{**PROTOCOL, "rank_rows": rank_rows, "select": "final"})
-        train_run(params, tiny_dataset.name, "tsrec", out=root / "run")
+        train_run(resolve_run(params, tiny_dataset.name, "tsrec", out=root / "run"))
         runs[rank_rows] = [r["loss"] for r in _rows(root / "run" / "plots" / "train.csv")]
         assert len(_rows(root / "run" / "plots" / "valid_rank.csv")) == (2 if rank_rows else 0)
     assert runs[0] == runs[6]

@@ -6,7 +6,7 @@ import pytest
 
 from tsrec.data.datasets import load_items, load_split
 from tsrec.core.errors import TsrecError
-from tsrec.data.raw import build_from_raw, clean_title, k_core
+from tsrec.data.raw import RawConfig, build_from_raw, clean_title, k_core
 
 DAY = 86_400
 T0 = 1_480_000_000  # 2016-11-24, inside the default window
@@ -31,7 +31,7 @@ def write_raw(tmp_path, n_users=12, n_items=8, extra=()):
 
 def test_preprocessing_rules(tmp_path):
     rp, mp = write_raw(tmp_path)
-    card = build_from_raw(rp, mp, tmp_path / "out", "toy", {})
+    card = build_from_raw(rp, mp, tmp_path / "out", "toy", RawConfig())
     out = tmp_path / "out" / "toy"
     items = load_items(out)
     assert set(items.asin) == {f"A{i}" for i in range(8)}  # untitled / HTML titles dropped
@@ -50,7 +50,7 @@ def test_preprocessing_rules(tmp_path):
 
 def test_global_time_split_orders_targets(tmp_path):
     rp, mp = write_raw(tmp_path)
-    build_from_raw(rp, mp, tmp_path / "out", "toy", {})
+    build_from_raw(rp, mp, tmp_path / "out", "toy", RawConfig())
     # the latest interactions (user 11, last positions) land in test
     test = load_split(tmp_path / "out" / "toy", "test")
     assert "U11" in set(test.user_id)
@@ -71,7 +71,7 @@ def test_malformed_json_line_is_named(tmp_path):
     rp, mp = write_raw(tmp_path)
     rp.write_text(rp.read_text() + '{"reviewerID": "U1", "asin": \n')
     with pytest.raises(TsrecError, match="invalid JSON") as exc:
-        build_from_raw(rp, mp, tmp_path / "out", "toy", {})
+        build_from_raw(rp, mp, tmp_path / "out", "toy", RawConfig())
     assert exc.value.line == len(rp.read_text().splitlines())
     assert not (tmp_path / "out" / "toy").exists()
 
@@ -79,7 +79,7 @@ def test_malformed_json_line_is_named(tmp_path):
 def test_wrong_field_type_is_named(tmp_path):
     rp, mp = write_raw(tmp_path, extra=[{"reviewerID": "U1", "asin": "A1", "unixReviewTime": "yesterday"}])
     with pytest.raises(TsrecError) as exc:
-        build_from_raw(rp, mp, tmp_path / "out", "toy", {})
+        build_from_raw(rp, mp, tmp_path / "out", "toy", RawConfig())
     assert exc.value.field == "unixReviewTime"
 
 

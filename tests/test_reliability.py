@@ -20,7 +20,7 @@ import yaml
 from test_evaluate import tiny_eval_model  # noqa: F401  (fixture)
 
 from tsrec.eval import metrics
-from tsrec.commands.check import read_values
+from tsrec.reporting.expected import read_values
 from tsrec.cli import main
 from tsrec.core.config import load_params
 from tsrec.core.errors import ParamError, TsrecError

@@ -12,7 +12,7 @@ import yaml
 from tsrec.cli import main
 from tsrec.core.errors import TsrecError
 from tsrec.eval.metrics import read_metrics, write_metrics
-from tsrec.commands.report import ITEM_ONLY, dataset_table
+from tsrec.reporting.tables import ITEM_ONLY, dataset_table
 
 DS = "Industrial_and_Scientific"
 T95_2 = 4.302652729911275  # Student t, 0.975 quantile, 2 dof
@@ -188,7 +188,7 @@ def test_bad_metrics_files(tmp_path):
 
 
 def test_rl_curves_plot_only_where_rl_ran(tmp_path):
-    from tsrec.commands.report import plot_rl, rl_variants
+    from tsrec.reporting.plots import plot_rl, rl_variants
 
     ds = tmp_path / "DS"
     (ds / "sft" / "seed42").mkdir(parents=True)
@@ -206,7 +206,7 @@ def test_rl_curves_plot_only_where_rl_ran(tmp_path):
 
 
 def test_baseline_curves_plot_the_learned_models_against_the_floors(tmp_path, monkeypatch):
-    from tsrec.commands import report
+    from tsrec.reporting import plots as report
 
     base = tmp_path / "DS" / "baselines"
     assert report.plot_baseline_curves(tmp_path, "DS", tmp_path / "none.png") is None  # nothing ran yet
@@ -238,7 +238,7 @@ def test_baseline_curves_plot_the_learned_models_against_the_floors(tmp_path, mo
 
 
 def test_run_ledger_lists_each_llm_run_with_its_budget_and_time(three_seeds, tmp_path):
-    from tsrec.commands.report import ledger_lines, run_ledger
+    from tsrec.reporting.ledger import ledger_lines, run_ledger
 
     for seed, (steps, wall) in {42: (1100, 1590.0), 43: (1200, 1650.0)}.items():
         d = three_seeds / DS / "tsrec" / f"seed{seed}"

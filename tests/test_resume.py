@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from tiny_train import make_params  # noqa: E402
 
+from tsrec.model.runs import resolve_run
 from tsrec.model.sft import SeededLengthGroupedSampler, drop_incomplete_checkpoints, train_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +24,7 @@ def reference(tmp_path_factory, tiny_backbone):
 
     root = tmp_path_factory.mktemp("resume")
     params = make_params(root, make_dataset(root / "data" / "tiny"), tiny_backbone, **RUN)
-    meta = train_run(params, "tiny", "tsrec", out=root / "full")
+    meta = train_run(resolve_run(params, "tiny", "tsrec", out=root / "full"))
     assert meta["train"]["steps"] == 21 and meta["train"]["examples"] == 205
     return root, params, meta
 
@@ -35,7 +36,7 @@ def _killed_then_resumed(root: Path, params: dict, where: str, name: str) -> tup
                           env=env, cwd=root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-3000:]  # SIGKILL
     assert not (out / "final").exists()
-    return out, train_run(params, "tiny", "tsrec", out=out)
+    return out, train_run(resolve_run(params, "tiny", "tsrec", out=out))
 
 
 def _assert_identical(root: Path, out: Path, full: dict, resumed: dict) -> None:
@@ -101,7 +102,7 @@ def test_sampler_order_depends_on_seed_and_epoch_only():
 def test_changed_keyword_cache_forces_fresh_run(tmp_path, tiny_dataset, tiny_backbone):
     params = make_params(tmp_path, tiny_dataset, tiny_backbone, keep_checkpoints=True)
     params["train"]["max_steps"] = 2
-    first = train_run(params, "tiny", "tsrec", out=tmp_path / "run")
+    first = train_run(resolve_run(params, "tiny", "tsrec", out=tmp_path / "run"))
     assert first["inputs_sha256"]["keywords"]
     params["train"]["max_steps"] = 4  # would resume from checkpoint-2 ...
     cache = tmp_path / "artifacts" / "tiny" / "keywords" / "authors.json"
@@ -109,6 +110,6 @@ def test_changed_keyword_cache_forces_fresh_run(tmp_path, tiny_dataset, tiny_bac
     for r in recs:
         r["keywords"], r["description"] = ["pump", "valve"], "Other words for " + r["token"]
     cache.write_text(json.dumps(recs))
-    again = train_run(params, "tiny", "tsrec", out=tmp_path / "run")
+    again = train_run(resolve_run(params, "tiny", "tsrec", out=tmp_path / "run"))
     assert again["train"]["resumed_from"] is None  # ... but the keywords changed
     assert again["inputs_sha256"]["keywords"] != first["inputs_sha256"]["keywords"]

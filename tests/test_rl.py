@@ -19,7 +19,8 @@ from tsrec.core.config import section
 from tsrec.data.datasets import load_index
 from tsrec.lm.decoding import SidTrie, beam_search, left_pad
 from tsrec.core.errors import ParamError
-from tsrec.commands.rl import (
+from tsrec.commands.rl import rl_run
+from tsrec.model.grpo import (
     MATRIX_KEYS,
     RLConfig,
     completion_logps,
@@ -28,7 +29,6 @@ from tsrec.commands.rl import (
     grpo_loss,
     ranking_reward,
     ranking_weights,
-    rl_run,
     rule_reward,
     sid_tokens,
 )
@@ -250,12 +250,13 @@ RL = {"train_prompts": 24, "epochs": 1.0, "batch_size": 4, "num_generations": 16
 
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory, tiny_backbone):
+    from tsrec.model.runs import resolve_run
     from tsrec.model.sft import train_run
     from tsrec.data.synthetic import make_dataset
 
     root = tmp_path_factory.mktemp("rl")
     params = make_params(root, make_dataset(root / "data" / "tiny"), tiny_backbone, max_steps=2)
-    train_run(params, "tiny", "sft")
+    train_run(resolve_run(params, "tiny", "sft"))
     params["rl"] = {**RL, "variants": ["sft"]}
     return root, params
 
@@ -330,6 +331,34 @@ def test_interrupted_run_resumes_to_the_same_model(sft_run, tmp_path):
         assert (tmp_path / "cut" / "plots" / name).read_text() == (tmp_path / "full" / "plots" / name).read_text()
 
 
+def test_callback_objects_see_every_step_after_the_builtin_ones(sft_run, tmp_path):
+    """A grpo.Callback passed to the loop: begin, one call per step with the row rl.csv got, end; by the
+    time it sees a checkpoint step, the checkpoint and the valid row are written."""
+    from tsrec.model.grpo import Callback
+
+    root, params = sft_run
+    params = {**params, "rl": {**params["rl"], "max_steps": 4}}
+    seen = []
+
+    class Record(Callback):
+        def on_train_begin(self, s):
+            seen.append(("begin", s.step, s.total))
+
+        def on_step_end(self, s, row):
+            ckpt = (s.run.ckpt_dir / f"checkpoint-{s.step}").is_dir()
+            seen.append(("step", s.step, row["loss"], ckpt, len(_rows(s.run.plots / "rl_valid.csv"))))
+
+        def on_train_end(self, s):
+            seen.append(("end", s.step))
+
+    rl_run(params, "tiny", "sft", out=tmp_path / "cb", callbacks=[Record()])
+    log = _rows(tmp_path / "cb" / "plots" / "rl.csv")
+    assert seen[0] == ("begin", 0, 4) and seen[-1] == ("end", 4)
+    assert [x[1] for x in seen[1:-1]] == [1, 2, 3, 4]
+    assert [x[2] for x in seen[1:-1]] == pytest.approx([float(r["loss"]) for r in log])
+    assert [x[3:] for x in seen[1:-1]] == [(False, 1), (True, 2), (False, 2), (True, 3)]
+
+
 def test_unknown_variant_is_one_clear_error(sft_run, capsys):
     root, params = sft_run
     import yaml
@@ -351,9 +380,10 @@ def test_rl_renders_the_sft_runs_prompt_text(tmp_path, tiny_backbone, monkeypatc
     import tsrec.commands.evaluate
     import tsrec.model.scoring
     from tsrec.commands import profiles
-    from tsrec.commands import rl
+    from tsrec.model import grpo
     from tsrec.core.config import deep_merge
     from tsrec.model.runs import load_trained
+    from tsrec.model.runs import resolve_run
     from tsrec.model.sft import train_run
     from tsrec.data.synthetic import make_dataset
     from tsrec.model.tasks import IGNORE, build_examples, load_corpus, seqrec_prompt, tasks_config
@@ -361,13 +391,13 @@ def test_rl_renders_the_sft_runs_prompt_text(tmp_path, tiny_backbone, monkeypatc
     params = make_params(tmp_path, make_dataset(tmp_path / "data" / "tiny"), tiny_backbone, max_steps=1)
     params = deep_merge(params, {"tasks": profiles.overlay("authors")["tasks"]})
     base = layout.train_run_dir(tmp_path / "artifacts", "tiny", "sft", params["seed"])
-    train_run(params, "tiny", "sft")
+    train_run(resolve_run(params, "tiny", "sft"))
     _, tok, meta = load_trained(base)
     tcfg = tasks_config({"tasks": meta["params"]["tasks"]})
     assert tcfg.prompts.eos_suffix == "\n" and tcfg.prompts.header.startswith("Below is an instruction")
 
     seen: dict = {"valid": [], "ends": [], "completions": []}
-    real_rows, real_beam, real_tokens = tsrec.model.scoring.evaluate_rows, rl.beam_search, rl.sid_tokens
+    real_rows, real_beam, real_tokens = tsrec.model.scoring.evaluate_rows, grpo.beam_search, grpo.sid_tokens
 
     def rows(model, tokenizer, trie, index, df, prompt_fn, encode, **kw):
         seen["valid"].append(prompt_fn(["<a_1><b_2><c_3>", "<a_4><b_5><c_6>"]))
@@ -383,8 +413,8 @@ def test_rl_renders_the_sft_runs_prompt_text(tmp_path, tiny_backbone, monkeypatc
 
     monkeypatch.setattr(tsrec.commands.evaluate, "evaluate_rows", rows)  # both stages score through tsrec.model.scoring
     monkeypatch.setattr(tsrec.model.scoring, "evaluate_rows", rows)
-    monkeypatch.setattr(rl, "beam_search", beam)
-    monkeypatch.setattr(rl, "sid_tokens", tokens)
+    monkeypatch.setattr(grpo, "beam_search", beam)
+    monkeypatch.setattr(grpo, "sid_tokens", tokens)
     params["rl"] = {**RL, "variants": ["sft"], "train_prompts": 8, "max_steps": 2, "eval_steps": 2, "valid_rows": 4}
     out = layout.train_run_dir(tmp_path / "artifacts", "tiny", "sft_rl", params["seed"])
     rl_meta = rl_run(params, "tiny", "sft", out=out)
@@ -402,10 +432,10 @@ def test_rl_renders_the_sft_runs_prompt_text(tmp_path, tiny_backbone, monkeypatc
 
     from tsrec.model.tasks import TaskParams
 
-    ipath = tsrec.commands.evaluate.run_index(params, "tiny", base)
+    ipath = tsrec.model.scoring.run_index(base, tmp_path / "data" / "tiny" / "sid_index.json")
     corpus = load_corpus(tmp_path / "data" / "tiny", ipath, None, replace(tcfg, tsalign=TaskParams(enabled=False)))
     trie = SidTrie.from_index(load_index(ipath), tok, suffix="\n")
-    pool = rl.rl_prompts(corpus, tok, section({"rl": RL}, "rl", RLConfig).tasks, None, params["seed"], tcfg.max_len,
+    pool = grpo.rl_prompts(corpus, tok, section({"rl": RL}, "rl", RLConfig).tasks, None, params["seed"], tcfg.max_len,
                          trie.depth, len(trie.end))
     sft_prompts = {tuple(r["input_ids"][:r["labels"].index(next(x for x in r["labels"] if x != IGNORE))])
                    for r in build_examples(corpus, tok, params["seed"]) if r["task"] == "seqrec"}

@@ -16,7 +16,8 @@ from tsrec.data import layout
 from tsrec.cli import main
 from tsrec.core.errors import ParamError, TsrecError
 from tsrec.core.io import sha256_file
-from tsrec.commands.migrate import migrate
+from tsrec.eval.records import load_variant
+from tsrec.reporting.migrate import migrate
 from tsrec.model.runs import MATRIX_KEYS, TrainConfig
 from tsrec.eval.stats import paired, paired_pooled, seed_pairs, seed_test
 
@@ -162,7 +163,7 @@ def test_confirm_runs_are_the_same_stages_over_the_sweep_winner(tmp_path):
 
 def test_extra_variants_resolve_to_their_ablation(tmp_path):
     from tsrec.model import sainit
-    from tsrec.semantics.keyword_cache import cache_path
+    from tsrec.semantics.keyword_cache import cache_path, keywords_config
     from tsrec.model.runs import variant_params
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -170,8 +171,8 @@ def test_extra_variants_resolve_to_their_ablation(tmp_path):
     assert sainit.config(variant_params(params, "sainit_a")).levels == ["a"]
     assert sainit.config(variant_params(params, "sainit_ab")).levels == ["a", "b"]
     assert sainit.config(variant_params(params, "tsrec")).levels == ["a", "b", "c"]
-    assert cache_path(variant_params(params, "teacher_ctfidf"), ds).name == "ctfidf.json"
-    assert cache_path(variant_params(params, "tsrec"), ds).name == "authors.json"
+    assert cache_path(keywords_config(variant_params(params, "teacher_ctfidf")), ds).name == "ctfidf.json"
+    assert cache_path(keywords_config(variant_params(params, "tsrec")), ds).name == "authors.json"
     params["variants"]["bad"] = {"evaluate": {"beams": 3}}  # a variant overrides a run's settings only
     with pytest.raises(ParamError, match="overrides only"):
         variant_params(params, "bad")
@@ -262,7 +263,7 @@ def test_migrate_moves_files_adds_seed_and_slim_ranks(tmp_path, monkeypatch):
     assert list(yaml.safe_load(lock.read_text())["stages"]) == ["data@DS"]
     assert migrate("results", "artifacts", ["DS"], 42) == []  # done: nothing left to move
     # the migrated run is what the report and the paired comparison read
-    runs = layout.load_variant("results", "DS", "tsrec")
+    runs = load_variant("results", "DS", "tsrec")
     assert runs.seeds == [42] and runs.metrics[42]["NDCG@10"] == 0.3 and 42 in runs.ranks
 
 

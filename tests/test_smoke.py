@@ -53,7 +53,7 @@ def test_smoke_pipeline_reproduces_the_expected_metrics(first_run):
 
 def test_expected_file_covers_every_metric_a_fresh_run_writes(first_run):
     """No metric of the smoke run goes unchecked (the baselines' item/ metrics once did: 82 of 112)."""
-    from tsrec.commands.check import collect, uncovered
+    from tsrec.reporting.expected import collect, uncovered
 
     dest, _ = first_run
     expected = json.loads((smoke.REPO / smoke.EXPECTED).read_text())["metrics"]
@@ -107,7 +107,7 @@ def test_two_runs_from_scratch_are_identical(first_run, second_run):
 
 
 def smoke_metrics(path):
-    from tsrec.commands.check import read_values
+    from tsrec.reporting.expected import read_values
 
     return read_values(path)
 

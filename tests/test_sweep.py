@@ -8,7 +8,8 @@ import yaml
 from tiny_train import make_params  # noqa: E402
 
 from tsrec.core.errors import ParamError
-from tsrec.commands.sweep import masked, run_sweep, scoring_precision
+from tsrec.commands.sweep import run_sweep, scoring_precision
+from tsrec.tuning.storage import masked
 
 
 @pytest.fixture()
@@ -68,19 +69,20 @@ def test_sweep_uses_rdb_storage_and_resumes(params, tmp_path):
     assert sainit_config(variant_params(params, "sweep_best")).levels == list(summary["best"]["params"]["levels"])
     # a failed trial that shares trial 1's folder (a stopped copy) gets no curve of its own
     from tsrec.core.config import section
-    from tsrec.commands.sweep import SweepConfig, summarize
+    from tsrec.tuning.config import SweepConfig
+    from tsrec.tuning.summary import summarize
 
     study = optuna.load_study(study_name="tsrec-sweep-ndcg", storage=params["sweep"]["storage"])
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, params=trials[1].params,
                                               distributions=trials[1].distributions, user_attrs=trials[1].user_attrs))
-    summarize(study, section(params, "sweep", SweepConfig), params)
+    summarize(study, section(params, "sweep", SweepConfig), params.get("_path"))
     assert (dest / "curves" / "trial1.csv").is_file() and not (dest / "curves" / "trial3.csv").exists()
 
 
 def test_trial_curve_is_the_trials_own(tmp_path):
     """A trial's curve: its folder's valid.csv when that ends where the trial's reports end (a resumed trial keeps
     its steps before the resume), else the losses the trial reported (the folder was rewritten by a copy)."""
-    from tsrec.commands.sweep import trial_curve
+    from tsrec.tuning.summary import trial_curve
 
     (tmp_path / "plots").mkdir()
     pd.DataFrame({"step": [100, 200, 300], "epoch": [0.1, 0.2, 0.3], "eval_loss": [4.0, 3.5, 3.2]}).to_csv(
@@ -107,7 +109,7 @@ def test_trial_curve_is_the_trials_own(tmp_path):
 
 
 def test_pruning_callback_stops_a_trial_the_pruner_rejects():
-    from tsrec.commands.sweep import pruning_callback
+    from tsrec.tuning.study import pruning_callback
 
     class Trial:
         reports = []
@@ -132,7 +134,8 @@ def test_pruning_callback_stops_a_trial_the_pruner_rejects():
 
 def test_default_trial_only_inside_the_search_space(params):
     from tsrec.core.config import section
-    from tsrec.commands.sweep import SweepConfig, default_trial
+    from tsrec.commands.sweep import default_trial
+    from tsrec.tuning.config import SweepConfig
 
     cfg = section(params, "sweep", SweepConfig)
     assert default_trial(params, cfg)["pooling"] == "mean"
@@ -166,7 +169,8 @@ def test_storage_url_from_environment(params, tmp_path, monkeypatch):
     from sqlalchemy.engine import make_url
 
     from tsrec.core.config import section
-    from tsrec.commands.sweep import SweepConfig, storage_url
+    from tsrec.tuning.config import SweepConfig
+    from tsrec.tuning.storage import storage_url
 
     params["sweep"].update(storage_env="TSREC_TEST_STORAGE", n_trials=1)
     with pytest.raises(ParamError, match="TSREC_TEST_STORAGE") as exc:
@@ -196,7 +200,8 @@ def test_trials_are_scored_in_the_evaluate_precision(params, monkeypatch):
 
 def test_threshold_pruner_stops_only_a_loss_above_the_bound_after_warmup(params):
     from tsrec.core.config import section
-    from tsrec.commands.sweep import SweepConfig, make_pruner, pruning_callback
+    from tsrec.tuning.config import SweepConfig
+    from tsrec.tuning.study import make_pruner, pruning_callback
 
     params["sweep"]["pruner"] = {"kind": "threshold", "max_loss": 3.8, "warmup_steps": 500}
     cfg = section(params, "sweep", SweepConfig)

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from tsrec.core.config import section
 from tsrec.core.errors import ParamError, TsrecError
 from tsrec.model.runs import RUN_HISTORY, TrainConfig, load_trained, stable_meta, variant_params
+from tsrec.model.runs import resolve_run
 from tsrec.model.sft import Collator, label_position_loss, train_run
 from tsrec.model.tasks import IGNORE
 
@@ -103,15 +104,15 @@ def _weights(run):
 
 
 def test_resumed_run_matches_uninterrupted(params, tmp_path):
-    full = train_run(params, "tiny", "tsrec", out=tmp_path / "full")
+    full = train_run(resolve_run(params, "tiny", "tsrec", out=tmp_path / "full"))
     assert full["train"]["steps"] == 4 and full["train"]["resumed_from"] is None
     params["train"]["keep_checkpoints"] = True
-    half = train_run(params, "tiny", "tsrec", out=tmp_path / "half", callbacks=[StopAt(2)])
+    half = train_run(resolve_run(params, "tiny", "tsrec", out=tmp_path / "half"), callbacks=[StopAt(2)])
     assert half["train"]["steps"] == 2
     assert list((tmp_path / "half" / "checkpoints" / "checkpoint-2").glob("*.safetensors"))
     assert not list((tmp_path / "half" / "checkpoints").rglob("pytorch_model*"))  # weights as safetensors only
     counter = CountSteps()
-    resumed = train_run(params, "tiny", "tsrec", out=tmp_path / "half", callbacks=[counter])
+    resumed = train_run(resolve_run(params, "tiny", "tsrec", out=tmp_path / "half"), callbacks=[counter])
     assert resumed["train"]["resumed_from"] == "checkpoint-2" and resumed["train"]["steps"] == 4
     assert counter.n == 2  # only the remaining steps ran
     a, b = _weights(tmp_path / "full"), _weights(tmp_path / "half")
@@ -122,14 +123,14 @@ def test_resumed_run_matches_uninterrupted(params, tmp_path):
     assert (tmp_path / "full/plots/valid.csv").read_text() == (tmp_path / "half/plots/valid.csv").read_text()
     # a changed configuration does not resume from old checkpoints
     params["tasks"]["seqrec"] = {"share": 0.5}
-    other = train_run(params, "tiny", "tsrec", out=tmp_path / "half")
+    other = train_run(resolve_run(params, "tiny", "tsrec", out=tmp_path / "half"))
     assert other["train"]["resumed_from"] is None
     steps = [int(line.split(",")[0]) for line in (tmp_path / "half/plots/train.csv").read_text().splitlines()[1:]]
     assert steps == [1, 2, 3, 4]  # a fresh run starts a new curve
 
 
 def test_final_model_meta_and_load_trained_refusals(params, tmp_path, tiny_dataset, tiny_backbone):
-    meta = train_run(params, "tiny", "sft", out=tmp_path / "run")
+    meta = train_run(resolve_run(params, "tiny", "sft", out=tmp_path / "run"))
     run = tmp_path / "run"
     assert not (run / "checkpoints").exists()  # removed once final/ exists
     header = (run / "plots/train.csv").read_text().splitlines()[0]
@@ -174,15 +175,15 @@ def test_bad_params_refused(params):
             section({"train": bad}, "train", TrainConfig)
     params["variants"]["tsrec"] = {"backbone": {"keep_layers": 0}}
     with pytest.raises(ParamError, match="keep_layers"):
-        train_run(params, "tiny", "tsrec")
+        train_run(resolve_run(params, "tiny", "tsrec"))
 
 
 def test_seed_option_is_the_top_level_seed_of_that_run(params, tmp_path):
     """train_run(seed=N) trains exactly as params with ``seed: N`` (weights, task draws, valid subsample, batch
     order all follow it), into its own seed folder; another seed gives another run."""
-    a = train_run(params, "tiny", "sft", seed=5)
-    b = train_run({**params, "seed": 5}, "tiny", "sft", out=tmp_path / "b")
-    c = train_run(params, "tiny", "sft", seed=6)
+    a = train_run(resolve_run(params, "tiny", "sft", seed=5))
+    b = train_run(resolve_run({**params, "seed": 5}, "tiny", "sft", out=tmp_path / "b"))
+    c = train_run(resolve_run(params, "tiny", "sft", seed=6))
     run = tmp_path / "artifacts" / "tiny" / "runs" / "sft"
     assert sorted(p.name for p in run.iterdir()) == ["seed5", "seed6"]
     assert a["seed"] == b["seed"] == a["params"]["seed"] == 5 and a["params"] == b["params"]
@@ -199,9 +200,9 @@ def test_summary_records_precision_and_stop_reason(params, tmp_path, monkeypatch
 
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
     params["train"]["precision"] = "auto"  # the default is fp32 now; auto is still an option
-    meta = train_run(params, "tiny", "sft", out=tmp_path / "cap")
+    meta = train_run(resolve_run(params, "tiny", "sft", out=tmp_path / "cap"))
     assert meta["train"]["precision"] == {"requested": "auto", "resolved": "fp32"}
     assert meta["train"]["stop_reason"] == "step_cap" and meta["train"]["steps"] == 4
     params["train"].update(max_steps=40, patience=1, min_delta=100.0)  # no gain can count: stops at 2nd eval
-    meta = train_run(params, "tiny", "sft", out=tmp_path / "plateau")
+    meta = train_run(resolve_run(params, "tiny", "sft", out=tmp_path / "plateau"))
     assert meta["train"]["stop_reason"] == "plateau" and meta["train"]["steps"] < 40

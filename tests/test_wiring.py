@@ -7,7 +7,20 @@ import re
 
 import pytest
 import yaml
-from wiring import PKG, ROOT, closure, import_graph, module_file, params_read
+from wiring import (
+    MAX_FUNCTION_LINES,
+    PKG,
+    ROOT,
+    closure,
+    functions,
+    import_graph,
+    is_resolver,
+    module_file,
+    params_read,
+    takes_params,
+    wing_of,
+    wing_violations,
+)
 
 from tsrec.cli import NOT_STAGES, STAGES
 
@@ -139,3 +152,33 @@ def test_no_private_names_imported_across_modules():
                 bad += [f"{f.relative_to(ROOT)}: {node.module}.{a.name}" for a in node.names
                         if a.name.startswith("_") and a.name != "__version__"]
     assert bad == []
+
+
+# ---------------------------------------------------------------- wings
+def test_wings_import_only_wings_below():
+    assert wing_violations(import_graph()) == []
+
+
+def test_wing_check_fails_on_planted_violations():
+    graph = dict(import_graph())
+    layout, sft = PKG / "data" / "layout.py", PKG / "model" / "sft.py"
+    train, evaluate = PKG / "commands" / "train.py", PKG / "commands" / "evaluate.py"
+    graph[layout] = graph[layout] | {sft}            # data -> model: upward
+    graph[train] = graph[train] | {evaluate}         # a command importing a command
+    planted = set(wing_violations(graph)) - set(wing_violations(import_graph()))
+    assert planted == {"commands/train.py imports the command commands/evaluate.py",
+                       "data/layout.py (data) imports model/sft.py (model), a wing above it"}
+
+
+def test_no_library_function_takes_the_params_dict():
+    """params.yaml is resolved once, by the command: outside commands/ only resolvers (``*_config``,
+    ``resolve_*``, ``section``...) returning a typed config see the raw dict."""
+    bad = [f"{f.relative_to(ROOT)}:{n.lineno} {n.name}" for f, n in functions()
+           if wing_of(f) not in ("commands", "top") and takes_params(n) and not is_resolver(n.name)]
+    assert bad == []
+
+
+def test_functions_a_reader_can_hold():
+    long = [f"{f.relative_to(ROOT)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
+            for f, n in functions() if n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES]
+    assert long == []

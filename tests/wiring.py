@@ -128,3 +128,58 @@ def params_read(mod: str, entry: str = "run") -> set[str]:
             if alias in modules:
                 todo.append((modules[alias], attr))
     return found
+
+
+# ---------------------------------------------------------------- wings: the folder tree is the architecture
+# bottom -> top; a module imports only its own wing and the wings below it; commands import no command
+WINGS = ("core", "data", "eval", "lm", "semantics", "model", "baselines", "tuning", "reporting", "commands")
+TOP = {"__init__.py", "__main__.py", "cli.py"}  # above every wing
+# the functions outside commands/ that may take the raw params dict: resolvers that return a typed config
+RESOLVER_NAMES = {"section", "section_with_flags", "global_seed", "check_top_level", "variant_params",
+                  "apply_overrides", "config"}
+MAX_FUNCTION_LINES = 80
+
+
+def wing_of(path: Path) -> str:
+    rel = path.relative_to(PKG)
+    if len(rel.parts) == 1:
+        if rel.name in TOP:
+            return "top"
+        raise AssertionError(f"{rel}: a module outside every wing (move it into one of {WINGS})")
+    if rel.parts[0] not in WINGS:
+        raise AssertionError(f"{rel}: folder {rel.parts[0]!r} is not a wing; list it in tests/wiring.py WINGS")
+    return rel.parts[0]
+
+
+def rank(wing: str) -> int:
+    return len(WINGS) if wing == "top" else WINGS.index(wing)
+
+
+def wing_violations(graph: dict[Path, frozenset[Path]]) -> list[str]:
+    """Imports that climb (a wing importing a wing above it) and commands importing a command."""
+    bad = []
+    for f, deps in graph.items():
+        for d in deps:
+            src, dst = wing_of(f), wing_of(d)
+            if rank(dst) > rank(src):
+                bad.append(f"{f.relative_to(PKG)} ({src}) imports {d.relative_to(PKG)} ({dst}), a wing above it")
+            elif src == dst == "commands" and d.name != "__init__.py":
+                bad.append(f"{f.relative_to(PKG)} imports the command {d.relative_to(PKG)}")
+    return sorted(bad)
+
+
+def functions(root: Path = PKG):
+    """(path, def node) of every function and method under ``root``."""
+    for f in sorted(root.rglob("*.py")):
+        for n in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield f, n
+
+
+def takes_params(node: ast.AST) -> bool:
+    a = node.args
+    return any(x.arg in PARAM_VARS for x in [*a.posonlyargs, *a.args, *a.kwonlyargs])
+
+
+def is_resolver(name: str) -> bool:
+    return name in RESOLVER_NAMES or name.endswith("_config") or name.startswith("resolve_")

@@ -3,7 +3,7 @@ model (``tsrec.baselines.llm_titles``), the softmax-DPO loss with ``sdpo.neg_num
 items per prompt and a frozen reference model (the SFT model), ``sdpo_loss``; scored like D3 without the
 assistant (``tsrec.baselines.llm_scoring``).
 
-TRL is not used (it is not in this environment, and ``tsrec.commands.rl`` set the precedent): TRL's DPOTrainer takes
+TRL is not used (it is not in this environment, and ``tsrec.model.grpo`` set the precedent): TRL's DPOTrainer takes
 one rejected response per prompt, so S-DPO's multi-negative loss, batching and log-prob gathering would all
 have to be rewritten anyway (the official code subclasses an old DPOTrainer and overrides exactly those). Kept
 from the HF stack: ``transformers.Trainer`` (optimizer, schedule, accumulation, checkpoints) with

@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from tsrec.core.io import atomic_file
-from tsrec.data.layout import baseline_seed_file, baseline_summary, load_variant
+from tsrec.data.layout import baseline_seed_file, baseline_summary
+from tsrec.eval.records import load_variant
 from tsrec.eval.metrics import ITEM_PREFIX, KS, mean_ci, read_item_metrics, read_metrics, read_with_run
 
 # (display name, source): "baseline:<model>" reads results/<DS>/baselines/<model>.json, "variant:<v>" reads

@@ -21,7 +21,7 @@ import sys
 from tsrec.core.config import section
 from tsrec.data.datasets import DataConfig
 from tsrec.semantics.keyword_cache import TEACHERS, keywords_config
-from tsrec.semantics.teaching import run_dataset
+from tsrec.semantics.teaching import resolve_job, run_dataset
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def run(args, params) -> None:
     for ds in args.dataset or section(params, "data", DataConfig).datasets:
         choice = cfg.choice(ds, params.get("_path", "params.yaml"))
         command = "tsrec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        res = run_dataset(params, ds, args.teacher or choice.teachers, args.limit, command=command)
+        res = run_dataset(resolve_job(params, ds), args.teacher or choice.teachers, args.limit, command=command)
         for t, r in res["teachers"].items():
             if args.teacher is None or t in args.teacher:
                 k = r["coherence"]["keywords"]

@@ -81,7 +81,7 @@ def validate(params: dict[str, Any]) -> None:
     only from SFT runs the profile trains (rl.variants within train.variants) (ParamError)."""
     from tsrec.lm import llm
     from tsrec.model import sainit
-    from tsrec.commands.rl import rl_config
+    from tsrec.model.grpo import rl_config
     from tsrec.model.runs import TrainConfig, variant_params
     from tsrec.model.scoring import EvaluateConfig
     from tsrec.model.tasks import tasks_config

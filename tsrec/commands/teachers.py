@@ -13,7 +13,7 @@ import sys
 from tsrec.core.config import section
 from tsrec.data.datasets import DataConfig
 from tsrec.semantics.keyword_cache import keywords_config
-from tsrec.semantics.teaching import run_dataset
+from tsrec.semantics.teaching import resolve_job, run_dataset
 
 
 def add_arguments(p) -> None:
@@ -25,4 +25,4 @@ def run(args, params) -> None:
     command = "tsrec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     for ds in args.dataset or section(params, "data", DataConfig).datasets:
         optional = cfg.choice(ds, params.get("_path", "params.yaml")).optional
-        run_dataset(params, ds, optional, command=command, optional=True)
+        run_dataset(resolve_job(params, ds), optional, command=command, optional=True)

@@ -14,12 +14,10 @@ import logging
 import os
 import shutil
 import sys
-from pathlib import Path
 
-from tsrec.core.config import global_seed
 from tsrec.core.io import output_lock, write_json
 from tsrec.data.layout import results_dir
-from tsrec.model.runs import PLOTS, run_dir
+from tsrec.model.runs import PLOTS, RunSpec, resolve_run
 from tsrec.model.sft import dry_run, format_dry_run, train_run
 
 log = logging.getLogger(__name__)
@@ -42,32 +40,30 @@ def add_arguments(p) -> None:
 
 
 def run(args, params: dict) -> None:
-    seed = global_seed(params) if args.seed is None else args.seed
+    spec = resolve_run(params, args.dataset, args.variant, seed=args.seed, out=args.out)
     if args.dry_run:
         world = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
-        report = dry_run(params, args.dataset, args.variant, seed=seed, tokenizer=args.tokenizer, world_size=world,
-                         tokens_per_s=args.tokens_per_s)
+        report = dry_run(spec, tokenizer=args.tokenizer, world_size=world, tokens_per_s=args.tokens_per_s)
         report["command"] = "tsrec " + " ".join(sys.argv[1:])
         if args.report:
             write_json(args.report, report)
         print(format_dry_run(report), end="")
         return
-    out = Path(args.out) if args.out else run_dir(params, args.dataset, args.variant, seed)
     # one writer per run: a second `tsrec train` of it stops at once instead of interleaving its curves (the
     # processes of one DDP run share it: only rank 0 writes the run's files)
-    with output_lock(out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
-        _train(args, params, seed, out)
+    with output_lock(spec.run_dir) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
+        _train(args, spec)
 
 
-def _train(args, params: dict, seed: int, out: Path) -> None:
-    meta = train_run(params, args.dataset, args.variant, seed=seed, out=args.out)
+def _train(args, spec: RunSpec) -> None:
+    meta = train_run(spec)
     if int(os.environ.get("RANK", "0")) == 0 and args.results:
-        dest = results_dir(args.results, args.dataset, args.variant, seed)
+        dest = results_dir(args.results, spec.dataset, spec.variant, spec.seed)
         dest.mkdir(parents=True, exist_ok=True)
         for name in PLOTS:
-            shutil.copyfile(out / "plots" / name, dest / name)
-        summary = {"command": "tsrec " + " ".join(sys.argv[1:]), "params_file": params.get("_path"),
+            shutil.copyfile(spec.run_dir / "plots" / name, dest / name)
+        summary = {"command": "tsrec " + " ".join(sys.argv[1:]), "params_file": spec.params_file,
                    **{k: meta[k] for k in ("dataset", "variant", "seed", "backbone_id", "index_sha256", "train",
                                            "params")}}
         write_json(dest / "train_summary.json", summary)
-        log.info("%s/%s: %s", args.dataset, args.variant, json.dumps(meta["train"]))
+        log.info("%s/%s: %s", spec.dataset, spec.variant, json.dumps(meta["train"]))

@@ -1,7 +1,7 @@
 """Multi-process runs (``torchrun``, ``accelerate launch``): who this process is, its device, the process group.
 
 The launcher sets ``WORLD_SIZE`` / ``RANK`` / ``LOCAL_RANK``. On CUDA each rank is put on GPU ``LOCAL_RANK``
-*before* the (nccl) process group starts; on CPU the group is gloo. Used by training (tsrec.model.sft) and RL (tsrec.commands.rl).
+*before* the (nccl) process group starts; on CPU the group is gloo. Used by training (tsrec.model.sft) and RL (tsrec.model.grpo).
 """
 
 from __future__ import annotations
@@ -73,13 +73,13 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_grads(params, bucket: int = 1 << 25) -> None:
-    """Sum the gradients of ``params`` over the processes (in buckets of ``bucket`` elements; a missing
+def all_reduce_grads(tensors, bucket: int = 1 << 25) -> None:
+    """Sum the gradients of ``tensors`` over the processes (in buckets of ``bucket`` elements; a missing
     gradient counts as zeros). The caller scales each process's loss by its share of the global batch, so the
     sum is the gradient of the global loss, whatever the split."""
     import torch.distributed as tdist
 
-    params = [p for p in params if p.requires_grad]
+    params = [p for p in tensors if p.requires_grad]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)

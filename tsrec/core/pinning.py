@@ -124,9 +124,9 @@ def record(cfg: ReproConfig | None = None, *, file: str | None = None) -> dict[s
     return out
 
 
-def stage_threads(own: int | None, params: dict) -> int:
+def stage_threads(own: int | None, repro: ReproConfig) -> int:
     """A stage's torch threads: its own setting where > 0, else ``repro.threads`` (0: leave as is)."""
-    return own if own else config(params).threads
+    return own if own else repro.threads
 
 
 def describe(rec: dict | None) -> str:

@@ -1,6 +1,6 @@
 """Pinned downloads: a raw GitHub file at a fixed commit, sha256-checked before it lands.
 
-``data.source: download`` fetches the MiniOneRec files (``tsrec.commands.data``) and the TS-Rec authors' keyword files
+``data.source: download`` fetches the MiniOneRec files (``tsrec.data.minionerec``) and the TS-Rec authors' keyword files
 (``tsrec.semantics.teaching``, teacher ``authors``) this way. ``$TSREC_DOWNLOAD_BASE`` serves GitHub's raw files from
 another address (a proxy or a copy of the same tree; the tests use a loopback server).
 """

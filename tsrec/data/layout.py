@@ -1,4 +1,4 @@
-"""Where the runs of one (dataset, variant, seed) live, and how the report finds them.
+"""Where the runs of one (dataset, variant, seed) live (reading them back: tsrec.eval.records).
 
     artifacts/<DS>/runs/<variant>/seed<N>/{checkpoints,plots,final}   tsrec train --seed N
     artifacts/<DS>/eval/<variant>/seed<N>/ranks*.parquet               tsrec evaluate --seed N (full ranked lists)
@@ -11,18 +11,16 @@
                                                                         stage, for resuming; removed at its end)
 
 The seed folder is always explicit, also for the single default seed. The layout before it (no seed folder)
-is moved by ``tsrec migrate-seed-layout`` (tsrec/commands/migrate.py).
+is moved by ``tsrec migrate-seed-layout`` (tsrec/reporting/migrate.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
-from tsrec.core.config import section
 from tsrec.data.datasets import DataConfig
-from tsrec.data.sids import codebook_config
+from tsrec.data.sids import CodebookConfig
 
 SEED_DIR = re.compile(r"^seed(-?\d+)$")
 # folders under results/<DS>/ that are not variants
@@ -113,67 +111,8 @@ def baseline_fits(work: str | Path, ds: str, model: str) -> Path:
     return Path(work) / ds / "baselines" / model / "fits"
 
 
-# ---------------------------------------------------------------- reading the runs of one method
-@dataclasses.dataclass
-class Runs:
-    """The evaluated runs of one method on one dataset: SID-level test metrics and row-rank files per seed."""
-    name: str                                  # variant or baseline model
-    kind: str                                  # "variant" | "baseline"
-    metrics: dict[int, dict[str, float]]       # seed -> HR@K / NDCG@K
-    ranks: dict[int, Path]                     # seed -> row ranks (row, target, rank), where saved
-    sources: list[Path]
-    deterministic: bool = False                # one run stands for every seed (Pop, Transition)
-
-    @property
-    def seeds(self) -> list[int]:
-        return sorted(self.metrics)
-
-    def values(self, metric: str) -> dict[int, float]:
-        return {s: m[metric] for s, m in sorted(self.metrics.items()) if metric in m}
-
-    def mean_ci(self, metric: str) -> tuple[float | None, float | None]:
-        """Mean over seeds and the 95 % t half-width (None with one run)."""
-        from tsrec.eval.metrics import mean_ci
-
-        vals = list(self.values(metric).values())
-        return mean_ci(vals) if vals else (None, None)
-
-
-def load_variant(results: str | Path, ds: str, variant: str) -> Runs | None:
-    from tsrec.eval.metrics import read_metrics
-
-    found = variant_seeds(results, ds, variant)
-    if not found:
-        return None
-    return Runs(variant, "variant", {s: read_metrics(d / "metrics.json") for s, d in found.items()},
-                {s: d / "ranks.parquet" for s, d in found.items() if (d / "ranks.parquet").is_file()},
-                [d / "metrics.json" for d in found.values()])
-
-
-def load_baseline(results: str | Path, ds: str, model: str) -> Runs | None:
-    """SID-level (top-level) metrics per seed from ``<model>/seed<N>.json`` when every seed the summary's run
-    record lists has its file; else the summary as one run (the single-run files of the first baseline
-    runs). A seed's metrics are {} where its file holds item-level metrics only."""
-    from tsrec.eval.metrics import read_metrics, read_with_run
-
-    path = baseline_summary(results, ds, model)
-    if not path.is_file():
-        return None
-    summary = read_with_run(path)
-    seeds = sorted(summary.get("seeds") or [])
-    files = {s: baseline_seed_file(results, ds, model, s) for s in seeds}
-    deterministic = bool(summary.get("deterministic", model in ("pop", "transition")))
-    if files and all(f.is_file() for f in files.values()):
-        return Runs(model, "baseline", {s: read_metrics(f, allow_empty=True) for s, f in files.items()},
-                    {s: baseline_ranks(results, ds, model, s) for s in files
-                     if baseline_ranks(results, ds, model, s).is_file()}, list(files.values()), deterministic)
-    seed = seeds[0] if seeds else -1
-    return Runs(model, "baseline", {seed: read_metrics(path, allow_empty=True)}, {}, [path], deterministic)
-
-
-def index_path(params: dict, ds: str) -> Path:
+def index_path(codebook: CodebookConfig, data: DataConfig, ds: str) -> Path:
     """The SID index IN USE for ``ds``: the data stage's published index for ``official``."""
-    cfg = codebook_config(params)
-    if cfg.use == "official":
-        return Path(section(params, "data", DataConfig).out) / ds / "sid_index.json"
-    return Path(cfg.out) / ds / "sid" / cfg.use / "index.json"
+    if codebook.use == "official":
+        return Path(data.out) / ds / "sid_index.json"
+    return Path(codebook.out) / ds / "sid" / codebook.use / "index.json"

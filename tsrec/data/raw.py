@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from tsrec.core.config import section
 from tsrec.data.datasets import rows_frame
 from tsrec.core.errors import TsrecError
 from tsrec.core.io import atomic_dir, sha256_file, write_json
@@ -122,8 +121,8 @@ def k_core(inter: list[tuple[str, str, int]], k: int) -> list[tuple[str, str, in
         inter = kept
 
 
-def build_from_raw(reviews: Path, meta: Path, out_root: Path, name: str, params: dict) -> dict:
-    cfg = section(params, "raw", RawConfig)
+def build_from_raw(reviews: Path, meta: Path, out_root: Path, name: str, cfg: RawConfig) -> dict:
+    """Raw Amazon'18 reviews + metadata -> the canonical splits (time window, k-core, global time split)."""
     for p in (reviews, meta):
         if not p.is_file():
             raise TsrecError("raw file not found", file=p)

@@ -200,7 +200,7 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout: 
     """K beams per prompt: attend to the prompt's shared KV + the beam's own KV (causal among its tokens).
 
     ``query`` [n*K, H, q, d] holds the beam's last q tokens (q = 1 in decoding; the whole completion when
-    ``tsrec.commands.rl`` scores it); ``key``/``value`` [n*K, kv_heads, t, d] hold only the t >= q tokens generated so
+    ``tsrec.model.grpo`` scores it); ``key``/``value`` [n*K, kv_heads, t, d] hold only the t >= q tokens generated so
     far (a separate small cache). Same maths as SDPA over the concatenated keys, without materialising them.
     """
     if shared_prefix is None:

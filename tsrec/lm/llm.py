@@ -75,11 +75,6 @@ def backbone_config(params: dict[str, Any]) -> BackboneConfig:
     return section(params, "backbone", BackboneConfig)
 
 
-def backbone_path(params: dict[str, Any]) -> Path:
-    """The converted backbone folder in use (``backbone.out / backbone.name``)."""
-    return backbone_config(params).path
-
-
 def default_name(spec: str) -> str:
     """A folder name for a model spec: ``Qwen/Qwen2.5-1.5B`` -> ``qwen2.5-1.5b``."""
     base = Path(spec.rstrip("/")).name

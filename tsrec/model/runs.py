@@ -12,13 +12,19 @@ from typing import Literal
 
 import torch
 
-from tsrec.core.config import deep_merge, global_seed, section
-from tsrec.data.datasets import load_index
+from tsrec.core import pinning
+from tsrec.core.config import DEFAULT_PARAMS, deep_merge, global_seed, section
 from tsrec.core.errors import ParamError, TsrecError
 from tsrec.core.io import atomic_dir, atomic_file, load_or_explain, sha256_file, sha256_json, write_json
-from tsrec.data.layout import train_run_dir
 from tsrec.core.precision import TrainPrecision
-from tsrec.data.sids import index_tokens
+from tsrec.data.datasets import DataConfig, load_index
+from tsrec.data.layout import index_path, train_run_dir
+from tsrec.data.sids import CodebookConfig, codebook_config, index_tokens
+from tsrec.lm.llm import BackboneConfig, backbone_config
+from tsrec.model.sainit import SAInitConfig
+from tsrec.model.sainit import config as sainit_config
+from tsrec.model.tasks import TasksConfig, tasks_config
+from tsrec.semantics.keyword_cache import KeywordsConfig, cache_path, keywords_config
 
 META = "tsrec_meta.json"
 VARIANT_SECTIONS = ("sainit", "tasks", "train", "backbone")  # what a variant may override (and a run records)
@@ -168,10 +174,74 @@ def trim_logs(plots: Path, step: int, spec: dict[str, list[str]] = PLOTS) -> Non
 
 
 # ---------------------------------------------------------------- the run
-def run_dir(params: dict, ds: str, variant: str, seed: int | None = None) -> Path:
-    """``<train.out>/<DS>/runs/<variant>/seed<N>`` (default seed: the top-level ``seed``)."""
-    seed = global_seed(params) if seed is None else seed
-    return train_run_dir(section(params, "train", TrainConfig).out, ds, variant, seed)
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One training run, resolved once from params.yaml (``resolve_run``): the variant's typed sections with its
+    overrides applied, and the paths it reads and writes. What the train stage, the sweep's trials and the
+    dry run take instead of the params dict."""
+    dataset: str
+    variant: str
+    seed: int
+    data: DataConfig
+    codebook: CodebookConfig
+    backbone: BackboneConfig
+    keywords: KeywordsConfig
+    sainit: SAInitConfig
+    tasks: TasksConfig
+    train: TrainConfig
+    repro: pinning.ReproConfig
+    recorded: dict       # the variant's sections as written (meta + resume fingerprint)
+    shown: dict          # the same plus ``evaluate``, for the dry run's resolved YAML
+    params_file: str = DEFAULT_PARAMS
+    overrides: dict | None = None
+    out: Path | None = None  # the run folder (default: ``<train.out>/<DS>/runs/<variant>/seed<N>``)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out or train_run_dir(self.train.out, self.dataset, self.variant, self.seed)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.data.out) / self.dataset
+
+    @property
+    def index_path(self) -> Path:
+        return index_path(self.codebook, self.data, self.dataset)
+
+    @property
+    def backbone_path(self) -> Path:
+        return self.backbone.path
+
+    @property
+    def keyword_cache(self) -> Path:
+        return cache_path(self.keywords, self.dataset, self.params_file)
+
+
+def resolve_run(params: dict, ds: str, variant: str, *, seed: int | None = None, overrides: dict | None = None,
+                out: str | Path | None = None) -> RunSpec:
+    """The ``RunSpec`` of ``variant`` on ``ds`` with ``seed`` (default: the top-level ``seed``, which seeds
+    everything the run draws); ``overrides`` (same sections as a variant's) go on top of the variant's: a sweep
+    trial is the tsrec variant plus the trial's settings (recorded in the meta)."""
+    if seed is not None:
+        params = {**params, "seed": int(seed)}
+    vp = variant_params(params, variant)
+    if overrides:
+        vp = apply_overrides(vp, overrides, "overrides")
+    # the run's settings as written (meta, resume fingerprint); train.seeds lists runs: left out, so a run's
+    # fingerprint does not depend on which other seeds are planned (and equals the one before seeds existed)
+    recorded = {k: vp.get(k) for k in (*VARIANT_SECTIONS, "seed") if k in vp}
+    if isinstance(recorded.get("train"), dict):
+        recorded["train"] = {k: v for k, v in recorded["train"].items() if k != "seeds"}
+    return RunSpec(
+        dataset=ds, variant=variant, seed=global_seed(params), data=section(params, "data", DataConfig),
+        codebook=codebook_config(vp), backbone=backbone_config(vp), keywords=keywords_config(vp),
+        sainit=sainit_config(vp), tasks=tasks_config(vp), train=section(vp, "train", TrainConfig),
+        repro=pinning.config(params), recorded=recorded,
+        shown={k: vp.get(k) for k in (*VARIANT_SECTIONS, "evaluate") if k in vp},
+        params_file=params.get("_path", DEFAULT_PARAMS), overrides=overrides or None,
+        out=Path(out) if out else None)
+
+
 
 
 # Run history in a meta's "train" / "rl" section: timings, throughput, threads, the resume point and what HF

@@ -121,6 +121,45 @@ def _contextual(model, tokenizer, id_lists: list[list[int]], batch_size: int) ->
     return out
 
 
+def _piece_ids(tokenizer, chosen: dict[str, int], records: dict[str, dict], source: str,
+               new_ids: set[int]) -> list[list[int]]:
+    """Per chosen token, the vocabulary pieces of its text (never the random rows of SID tokens it names)."""
+    id_lists = []
+    for t in chosen:
+        ids = [i for i in tokenizer(token_text(records[t], source), add_special_tokens=False)["input_ids"]
+               if i not in new_ids]
+        if not ids:
+            raise TsrecError("text has no pieces after tokenization", field=t)
+        id_lists.append(ids)
+    return id_lists
+
+
+def _pooled_vectors(table, id_lists: list[list[int]], row_ids: list[int], states, target: float,
+                    cfg: SAInitConfig) -> tuple[list, list[float]]:
+    """The pooled vector of each token (``cfg.pooling``), rescaled to ``target`` (``old_vocab``) or to the mean
+    row norm of the live table as each row is written (``current_table``: the targets are returned)."""
+    import torch
+
+    idf = idf_weights(id_lists) if cfg.pooling == "idf" else None
+    vectors, targets = [], []
+    running = cfg.rescale and cfg.rescale_target == "current_table"
+    if running:  # sum of the row norms of the live table, updated as each row is written
+        norms = table.norm(dim=1).double()
+        norm_sum = norms.sum().item()
+    for k, ids in enumerate(id_lists):
+        rows = states[k] if cfg.pooling == "contextual" else table[torch.tensor(ids)]
+        v = pool(rows, ids, cfg.pooling, idf)
+        if cfg.rescale:
+            t = norm_sum / len(norms) if running else target
+            v = v * (t / v.norm().clamp_min(1e-12))
+            if running:
+                norm_sum += v.norm().item() - norms[row_ids[k]].item()
+                norms[row_ids[k]] = v.norm().item()
+                targets.append(t)
+        vectors.append(v)
+    return vectors, targets
+
+
 def sa_init(model, tokenizer, token_ids_by_token: dict[str, int], cache_records: list[dict[str, Any]],
             cfg: SAInitConfig | dict | None = None) -> dict[str, Any]:
     """Write SA-Init vectors into the rows of the SID tokens of ``cfg.levels``; returns a small report.
@@ -162,34 +201,10 @@ def sa_init(model, tokenizer, token_ids_by_token: dict[str, int], cache_records:
         table = emb.detach().float()
         target = table[old_rows].norm(dim=1).mean().item()
 
-    id_lists = []
-    for t in chosen:
-        ids = [i for i in tokenizer(token_text(records[t], cfg.source), add_special_tokens=False)["input_ids"]
-               if i not in new_ids]  # never pool the (random) rows of SID tokens named in a text
-        if not ids:
-            raise TsrecError("text has no pieces after tokenization", field=t)
-        id_lists.append(ids)
-
-    if cfg.pooling == "contextual":
-        states = _contextual(model, tokenizer, id_lists, cfg.batch_size)
-    idf = idf_weights(id_lists) if cfg.pooling == "idf" else None
-    vectors = []
+    id_lists = _piece_ids(tokenizer, chosen, records, cfg.source, new_ids)
+    states = _contextual(model, tokenizer, id_lists, cfg.batch_size) if cfg.pooling == "contextual" else None
+    vectors, targets = _pooled_vectors(table, id_lists, list(chosen.values()), states, target, cfg)
     running = cfg.rescale and cfg.rescale_target == "current_table"
-    if running:  # sum of the row norms of the live table, updated as each row is written
-        norms = table.norm(dim=1).double()
-        norm_sum = norms.sum().item()
-        targets, row_ids = [], list(chosen.values())
-    for k, ids in enumerate(id_lists):
-        rows = states[k] if cfg.pooling == "contextual" else table[torch.tensor(ids)]
-        v = pool(rows, ids, cfg.pooling, idf)
-        if cfg.rescale:
-            t = norm_sum / len(norms) if running else target
-            v = v * (t / v.norm().clamp_min(1e-12))
-            if running:
-                norm_sum += v.norm().item() - norms[row_ids[k]].item()
-                norms[row_ids[k]] = v.norm().item()
-                targets.append(t)
-        vectors.append(v)
     with torch.no_grad():
         idx = torch.tensor(list(chosen.values()), dtype=torch.long)
         emb[idx] = torch.stack(vectors).to(emb.dtype)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shlex
 import time
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from tsrec.core.io import atomic_dir, commit_group, output_lock, sha256_file
 from tsrec.data.layout import write_row_ranks
 from tsrec.core.precision import Precision, autocast, check_device
 from tsrec.data.sids import sid_str
+
+log = logging.getLogger(__name__)
 
 # counts and timings of evaluate_rows' summary that go to the metrics file (the rest: the run record)
 METRIC_COUNTS = ("invalid_outputs", "duplicate_outputs", "rows_with_fewer_than_B_sids", "target_not_in_top_B",
@@ -137,9 +140,8 @@ def load_plain(model_dir: Path, device: str = "cpu"):
     return model.eval(), tok, {"plain_model_dir": str(model_dir), "trained": False}
 
 
-def run_index(params: dict, ds: str, run_dir: Path) -> Path:
-    """The index a run was trained with (its meta), else the index in use for the dataset."""
-    from tsrec.data.layout import index_path
+def run_index(run_dir: Path, default: Path) -> Path:
+    """The index a run was trained with (its meta), else ``default`` (the index in use for the dataset)."""
     from tsrec.model.runs import META
 
     meta_file = run_dir / "final" / META
@@ -147,29 +149,82 @@ def run_index(params: dict, ds: str, run_dir: Path) -> Path:
         recorded = json.loads(meta_file.read_text(encoding="utf-8")).get("index_path")
         if recorded and Path(recorded).is_file():
             return Path(recorded)
-    return index_path(params, ds)
+    return default
 
 
-def run_prompts(params: dict, meta: dict):
-    """The prompt text a model was trained with (``tasks`` of its meta), else that of params (plain models)."""
-    from tsrec.model.tasks import tasks_config
+def run_prompts(meta: dict, default):
+    """The prompt text a model was trained with (``tasks`` of its meta), else ``default`` (params' prompts:
+    plain models)."""
+    from tsrec.core.config import from_dict
+    from tsrec.model.tasks import TasksConfig
 
     trained = (meta.get("params") or {}).get("tasks")
     if trained is not None:
-        return tasks_config({"tasks": trained, "_path": "tsrec_meta.json"}).prompts
-    return tasks_config(params).prompts
+        return from_dict(TasksConfig, trained, "tasks", "tsrec_meta.json").prompts
+    return default
 
 
 # ---------------------------------------------------------------- CLI
-def command_line(args, params, command: str = "evaluate") -> str:
+def command_line(args, params_file: str | None, command: str = "evaluate") -> str:
     """The equivalent ``tsrec <command>`` command line (explicit options only)."""
-    parts = ["tsrec", "--params", params.get("_path", "params.yaml"), command]
+    parts = ["tsrec", "--params", params_file or "params.yaml", command]
     for key in ("dataset", "variant", "other", "seed", "run_dir", "model_dir", "index", "split", "subsample", "beams",
                 "batch_size", "prompt", "data_dir", "results", "artifacts"):
         value = getattr(args, key, None)
         if value is not None:
             parts += ["--" + key.replace("_", "-"), str(value)]
     return shlex.join(parts)
+
+
+def score_split(model, tokenizer, index_file: Path, prompts, data_dir: Path, cfg: EvaluateConfig, seed: int,
+                device: str, desc: str) -> tuple[pd.DataFrame, dict, dict]:
+    """Constrained beam search of ``cfg.split`` (its fixed ``seed``-ed subsample) with the model's prompts ->
+    (per-row ranks, the metrics file's numbers, the run record's scoring part)."""
+    from tsrec.core.precision import resolve as resolve_precision
+    from tsrec.data.datasets import load_index, load_split
+    from tsrec.model.tasks import encode_prompt, seqrec_prompt
+
+    index = load_index(index_file)
+    trie = SidTrie.from_index(index, tokenizer, suffix=prompts.eos_suffix)
+    if cfg.beams > len(trie):
+        log.warning("evaluate.beams %d > the %d SIDs of %s: every ranked list holds all %d SIDs and fewer than "
+                    "B entries (HR@K for K >= %d is 1.0 by construction)", cfg.beams, len(trie), index_file,
+                    len(trie), len(trie))
+    split_df = load_split(data_dir, cfg.split)
+    missing = sorted({int(i) for h, t in zip(split_df["history"], split_df["target"]) for i in [*h, t]} - set(index))
+    if missing:
+        raise TsrecError(f"{len(missing)} items of the {cfg.split} split have no SID in the index, e.g. {missing[:5]}",
+                         file=index_file)
+    rows = split_df.iloc[select_rows(len(split_df), cfg.subsample, seed)]
+    if len(rows) < len(split_df):
+        log.warning("evaluating a fixed seeded SUBSAMPLE: %d of %d %s rows (seed %d)",
+                    len(rows), len(split_df), cfg.split, seed)
+    log.info("%s: %s split, %d rows, B=%d, %d SIDs, torch threads %d", desc, cfg.split, len(rows), cfg.beams,
+             len(trie), torch.get_num_threads())
+    kind = "seqrec" if cfg.prompt == "train" else "paraphrase"
+
+    def prompt_fn(history: list[str]) -> list[str]:
+        return seqrec_prompt(history, prompts, kind)
+
+    ranks_df, summary = evaluate_rows(model, tokenizer, trie, index, rows, prompt_fn, encode_prompt, beams=cfg.beams,
+                                      batch_size=cfg.batch_size, desc=f"evaluate {desc}",
+                                      precision=resolve_precision(cfg.precision, device))
+    if summary["invalid_outputs"] or summary["duplicate_outputs"]:
+        log.error("invalid or duplicate outputs: %d / %d", summary["invalid_outputs"], summary["duplicate_outputs"])
+    numbers = {**summary["metrics"], "n_rows": len(rows), "n_rows_split": len(split_df),
+               **{k: summary[k] for k in METRIC_COUNTS}}
+    record = {
+        "split": cfg.split, "subsample": None if len(rows) == len(split_df) else {"n": len(rows), "seed": seed},
+        "beams": cfg.beams, "batch_size": cfg.batch_size, "precision_requested": cfg.precision,
+        "prompt": {"kind": cfg.prompt, "eos_suffix": prompts.eos_suffix,
+                   "first_row": prompt_fn([sid_str(index[int(i)]) for i in rows["history"].iloc[0]])},
+        **{k: v for k, v in summary.items() if k not in ("metrics", "n_rows", *METRIC_COUNTS)},
+        "decoding": "constrained beam search, exact HF semantics (length_penalty=0, full-vocab log-softmax, "
+                    "SID then EOS); rank of the target's SID",
+        "index": {"path": str(index_file), "sha256": sha256_file(index_file), "items": len(index), "sids": len(trie),
+                  "items_sharing_a_sid": sum(len(v) for v in trie.items if len(v) > 1)},
+    }
+    return ranks_df, numbers, record
 
 
 def check_ranks(ranks_file: Path, metrics_file: Path, key: str = "row_ranks") -> None:

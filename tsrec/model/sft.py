@@ -16,32 +16,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import yaml
+
 from tsrec.core import distributed as dist
-from tsrec.core.config import global_seed, section
-from tsrec.data.datasets import DataConfig, load_index
+from tsrec.core import pinning
 from tsrec.core.errors import ParamError, TsrecError
 from tsrec.core.io import claim_checkpoints, sha256_file, sha256_json
-from tsrec.semantics.keyword_cache import cache_path, read_records
-from tsrec.data.layout import index_path
-from tsrec.lm.llm import backbone_path
-from tsrec.core import pinning
 from tsrec.core.precision import resolve as resolve_precision
 from tsrec.core.precision import trainer_args, weight_dtype
-from tsrec.model.runs import (
-    PLOTS,
-    VARIANT_SECTIONS,
-    TrainConfig,
-    append_row,
-    append_rows,
-    apply_overrides,
-    backbone_id,
-    run_dir,
-    save_final,
-    trim_logs,
-    variant_params,
-)
+from tsrec.data.datasets import load_index
 from tsrec.data.sids import index_tokens
-from tsrec.model.tasks import IGNORE, build_examples, load_corpus, seqrec_examples, tasks_config
+from tsrec.lm.llm import BackboneConfig
+from tsrec.model.runs import PLOTS, RunSpec, TrainConfig, append_row, append_rows, backbone_id, save_final, trim_logs
+from tsrec.model.sainit import SAInitConfig
+from tsrec.model.tasks import IGNORE, build_examples, load_corpus, seqrec_examples
+from tsrec.semantics.keyword_cache import read_records
 
 log = logging.getLogger(__name__)
 
@@ -57,29 +46,25 @@ def accumulation(cfg: TrainConfig, world_size: int, file: str | None = None) -> 
     return cfg.global_batch // per_step
 
 
-def load_model(params: dict, tokens: list[str], keywords: Path | None):
+def load_model(bcfg: BackboneConfig, scfg: SAInitConfig, tokens: list[str], keywords: Path | None):
     """Backbone (first keep_layers layers) + SID tokens + SA-Init (unless ``sainit.random``) + LoRA/full mode."""
     from tsrec.lm import llm as bb
     from tsrec.model import sainit as sa
 
-    bcfg = bb.backbone_config(params)
     model, tokenizer = bb.load_backbone(bcfg.path, bcfg.keep_layers)
     ids = bb.add_sid_tokens(model, tokenizer, tokens)
-    scfg = sa.config(params)
     report = sa.sa_init(model, tokenizer, dict(zip(tokens, ids)),
                         [] if scfg.random else read_records(keywords), scfg)
     model = bb.prepare_for_finetune(model, bcfg.finetune, bcfg.lora, ids)
     return model, tokenizer, report
 
 
-def run_inputs(vp: dict, data_dir: Path, ipath: Path, keywords: Path) -> dict[str, str]:
+def run_inputs(spec: RunSpec) -> dict[str, str]:
     """sha256 of every input file the run reads (the backbone: ``backbone_id``), for the resume fingerprint."""
-    from tsrec.model import sainit as sa
-
-    files = {name: data_dir / f"{name}.parquet" for name in ("items", "train", "valid")}
-    files["sid_index"] = ipath
-    if not sa.config(vp).random or tasks_config(vp).tsalign.enabled:  # SA-Init / TS-Align read the cache
-        files["keywords"] = keywords
+    files = {name: spec.data_dir / f"{name}.parquet" for name in ("items", "train", "valid")}
+    files["sid_index"] = spec.index_path
+    if not spec.sainit.random or spec.tasks.tsalign.enabled:  # SA-Init / TS-Align read the cache
+        files["keywords"] = spec.keyword_cache
     return {name: sha256_file(path) for name, path in files.items()}
 
 
@@ -315,128 +300,132 @@ def training_arguments(cfg: TrainConfig, ckpt_dir: Path, seed: int, precision: s
     )
 
 
-def train_run(params: dict, ds: str, variant: str, *, seed: int | None = None, out: str | Path | None = None,
-              callbacks: list | None = None, overrides: dict | None = None) -> dict:
-    """Train one variant on one dataset with ``seed`` (default: the top-level ``seed``), which seeds
-    everything the run draws (weights, task sampling, valid subsample, batch order); returns the meta
-    written to ``final/tsrec_meta.json``. ``overrides`` (same sections as a variant's) go on top of the
-    variant's: a sweep trial is the tsrec variant plus the trial's settings (recorded in the meta)."""
-    from transformers import EarlyStoppingCallback, set_seed
+def train_run(spec: RunSpec, *, callbacks: list | None = None) -> dict:
+    """Train one run (``resolve_run``: variant, dataset, seed, overrides) into ``spec.run_dir``; returns the
+    meta written to ``final/tsrec_meta.json``. The seed seeds everything the run draws (weights, task
+    sampling, valid subsample, batch order); a run folder with checkpoints of the same fingerprint resumes."""
+    from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
-    if seed is not None:
-        params = {**params, "seed": int(seed)}
-    vp = variant_params(params, variant)
-    if overrides:
-        vp = apply_overrides(vp, overrides, "overrides")
-    cfg = section(vp, "train", TrainConfig)
+    cfg, out, seed = spec.train, spec.run_dir, spec.seed
     device = "cuda" if torch.cuda.is_available() else "cpu"
     precision = resolve_precision(cfg.precision, device)
-    tcfg = tasks_config(vp)
-    seed = global_seed(params)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = Path(out) if out else run_dir(params, ds, variant)
-    data_dir = Path(section(params, "data", DataConfig).out) / ds
-    _check_dataset(data_dir)
-    ipath = index_path(vp, ds)
-    bpath = backbone_path(vp)
-    index = load_index(ipath)
+    _check_dataset(spec.data_dir)
+    index = load_index(spec.index_path)
     tokens = index_tokens(index)
-    keywords = cache_path(vp, ds)
-    corpus = load_corpus(data_dir, ipath, keywords, tcfg)
+    corpus = load_corpus(spec.data_dir, spec.index_path, spec.keyword_cache, spec.tasks)
 
     set_seed(seed)
-    model, tokenizer, sainit_report = load_model(vp, tokens, keywords)
+    model, tokenizer, sainit_report = load_model(spec.backbone, spec.sainit, tokens, spec.keyword_cache)
     model = model.to(weight_dtype(precision))  # bf16_pure: bf16 weights, so bf16 AdamW state (the authors')
     train_rows = build_examples(corpus, tokenizer, seed)
-    valid_rows = seqrec_examples(data_dir, "valid", corpus.sids, tokenizer, tcfg.max_len, cfg.valid_rows, seed,
-                                 tcfg.prompts)
-
-    meta = {
-        "dataset": ds, "variant": variant, "seed": seed,
-        "index_path": str(ipath), "index_sha256": sha256_file(ipath),
-        "backbone": str(bpath), "backbone_id": backbone_id(bpath), "sainit": sainit_report,
-        "params": _recorded_params(vp),
-        "keywords": str(keywords), "inputs_sha256": run_inputs(vp, data_dir, ipath, keywords),
-        **({"overrides": overrides} if overrides else {}),
-    }
-    ckpt_dir = out / "checkpoints"
-    fingerprint = sha256_json({k: meta[k] for k in ("index_sha256", "backbone_id", "params", "dataset",
-                                                    "inputs_sha256")})
+    valid_rows = seqrec_examples(spec.data_dir, "valid", corpus.sids, tokenizer, spec.tasks.max_len, cfg.valid_rows,
+                                 seed, spec.tasks.prompts)
+    meta = run_meta(spec, sainit_report)
+    ckpt_dir, plots = out / "checkpoints", out / "plots"
     world = dist.world()
-    distributed, rank0 = world.distributed, world.main
-    if rank0:
-        claim_checkpoints(ckpt_dir, fingerprint, also=(out / "plots",))
+    if world.main:
+        claim_checkpoints(ckpt_dir, fingerprint(meta), also=(plots,))
         drop_incomplete_checkpoints(ckpt_dir)
-    if distributed:  # each rank on its own GPU (LOCAL_RANK) before nccl starts; gloo on CPU
+    if world.distributed:  # each rank on its own GPU (LOCAL_RANK) before nccl starts; gloo on CPU
         dist.init(dist.resolve_device("auto", world))
         dist.barrier()
     resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
-    plots = out / "plots"
-    if rank0:  # a resumed run keeps its curves up to the checkpoint; a fresh run starts new ones
+    if world.main:  # a resumed run keeps its curves up to the checkpoint; a fresh run starts new ones
         trim_logs(plots, int(Path(resume).name.split("-")[-1]) if resume else 0)
     if resume:
         log.info("resuming from %s", resume)
 
-    args = training_arguments(cfg, ckpt_dir, seed, precision, device, params.get("_path"))
     csv_log = csv_logger(plots)
-    rank_cb = []
+    trainer = trainer_class()(
+        model=model, args=training_arguments(cfg, ckpt_dir, seed, precision, device, spec.params_file),
+        train_dataset=Examples(train_rows), eval_dataset=Examples(valid_rows),
+        data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
+        callbacks=[*run_callbacks(spec, index, tokenizer, plots, precision, world.main), csv_log, *(callbacks or [])],
+    )
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=resume)
+    meta["train"] = train_summary(trainer, result, cfg, precision, csv_log, time.time() - t0, resume,
+                                  len(train_rows), pinning.record(spec.repro, file=spec.params_file))
+    if trainer.is_world_process_zero():
+        save_final(trainer.model, tokenizer, meta, out / "final")
+        if not cfg.keep_checkpoints:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if world.distributed:
+        dist.barrier()
+    return meta
+
+
+def run_meta(spec: RunSpec, sainit_report: dict) -> dict:
+    """What the run is: dataset, variant, seed, its inputs (sha256) and settings (before training)."""
+    return {
+        "dataset": spec.dataset, "variant": spec.variant, "seed": spec.seed,
+        "index_path": str(spec.index_path), "index_sha256": sha256_file(spec.index_path),
+        "backbone": str(spec.backbone_path), "backbone_id": backbone_id(spec.backbone_path), "sainit": sainit_report,
+        "params": spec.recorded,
+        "keywords": str(spec.keyword_cache), "inputs_sha256": run_inputs(spec),
+        **({"overrides": spec.overrides} if spec.overrides else {}),
+    }
+
+
+def fingerprint(meta: dict) -> str:
+    """The resume key: checkpoints of another fingerprint (other inputs or settings) are refused."""
+    return sha256_json({k: meta[k] for k in ("index_sha256", "backbone_id", "params", "dataset", "inputs_sha256")})
+
+
+def run_callbacks(spec: RunSpec, index: dict, tokenizer, plots: Path, precision: str, main: bool) -> list:
+    """The valid ranking (``train.rank_rows``), then early stopping on the selection metric (it reads the
+    ranking's metrics, so comes after it)."""
+    from transformers import EarlyStoppingCallback
+
+    cfg, out = spec.train, []
     if cfg.rank_rows:
         from tsrec.data.datasets import load_split
         from tsrec.lm.decoding import SidTrie
         from tsrec.model.scoring import select_rows
 
-        split = load_split(data_dir, "valid")
-        rank_rows = split.iloc[select_rows(len(split), cfg.rank_rows, seed)]
-        rank_cb = [_rank_callback(rank_rows, SidTrie.from_index(index, tokenizer, suffix=tcfg.prompts.eos_suffix),
-                                  index, tcfg.prompts, cfg, plots, precision)]
-    if rank0:  # header-only files where nothing is measured, so every run has the same files (DVC plots)
+        split = load_split(spec.data_dir, "valid")
+        rows = split.iloc[select_rows(len(split), cfg.rank_rows, spec.seed)]
+        trie = SidTrie.from_index(index, tokenizer, suffix=spec.tasks.prompts.eos_suffix)
+        out.append(_rank_callback(rows, trie, index, spec.tasks.prompts, cfg, plots, precision))
+    if main:  # header-only files where nothing is measured, so every run has the same files (DVC plots)
         for name in ("valid_rank.csv", "valid_rank_rows.csv"):
             if not (plots / name).exists():
                 append_row(plots / name, PLOTS[name], None)
-    stopper = ([EarlyStoppingCallback(early_stopping_patience=cfg.patience, early_stopping_threshold=cfg.min_delta)]
-               if cfg.early_stopping else [])
-    trainer = trainer_class()(
-        model=model, args=args, train_dataset=Examples(train_rows), eval_dataset=Examples(valid_rows),
-        data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
-        callbacks=[*rank_cb, *stopper, csv_log, *(callbacks or [])],
-    )
-    t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=resume)
-    wall = time.time() - t0
-    stopped_early = trainer.state.global_step < trainer.state.max_steps
+    if cfg.early_stopping:
+        out.append(EarlyStoppingCallback(early_stopping_patience=cfg.patience, early_stopping_threshold=cfg.min_delta))
+    return out
+
+
+def train_summary(trainer, result, cfg: TrainConfig, precision: str, csv_log, wall: float, resume: str | None,
+                  examples: int, machine: dict) -> dict:
+    """The meta's ``train`` section: steps, why it stopped, the selection, timings and throughput."""
+    state = trainer.state
+    stopped_early = state.global_step < state.max_steps
     stop_reason = "plateau" if stopped_early else ("step_cap" if cfg.max_steps > 0 else "epochs")
     if not cfg.early_stopping and cfg.max_steps > 0:
         stop_reason = "budget"  # the equal budget of a comparison, not a per-run stop
-    best = trainer.state.best_metric
-    losses = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
+    best = state.best_metric
+    losses = [h["eval_loss"] for h in state.log_history if "eval_loss" in h]
     best_loss = best if cfg.select == "valid_loss" else (min(losses) if losses else None)
-    tokens_seen = int(trainer.state.num_input_tokens_seen or 0) - csv_log.tokens_at_start  # this session
-    meta.update({
-        "train": {"steps": trainer.state.global_step, "max_steps": trainer.state.max_steps,
-                  "stopped_early": stopped_early, "stop_reason": stop_reason, "best_eval_loss": best_loss,
-                  "precision": {"requested": cfg.precision, "resolved": precision},
-                  "select": cfg.select, "schedule": cfg.schedule, "early_stopping": cfg.early_stopping,
-                  "best_metric": {"name": SELECT_METRIC[cfg.select][0], "value": best} if cfg.select != "final" else None,
-                  "best_checkpoint": (trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name
-                                      if cfg.select != "final" else None),
-                  "train_loss": result.training_loss, "wall_s": round(wall, 1),
-                  "eval_s": round(csv_log.eval_s, 1), "tokens_seen": tokens_seen,
-                  "tokens_total": int(trainer.state.num_input_tokens_seen or 0),
-                  "tokens_per_s": round(tokens_seen / wall, 1) if wall else None,  # end to end incl. evals
-                  "train_tokens_per_s": round(tokens_seen / max(wall - csv_log.eval_s, 1e-9), 1),
-                  "resumed_from": resume and Path(resume).name, "examples": len(train_rows),
-                  "world_size": trainer.args.world_size, **_parallel_record(trainer),
-                  "machine": pinning.record(pinning.config(params), file=params.get("_path"))},
-    })
-    if trainer.is_world_process_zero():
-        save_final(trainer.model, tokenizer, meta, out / "final")
-        if not cfg.keep_checkpoints:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-    if distributed:
-        dist.barrier()
-    return meta
+    tokens_seen = int(state.num_input_tokens_seen or 0) - csv_log.tokens_at_start  # this session
+    selected = cfg.select != "final"
+    return {"steps": state.global_step, "max_steps": state.max_steps,
+            "stopped_early": stopped_early, "stop_reason": stop_reason, "best_eval_loss": best_loss,
+            "precision": {"requested": cfg.precision, "resolved": precision},
+            "select": cfg.select, "schedule": cfg.schedule, "early_stopping": cfg.early_stopping,
+            "best_metric": {"name": SELECT_METRIC[cfg.select][0], "value": best} if selected else None,
+            "best_checkpoint": (state.best_model_checkpoint and Path(state.best_model_checkpoint).name
+                                if selected else None),
+            "train_loss": result.training_loss, "wall_s": round(wall, 1),
+            "eval_s": round(csv_log.eval_s, 1), "tokens_seen": tokens_seen,
+            "tokens_total": int(state.num_input_tokens_seen or 0),
+            "tokens_per_s": round(tokens_seen / wall, 1) if wall else None,  # end to end incl. evals
+            "train_tokens_per_s": round(tokens_seen / max(wall - csv_log.eval_s, 1e-9), 1),
+            "resumed_from": resume and Path(resume).name, "examples": examples,
+            "world_size": trainer.args.world_size, **_parallel_record(trainer), "machine": machine}
 
 
 def _parallel_record(trainer) -> dict:
@@ -447,47 +436,50 @@ def _parallel_record(trainer) -> dict:
             "ddp": isinstance(trainer.model_wrapped, DistributedDataParallel)}
 
 
-def _recorded_params(vp: dict) -> dict:
-    """The settings of this run (meta, resume fingerprint). ``train.seeds`` lists runs: left out, so a run's
-    fingerprint does not depend on which other seeds are planned (and equals the one before seeds existed)."""
-    out = {k: vp.get(k) for k in (*VARIANT_SECTIONS, "seed") if k in vp}
-    if isinstance(out.get("train"), dict):
-        out["train"] = {k: v for k, v in out["train"].items() if k != "seeds"}
-    return out
-
-
 # ---------------------------------------------------------------- dry run
-def dry_run(params: dict, ds: str, variant: str, *, seed: int | None = None, tokenizer: str | Path | None = None,
-            world_size: int = 1, tokens_per_s: float | None = None) -> dict:
-    """What ``train_run`` would train (with ``seed``, default: the top-level ``seed``), without loading the
-    model: resolved config, examples, tokens and label tokens per task, steps. ``tokenizer``: another
-    tokenizer folder than the backbone's (recorded)."""
-    import yaml
+def dry_run(spec: RunSpec, *, tokenizer: str | Path | None = None, world_size: int = 1,
+            tokens_per_s: float | None = None) -> dict:
+    """What ``train_run`` would train, without loading the model: resolved config, examples, tokens and label
+    tokens per task, steps. ``tokenizer``: another tokenizer folder than the backbone's (recorded)."""
     from transformers import AutoTokenizer
 
-    from tsrec.model import sainit
-    from tsrec.lm.llm import add_sid_tokens_to_tokenizer, backbone_config
+    from tsrec.lm.llm import add_sid_tokens_to_tokenizer
 
-    if seed is not None:
-        params = {**params, "seed": int(seed)}
-    vp = variant_params(params, variant)
-    cfg = section(vp, "train", TrainConfig)
-    tcfg = tasks_config(vp)
-    sainit.config(vp), backbone_config(vp)  # validated as a run would
-    seed = global_seed(params)
-    data_dir = Path(section(params, "data", DataConfig).out) / ds
-    _check_dataset(data_dir)
-    ipath = index_path(vp, ds)
-    tokens = index_tokens(load_index(ipath))
-    corpus = load_corpus(data_dir, ipath, cache_path(vp, ds), tcfg)
-    tok_path = Path(tokenizer) if tokenizer else backbone_path(vp)
+    cfg, tcfg, seed = spec.train, spec.tasks, spec.seed
+    _check_dataset(spec.data_dir)
+    tokens = index_tokens(load_index(spec.index_path))
+    corpus = load_corpus(spec.data_dir, spec.index_path, spec.keyword_cache, tcfg)
+    tok_path = Path(tokenizer) if tokenizer else spec.backbone_path
     if not (tok_path / "tokenizer_config.json").is_file():
         raise TsrecError("no tokenizer here (run `tsrec backbone`, or pass --tokenizer FOLDER)", file=tok_path)
     tok = AutoTokenizer.from_pretrained(tok_path)
     add_sid_tokens_to_tokenizer(tok, tokens)
     rows = build_examples(corpus, tok, seed)
-    valid = seqrec_examples(data_dir, "valid", corpus.sids, tok, tcfg.max_len, cfg.valid_rows, seed, tcfg.prompts)
+    valid = seqrec_examples(spec.data_dir, "valid", corpus.sids, tok, tcfg.max_len, cfg.valid_rows, seed,
+                            tcfg.prompts)
+    per_task = task_table(rows, tok, tcfg.max_len)
+    tokens_epoch = sum(t["tokens"] for t in per_task.values())
+    labels_epoch = sum(t["label_tokens"] for t in per_task.values())
+    steps = planned_steps(cfg, len(rows), world_size, spec.params_file)
+    report = {
+        "dataset": spec.dataset, "variant": spec.variant, "seed": seed, "params_file": spec.params_file,
+        "tokenizer": str(tok_path), "tokenizer_is_backbone": tokenizer is None,
+        "config": spec.shown,
+        "examples": len(rows), "valid_examples": len(valid),
+        "tokens_per_epoch": tokens_epoch, "label_tokens_per_epoch": labels_epoch,
+        "tasks": per_task, "steps": steps,
+        "tokens_planned": round(tokens_epoch * steps["planned"] / steps["per_epoch"]),
+    }
+    if tokens_per_s:
+        report["estimate"] = {"tokens_per_s": tokens_per_s,
+                              "train_hours": round(report["tokens_planned"] / tokens_per_s / 3600, 2),
+                              "epoch_hours": round(tokens_epoch / tokens_per_s / 3600, 2)}
+    report["resolved_yaml"] = yaml.safe_dump(report["config"], sort_keys=False, allow_unicode=True, width=120)
+    return report
 
+
+def task_table(rows: list[dict], tok, max_len: int) -> dict[str, dict]:
+    """Per task: examples, tokens, label tokens, length, shares of the label tokens, one decoded example."""
     per_task: dict[str, dict] = {}
     for r in rows:
         t = per_task.setdefault(r["task"], {"examples": 0, "tokens": 0, "label_tokens": 0, "max_len": 0,
@@ -498,43 +490,31 @@ def dry_run(params: dict, ds: str, variant: str, *, seed: int | None = None, tok
         t["tokens"] += n
         t["label_tokens"] += n_lab
         t["max_len"] = max(t["max_len"], n)
-        t["at_max_len"] += n >= tcfg.max_len
-    tokens_epoch = sum(t["tokens"] for t in per_task.values())
+        t["at_max_len"] += n >= max_len
     labels_epoch = sum(t["label_tokens"] for t in per_task.values())
     weighted = sum(t["label_tokens"] * t["weight"] for t in per_task.values())
     for t in per_task.values():
         t["mean_tokens"] = round(t["tokens"] / t["examples"], 1)
         t["label_token_share"] = round(t["label_tokens"] / labels_epoch, 4)
         t["weighted_label_share"] = round(t["label_tokens"] * t["weight"] / weighted, 4)
+    return per_task
 
-    accum = accumulation(cfg, world_size, params.get("_path"))
-    batches = math.ceil(len(rows) / (cfg.batch_size * world_size))  # micro-batches per process and epoch
-    steps_epoch = max(batches // accum + int(batches % accum > 0), 1)  # HF Trainer's count
+
+def planned_steps(cfg: TrainConfig, examples: int, world_size: int, params_file: str | None = None) -> dict:
+    """Optimizer steps per epoch (HF Trainer's count) and planned for the run, with the batch arithmetic."""
+    accum = accumulation(cfg, world_size, params_file)
+    batches = math.ceil(examples / (cfg.batch_size * world_size))  # micro-batches per process and epoch
+    steps_epoch = max(batches // accum + int(batches % accum > 0), 1)
     steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_epoch)
-    tokens_run = tokens_epoch * steps / steps_epoch
-    report = {
-        "dataset": ds, "variant": variant, "seed": seed, "params_file": params.get("_path"),
-        "tokenizer": str(tok_path), "tokenizer_is_backbone": tokenizer is None,
-        "config": {k: vp.get(k) for k in (*VARIANT_SECTIONS, "evaluate") if k in vp},
-        "examples": len(rows), "valid_examples": len(valid),
-        "tokens_per_epoch": tokens_epoch, "label_tokens_per_epoch": labels_epoch,
-        "tasks": per_task,
-        "steps": {
-            "world_size": world_size, "batch_size": cfg.batch_size, "grad_accum": accum,
-            "global_batch": cfg.batch_size * accum * world_size, "per_epoch": steps_epoch,
-            "max_steps": cfg.max_steps, "epochs": cfg.epochs, "planned": steps,
-            "epochs_covered": round(steps / steps_epoch, 3),
-            "eval_every": cfg.eval_steps if isinstance(cfg.eval_steps, int) else math.ceil(cfg.eval_steps * steps),
-            "note": "planned = the step cap, or epochs x steps per epoch; early stopping (patience "
-                    f"{cfg.patience} evaluations) may end it sooner",
-        },
-        "tokens_planned": round(tokens_run),
+    return {
+        "world_size": world_size, "batch_size": cfg.batch_size, "grad_accum": accum,
+        "global_batch": cfg.batch_size * accum * world_size, "per_epoch": steps_epoch,
+        "max_steps": cfg.max_steps, "epochs": cfg.epochs, "planned": steps,
+        "epochs_covered": round(steps / steps_epoch, 3),
+        "eval_every": cfg.eval_steps if isinstance(cfg.eval_steps, int) else math.ceil(cfg.eval_steps * steps),
+        "note": "planned = the step cap, or epochs x steps per epoch; early stopping (patience "
+                f"{cfg.patience} evaluations) may end it sooner",
     }
-    if tokens_per_s:
-        report["estimate"] = {"tokens_per_s": tokens_per_s, "train_hours": round(tokens_run / tokens_per_s / 3600, 2),
-                              "epoch_hours": round(tokens_epoch / tokens_per_s / 3600, 2)}
-    report["resolved_yaml"] = yaml.safe_dump(report["config"], sort_keys=False, allow_unicode=True, width=120)
-    return report
 
 
 def format_dry_run(r: dict) -> str:

@@ -11,14 +11,15 @@ import html
 import importlib
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from tsrec.core.config import section
 from tsrec.core.errors import ParamError, TsrecError
-from tsrec.core.io import sha256_file
+from tsrec.core.io import atomic_dir, sha256_file, write_json
+from tsrec.data.datasets import load_items
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,12 @@ class EmbedConfig:
             raise ValueError("batch_size >= 1, max_seq_length >= 8 and max_chars >= 16 required")
 
 
-def embed_dir(params: dict, ds: str) -> Path:
-    return Path(section(params, "embed", EmbedConfig).out) / ds / "embed"
+def embed_dir(cfg: EmbedConfig, ds: str) -> Path:
+    return Path(cfg.out) / ds / "embed"
 
 
-def embeddings_path(params: dict, ds: str) -> Path:
-    return embed_dir(params, ds) / "embeddings.npy"
+def embeddings_path(cfg: EmbedConfig, ds: str) -> Path:
+    return embed_dir(cfg, ds) / "embeddings.npy"
 
 
 # ---------------------------------------------------------------- text
@@ -152,3 +153,39 @@ def load_embeddings(path: str | Path, n_items: int | None = None) -> np.ndarray:
     if bad.any():
         raise TsrecError(f"{int(bad.sum())} row(s) hold NaN/Inf, first at row {int(np.argmax(bad))}", file=path)
     return emb.astype(np.float32, copy=False)
+
+
+# ---------------------------------------------------------------- the embed stage
+def embed_dataset(cfg: EmbedConfig, data_dir: Path, out: Path) -> dict:
+    items = load_items(data_dir)
+    if items.empty:
+        raise TsrecError("no items", file=data_dir / "items.parquet")
+    texts = [item_text(t, d, cfg.max_chars) for t, d in zip(items["title"], items["description"])]
+    model_path = resolve_model(cfg.model)
+    t0 = time.perf_counter()
+    emb = encode_texts(texts, cfg.model, cfg.batch_size, max_seq_length=cfg.max_seq_length, progress=None,
+                       desc=f"embed {data_dir.name}")
+    seconds = time.perf_counter() - t0
+    ids = items["item_id"].to_numpy(dtype=np.int64)
+    meta = {
+        "dataset": data_dir.name,
+        "model": cfg.model,
+        "model_folder": model_path.name if cfg.model.startswith("package:") else str(model_path),
+        "model_sha256": model_fingerprint(model_path),
+        "dim": int(emb.shape[1]),
+        "n_items": int(emb.shape[0]),
+        "dtype": "float32",
+        "row_order": "items.parquet rows (item_id ascending)",
+        "item_ids_sha256": hashlib.sha256(ids.tobytes()).hexdigest(),
+        "text": {"version": TEXT_VERSION, "fields": "clean(title). clean(description)", "max_chars": cfg.max_chars,
+                 "max_seq_length": cfg.max_seq_length,
+                 "empty_description": int(sum(not clean_text(d) for d in items["description"]))},
+        "batch_size": cfg.batch_size,
+        "items_sha256": sha256_file(data_dir / "items.parquet"),
+    }
+    with atomic_dir(out) as tmp:
+        np.save(tmp / "embeddings.npy", emb)
+        meta["embeddings_sha256"] = sha256_file(tmp / "embeddings.npy")
+        write_json(tmp / "meta.json", meta)
+    log.info("embed %s: %d items in %.1f s", data_dir.name, len(ids), seconds)
+    return {**meta, "seconds": round(seconds, 2)}

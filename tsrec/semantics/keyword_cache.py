@@ -78,19 +78,19 @@ def keywords_config(params: dict) -> KeywordsConfig:
 
 
 # ---------------------------------------------------------------- paths
-def out_dir(params: dict, ds: str, optional: bool = False) -> Path:
+def out_dir(cfg: KeywordsConfig, ds: str, optional: bool = False) -> Path:
     """Caches of ``teachers`` (stage keywords), or of ``optional`` teachers (stage teachers)."""
-    return Path(keywords_config(params).out) / ds / ("teachers" if optional else "keywords")
+    return Path(cfg.out) / ds / ("teachers" if optional else "keywords")
 
 
-def results_file(params: dict, ds: str, optional: bool = False) -> Path:
-    return Path(keywords_config(params).results) / (f"{ds}.teachers.json" if optional else f"{ds}.json")
+def results_file(cfg: KeywordsConfig, ds: str, optional: bool = False) -> Path:
+    return Path(cfg.results) / (f"{ds}.teachers.json" if optional else f"{ds}.json")
 
 
-def cache_path(params: dict, ds: str) -> Path:
-    """The keyword cache IN USE for ``ds`` (params ``keywords.datasets.<ds>.use``), authors' format."""
-    cfg = keywords_config(params)
-    return out_dir(params, ds) / f"{cfg.choice(ds, params.get('_path', 'params.yaml')).use}.json"
+def cache_path(cfg: KeywordsConfig, ds: str, file: str = "params.yaml") -> Path:
+    """The keyword cache IN USE for ``ds`` (``keywords.datasets.<ds>.use``), authors' format; ``file``: the
+    params file named in errors."""
+    return out_dir(cfg, ds) / f"{cfg.choice(ds, file).use}.json"
 
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:

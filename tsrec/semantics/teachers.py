@@ -151,7 +151,7 @@ class Teacher:
 # ---------------------------------------------------------------- hf: local causal LM via transformers
 @dataclasses.dataclass
 class HFConfig:
-    model: str = "backbone"  # "backbone": the backbone stage's converted folder; or any tsrec.commands.backbone spec
+    model: str = "backbone"  # "backbone": the backbone stage's converted folder; or any backbone.model spec (tsrec.lm.convert)
     batch_size: int = 16
     max_new_tokens: int = 120
     temperature: float = 0.0  # first attempt; 0 = greedy

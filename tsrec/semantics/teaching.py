@@ -16,15 +16,16 @@ import numpy as np
 from tqdm import tqdm
 
 from tsrec.core.config import global_seed, section
-from tsrec.data.datasets import DataConfig, load_index, load_items, mirror_sums, verify
-from tsrec.data.download import AUTHORS_COMMIT, AUTHORS_SHA256, AUTHORS_URL_PATTERN, download_verified
-from tsrec.semantics.encoder import EmbedConfig, clean_text, embeddings_path, encode_texts, item_text, load_embeddings
 from tsrec.core.errors import ParamError, TsrecError
 from tsrec.core.io import sha256_json, write_json
-from tsrec.semantics.keyword_cache import keywords_config, load_cache, out_dir, results_file
+from tsrec.data.datasets import DataConfig, load_index, load_items, mirror_sums, verify
+from tsrec.data.download import AUTHORS_COMMIT, AUTHORS_SHA256, AUTHORS_URL_PATTERN, download_verified
 from tsrec.data.layout import index_path
+from tsrec.data.sids import codebook_config, token_key
 from tsrec.eval.metrics import is_run_record, read_with_run, write_metrics
-from tsrec.data.sids import token_key
+from tsrec.lm.llm import backbone_config
+from tsrec.semantics.encoder import EmbedConfig, clean_text, embeddings_path, encode_texts, item_text, load_embeddings
+from tsrec.semantics.keyword_cache import KeywordsConfig, keywords_config, load_cache, out_dir, results_file
 from tsrec.semantics.teachers import (
     PROMPT_VERSION,
     Cluster,
@@ -43,16 +44,34 @@ def item_texts(items) -> dict[int, str]:
     return {int(i): item_text(t, d) for i, t, d in zip(items["item_id"], items["title"], items["description"])}
 
 
-def encoder(params: dict) -> Callable[[Sequence[str]], np.ndarray]:
+@dataclasses.dataclass(frozen=True)
+class KeywordsJob:
+    """What the keywords / teachers stages read for one dataset, resolved once from params (``resolve_job``)."""
+    dataset: str
+    keywords: KeywordsConfig
+    data: DataConfig
+    embed: EmbedConfig
+    index_file: Path  # the SID index in use
+    backbone: Path    # the converted backbone (the hf teacher's default model)
+    seed: int
+
+
+def resolve_job(params: dict, ds: str) -> KeywordsJob:
+    data = section(params, "data", DataConfig)
+    return KeywordsJob(ds, keywords_config(params), data, section(params, "embed", EmbedConfig),
+                       index_path(codebook_config(params), data, ds), backbone_config(params).path,
+                       global_seed(params))
+
+
+def encoder(ecfg: EmbedConfig) -> Callable[[Sequence[str]], np.ndarray]:
     """The embed stage's frozen sentence encoder (same model and settings as the item embeddings)."""
-    ecfg = section(params, "embed", EmbedConfig)
     return lambda texts: encode_texts(list(texts), ecfg.model, ecfg.batch_size, max_seq_length=ecfg.max_seq_length,
                                       progress=False, desc="keywords coherence")
 
 
-def item_embeddings(params: dict, ds: str, items) -> np.ndarray:
+def item_embeddings(ecfg: EmbedConfig, ds: str, items) -> np.ndarray:
     """The embed stage's item embeddings (items.parquet row order)."""
-    return load_embeddings(embeddings_path(params, ds), len(items))
+    return load_embeddings(embeddings_path(ecfg, ds), len(items))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -200,12 +219,11 @@ def generate(teacher: Teacher, clusters: Sequence[Cluster], journal_path: Path, 
 
 
 # ---------------------------------------------------------------- teachers
-def make_teacher(name: str, params: dict) -> Teacher:
-    cfg, seed = keywords_config(params), global_seed(params)
+def make_teacher(name: str, cfg: KeywordsConfig, backbone: Path, seed: int) -> Teacher:
     if name == "hf":
-        from tsrec.lm.llm import backbone_path, load_backbone
+        from tsrec.lm.llm import load_backbone
 
-        spec = backbone_path(params) if cfg.hf.model == "backbone" else cfg.hf.model
+        spec = backbone if cfg.hf.model == "backbone" else cfg.hf.model
         # a converted folder, or a .gguf file / package spec (slow); loaded only if something is left to do
         return HFTeacher(cfg.hf, lambda: load_backbone(spec), seed)
     if name == "openai":
@@ -215,11 +233,10 @@ def make_teacher(name: str, params: dict) -> Teacher:
     raise ParamError(f"{name!r} is not a generating teacher", field="keywords.datasets")
 
 
-def authors_file(params: dict, ds: str) -> Path:
+def authors_file(dcfg: DataConfig, kcfg: KeywordsConfig, ds: str) -> Path:
     """The TS-Rec authors' keyword file of ``ds``, sha256-checked: from the data mirror, or (``data.source:
     download``) from the authors' repository at a pinned commit into ``data.download_cache``."""
-    dcfg = section(params, "data", DataConfig)
-    rel = keywords_config(params).authors.file.format(ds=ds)
+    rel = kcfg.authors.file.format(ds=ds)
     if dcfg.source == "download":
         name = Path(rel).name
         url = AUTHORS_URL_PATTERN.format(commit=AUTHORS_COMMIT, name=name)
@@ -239,9 +256,9 @@ def authors_file(params: dict, ds: str) -> Path:
     return path
 
 
-def import_authors(params: dict, ds: str, tokens: Sequence[str]) -> dict[str, dict]:
+def import_authors(dcfg: DataConfig, kcfg: KeywordsConfig, ds: str, tokens: Sequence[str]) -> dict[str, dict]:
     """The TS-Rec authors' file (``authors_file``); its tokens must equal the index's."""
-    path = authors_file(params, ds)
+    path = authors_file(dcfg, kcfg, ds)
     records = load_cache(path)
     missing = sorted(set(tokens) - set(records), key=token_key)
     extra = sorted(set(records) - set(tokens), key=token_key)
@@ -304,28 +321,30 @@ def write_table(results_dir: Path) -> Path:
 RUN_HISTORY = ("failed_this_run", "generated_this_run", "cached", "teacher_seconds_total", "seconds_per_token")
 
 
-def run_dataset(params: dict, ds: str, teachers: Sequence[str], limit: int | None = None,
+def run_dataset(job: KeywordsJob, teachers: Sequence[str], limit: int | None = None,
                 encode: Callable | None = None, command: str | None = None, optional: bool = False) -> dict[str, Any]:
-    cfg = keywords_config(params)
-    data_dir = Path(section(params, "data", DataConfig).out) / ds
-    items = load_items(data_dir)
-    index = load_index(index_path(params, ds))
-    emb = item_embeddings(params, ds, items)
-    encode = encode or encoder(params)
+    """Build (or continue) the caches of ``teachers`` for the job's dataset; write them, their coherence and the
+    results table (unless ``limit``: a timing run writes nothing). Raises after writing the complete ones when a
+    teacher leaves tokens without an answer."""
+    cfg, ds = job.keywords, job.dataset
+    items = load_items(Path(job.data.out) / ds)
+    index = load_index(job.index_file)
+    emb = item_embeddings(job.embed, ds, items)
+    encode = encode or encoder(job.embed)
     clusters = build_clusters(index, items, emb, sample_size=cfg.sample_size, title_chars=cfg.title_chars,
                               desc_chars=cfg.desc_chars)
     texts = item_texts(items)
-    res_file = results_file(params, ds, optional)
+    res_file = results_file(cfg, ds, optional)
     results = read_with_run(res_file) if res_file.is_file() else {"dataset": ds, "teachers": {}}
     failures: dict[str, list[str]] = {}
     if limit is None:  # entries of teachers no longer configured for this output are dropped
         results["teachers"] = {t: r for t, r in results["teachers"].items() if t in teachers}
     for name in teachers:
         if name == "authors":
-            records = import_authors(params, ds, [c.token for c in clusters])
+            records = import_authors(job.data, cfg, ds, [c.token for c in clusters])
             stats: dict[str, Any] = {"cached": 0, "generated": 0, "failed": 0, "missing": []}
         else:
-            teacher = make_teacher(name, params)
+            teacher = make_teacher(name, cfg, job.backbone, job.seed)
             stats = generate(teacher, clusters, Path(cfg.journal) / ds / f"{name}.jsonl",
                              max_attempts=cfg.max_attempts, texts=texts, limit=limit)
             records = stats.pop("records")
@@ -337,14 +356,14 @@ def run_dataset(params: dict, ds: str, teachers: Sequence[str], limit: int | Non
             failures[name] = stats["missing"]
             continue
         payload = [{"token": c.token, **records[c.token]} for c in clusters]
-        write_json(out_dir(params, ds, optional) / f"{name}.json", payload)
-        coh = coherence(records, clusters, items, emb, encode, cfg.coherence_draws, global_seed(params))
+        write_json(out_dir(cfg, ds, optional) / f"{name}.json", payload)
+        coh = coherence(records, clusters, items, emb, encode, cfg.coherence_draws, job.seed)
         entry = {"tokens": len(payload), "failed_this_run": stats["failed"], "generated_this_run": stats["generated"],
                  "cached": stats["cached"], "coherence": coh, "command": command}
         if name != "authors":
             entry["teacher_seconds_total"] = stats["teacher_seconds_total"]
             entry["seconds_per_token"] = round(stats["teacher_seconds_total"] / max(len(payload), 1), 3)
-            entry["settings"] = make_settings(name, params)
+            entry["settings"] = make_settings(name, cfg)
         results["teachers"][name] = entry
         log.info("%s %s coherence: keywords %s", ds, name, coh["keywords"])
     if limit is None:
@@ -352,7 +371,7 @@ def run_dataset(params: dict, ds: str, teachers: Sequence[str], limit: int | Non
         # the DVC output that train depends on: without the run's counters and timings (results file only)
         stable = {t: {k: v for k, v in r.items() if k not in RUN_HISTORY} for t, r in results["teachers"].items()}
         report = dict(sorted({**results, "teachers": stable}.items()))  # key order: not the results file's
-        write_json(out_dir(params, ds, optional) / "report.json", report)
+        write_json(out_dir(cfg, ds, optional) / "report.json", report)
         write_table(res_file.parent)
     if failures and limit is None:
         summary = "; ".join(f"{t}: {len(m)} tokens ({', '.join(m[:8])}{' ...' if len(m) > 8 else ''})"
@@ -371,8 +390,7 @@ def write_results(res_file: Path, results: dict[str, Any]) -> None:
     write_metrics(res_file, numbers, record)
 
 
-def make_settings(name: str, params: dict) -> dict[str, Any]:
-    cfg = keywords_config(params)
+def make_settings(name: str, cfg: KeywordsConfig) -> dict[str, Any]:
     return {"prompt_version": PROMPT_VERSION, "sample_size": cfg.sample_size, "desc_chars": cfg.desc_chars,
             "max_attempts": cfg.max_attempts, **dataclasses.asdict(getattr(cfg, name))}
 
