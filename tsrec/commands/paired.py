@@ -27,6 +27,6 @@ def run(args, params) -> None:
     split = args.split or (params.get("evaluate") or {}).get("split", "test")
     out = paired_variants(args.results, args.dataset, args.variant, args.other, split,
                           global_seed(params), args.seed)  # the top-level seed seeds the bootstrap
-    out["command"] = command_line(args, params, "paired")
+    out["command"] = command_line(args, params.get("_path"), "paired")
     write_json(paired_path(args.results, args.dataset, args.variant, args.other, split), out)
     print(json.dumps({k: v for k, v in out.items() if k not in ("inputs", "command")}))

@@ -25,10 +25,10 @@ from tsrec.core.config import global_seed, section
 from tsrec.core.errors import ParamError
 from tsrec.core.io import write_json
 from tsrec.data.datasets import DataConfig
-from tsrec.data.layout import results_dir
+from tsrec.data.layout import resolve_index, results_dir
 from tsrec.model import grpo
 from tsrec.model.grpo import PLOTS, rl_config, rl_variant
-from tsrec.model.runs import run_dir
+from tsrec.model.runs import resolve_run_dir
 from tsrec.model.scoring import run_index
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,10 @@ def rl_run(params: dict, ds: str, variant: str, *, seed: int | None = None, base
     ``grpo.RLRun`` and calls ``grpo.train`` (``callbacks``: see there)."""
     cfg = rl_config(params)
     seed = global_seed(params) if seed is None else int(seed)
-    base = Path(base) if base else run_dir(params, ds, variant, seed)
-    out = Path(out) if out else run_dir(params, ds, rl_variant(variant), seed)
+    base = Path(base) if base else resolve_run_dir(params, ds, variant, seed)
+    out = Path(out) if out else resolve_run_dir(params, ds, rl_variant(variant), seed)
     grpo.require_sft_run(base, variant)
-    ipath = run_index(params, ds, base)
+    ipath = run_index(base, resolve_index(params, ds))
     try:
         device = dist.resolve_device(cfg.device, dist.world())
     except ValueError as exc:
@@ -80,7 +80,7 @@ def run(args, params: dict) -> None:
     meta = rl_run(params, args.dataset, args.variant, seed=seed, base=args.base_dir, out=args.out)
     if not dist.world().main:
         return
-    out = Path(args.out) if args.out else run_dir(params, args.dataset, name, seed)
+    out = Path(args.out) if args.out else resolve_run_dir(params, args.dataset, name, seed)
     dest = results_dir(args.results, args.dataset, name, seed)
     dest.mkdir(parents=True, exist_ok=True)
     for plot in PLOTS:

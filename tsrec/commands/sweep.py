@@ -4,8 +4,8 @@ Each trial trains the `tsrec` variant with the trial's overrides and scores it o
 subsample; the study lives in an Optuna RDB storage that many workers can share. How: tsrec.tuning.study
 (the study, trials, pruner, workers), tsrec.tuning.summary (the files under ``<results>/<DS>/sweep/``).
 
-This module resolves params into the typed config and holds the trials' calls into the params-taking model
-helpers (``sft.train_run``, ``scoring.run_index`` / ``run_prompts``), passed to the study as callables.
+This module resolves params into the typed config and the trials' training (``resolve_run`` + ``sft.train_run``)
+and scoring (the index and prompts a trial was trained with), passed to the study as callables.
 """
 
 from __future__ import annotations
@@ -36,23 +36,27 @@ def score_valid(params: dict, cfg: SweepConfig, run_dir: Path, ranks_file: Path 
     """A trial's valid HR@K / NDCG@K (tsrec.tuning.scoring.score_valid) with the index and prompts it was
     trained with, on the evaluate stage's precision."""
     from tsrec.core.precision import resolve_device
+    from tsrec.data.layout import resolve_index
     from tsrec.model.scoring import run_index, run_prompts
+    from tsrec.model.tasks import tasks_config
     from tsrec.tuning import scoring
 
-    index_file = run_index(params, cfg.dataset, run_dir)
+    index_file = run_index(run_dir, resolve_index(params, cfg.dataset))
+    default_prompts = tasks_config(params).prompts
     device = resolve_device("auto")  # the trial was trained where HF Trainer put it: score it there too
     rows = scoring.valid_rows(Path(section(params, "data", DataConfig).out) / cfg.dataset, cfg.eval_rows,
                               global_seed(params))
-    return scoring.score_valid(run_dir, index_file, lambda meta: run_prompts(params, meta), rows, cfg, device,
+    return scoring.score_valid(run_dir, index_file, lambda meta: run_prompts(meta, default_prompts), rows, cfg, device,
                                scoring_precision(params, device), ranks_file)
 
 
 def train_trial(params: dict, cfg: SweepConfig):
     """A trial's training: the `tsrec` variant with the trial's overrides (tsrec.model.sft.train_run)."""
+    from tsrec.model.runs import resolve_run
     from tsrec.model.sft import train_run
 
     def train(out: Path, overrides: dict, callbacks: list) -> dict:
-        return train_run(params, cfg.dataset, "tsrec", out=out, overrides=overrides, callbacks=callbacks)
+        return train_run(resolve_run(params, cfg.dataset, "tsrec", out=out, overrides=overrides), callbacks=callbacks)
 
     return train
 

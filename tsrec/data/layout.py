@@ -19,8 +19,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from tsrec.core.config import section
 from tsrec.data.datasets import DataConfig
-from tsrec.data.sids import CodebookConfig
+from tsrec.data.sids import CodebookConfig, codebook_config
 
 SEED_DIR = re.compile(r"^seed(-?\d+)$")
 # folders under results/<DS>/ that are not variants
@@ -116,3 +117,8 @@ def index_path(codebook: CodebookConfig, data: DataConfig, ds: str) -> Path:
     if codebook.use == "official":
         return Path(data.out) / ds / "sid_index.json"
     return Path(codebook.out) / ds / "sid" / codebook.use / "index.json"
+
+
+def resolve_index(params: dict, ds: str) -> Path:
+    """``index_path`` of params' codebook and data sections."""
+    return index_path(codebook_config(params), section(params, "data", DataConfig), ds)

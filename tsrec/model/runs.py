@@ -217,6 +217,13 @@ class RunSpec:
         return cache_path(self.keywords, self.dataset, self.params_file)
 
 
+def resolve_run_dir(params: dict, ds: str, variant: str, seed: int | None = None) -> Path:
+    """``<train.out>/<DS>/runs/<variant>/seed<N>`` (default seed: the top-level ``seed``) without resolving the
+    whole run (evaluate, rl and the LLM baselines read a run made before)."""
+    seed = global_seed(params) if seed is None else seed
+    return train_run_dir(section(params, "train", TrainConfig).out, ds, variant, seed)
+
+
 def resolve_run(params: dict, ds: str, variant: str, *, seed: int | None = None, overrides: dict | None = None,
                 out: str | Path | None = None) -> RunSpec:
     """The ``RunSpec`` of ``variant`` on ``ds`` with ``seed`` (default: the top-level ``seed``, which seeds
