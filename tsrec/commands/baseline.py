@@ -16,9 +16,7 @@ from tsrec.baselines.config import BaselinesConfig
 from tsrec.baselines.protocol import RunSettings, run_model, write_results
 from tsrec.core import pinning
 from tsrec.core.config import section
-from tsrec.data.datasets import DataConfig
-from tsrec.data.layout import baseline_fits, index_path
-from tsrec.data.sids import codebook_config
+from tsrec.data.layout import baseline_fits, resolve_index
 
 
 def add_arguments(p) -> None:
@@ -54,11 +52,10 @@ def run(args, params) -> None:
         return
     torch.set_num_threads(cfg.threads)
     repro = pinning.config(params)
-    codebook, data = codebook_config(params), section(params, "data", DataConfig)
     for ds in datasets:
         for model in args.model or cfg.models:
             fits = baseline_fits(cfg.work, ds, model)
-            settings = RunSettings(index_file=index_path(codebook, data, ds), command=command_line(args, ds, model),
+            settings = RunSettings(index_file=resolve_index(params, ds), command=command_line(args, ds, model),
                                    repro=repro, params_file=params.get("_path"), max_rows=args.max_rows,
                                    seeds=args.seed, configs=args.config, fits=fits)
             records, summary, row_ranks = run_model(cfg, ds, model, settings)

@@ -19,10 +19,9 @@ from tsrec.core import pinning
 from tsrec.core.config import deep_merge, global_seed, section
 from tsrec.core.errors import ParamError
 from tsrec.data.datasets import DataConfig
-from tsrec.data.layout import index_path, train_run_dir
-from tsrec.data.sids import codebook_config
+from tsrec.data.layout import resolve_index
 from tsrec.lm.llm import backbone_config
-from tsrec.model.runs import TrainConfig
+from tsrec.model.runs import TrainConfig, resolve_run_dir
 from tsrec.model.scoring import EvaluateConfig, run_prompts
 from tsrec.model.tasks import tasks_config
 
@@ -43,11 +42,6 @@ def llm_job(params: dict, ds: str, seed: int) -> LLMJob:
                   params_file=params.get("_path"))
 
 
-def run_folder(params: dict, ds: str, name: str, seed: int) -> Path:
-    """``<train.out>/<DS>/runs/<name>/seed<N>``: the title SFT's and S-DPO's runs."""
-    return train_run_dir(section(params, "train", TrainConfig).out, ds, name, seed)
-
-
 def trained_prompts(params: dict, run: Path):
     """The prompt text ``run`` was trained with (its meta's ``tasks``; params' where it has none yet)."""
     return run_prompts(read_meta(run), tasks_config(params).prompts)
@@ -58,7 +52,7 @@ def title_sft(params: dict, ds: str, seed: int, *, train: bool = True) -> dict:
     ``train=False``: only check that a run of this configuration exists."""
     cfg = section(sft_params(params), "train", TrainConfig)
     return train_title_sft(llm_job(params, ds, seed), cfg, tasks_config(params).prompts,
-                           run_folder(params, ds, SFT_RUN, seed), train=train)
+                           resolve_run_dir(params, ds, SFT_RUN, seed), train=train)
 
 
 def assistant_config(params: dict) -> AssistantConfig:
@@ -77,10 +71,9 @@ def command_line(params: dict) -> str:
 
 
 def score_settings(args, params: dict, ds: str, seed: int) -> ScoreSettings:
-    run = run_folder(params, ds, SDPO_RUN if args.model == "sdpo" else SFT_RUN, seed)
-    index_file = index_path(codebook_config(params), section(params, "data", DataConfig), ds)
+    run = resolve_run_dir(params, ds, SDPO_RUN if args.model == "sdpo" else SFT_RUN, seed)
     return ScoreSettings(run=run, prompts=trained_prompts(params, run),
-                         evaluate=section(params, "evaluate", EvaluateConfig), index_file=index_file,
+                         evaluate=section(params, "evaluate", EvaluateConfig), index_file=resolve_index(params, ds),
                          subsample_seed=global_seed(params), results=args.results, artifacts=args.artifacts,
                          command=command_line(params),
                          assistant=assistant_config(params) if args.model == "d3" else None)
@@ -114,8 +107,8 @@ def run(args, params) -> None:
     title_sft(params, ds, seed, train=False)  # the shared SFT must exist, made with this configuration
     job = llm_job(params, ds, seed)
     if args.model == "sdpo":
-        sft_dir = run_folder(params, ds, SFT_RUN, seed)
-        train_sdpo(job, sft_dir, run_folder(params, ds, SDPO_RUN, seed), trained_prompts(params, sft_dir))
+        sft_dir = resolve_run_dir(params, ds, SFT_RUN, seed)
+        train_sdpo(job, sft_dir, resolve_run_dir(params, ds, SDPO_RUN, seed), trained_prompts(params, sft_dir))
     m = score(job, args.model, score_settings(args, params, ds, seed))
     print(f"{ds}/{args.model} seed {seed}: NDCG@10={m['NDCG@10']:.4f} item/NDCG@10={m['item/NDCG@10']:.4f} "
           f"HR@10={m['HR@10']:.4f} n={m['n_rows']}")
