@@ -8,7 +8,8 @@ import pytest
 import torch
 import yaml
 
-from tsrec.commands.baseline import LEARNED, MODELS, BaselinesConfig, build, model_config, summarise
+from tsrec.baselines.config import LEARNED, MODELS, BaselinesConfig, model_config
+from tsrec.baselines.protocol import build, summarise
 from tsrec.baselines.general import Transition
 from tsrec.baselines.sequential import NETS, Caser, CaserConfig, GRU4RecConfig, HSTUConfig, SASRecConfig
 from tsrec.baselines.table import below_floor, our_rows, render, sanity
@@ -312,14 +313,15 @@ def test_killed_stage_resumes_from_its_finished_fits(tiny_dataset, tmp_path, mon
 
 
 def test_fit_store_reuses_a_fit_only_for_the_same_settings_inputs_and_code(tiny_dataset, tmp_path):
-    from tsrec.commands.baseline import FitStore, _train
+    from tsrec.baselines.fits import FitStore
+    from tsrec.baselines.protocol import train_one
 
     cfg = cfg_of(tiny_params(tiny_dataset.parent))
     data = SeqData(tiny_dataset, 10)
     store = FitStore(tmp_path / "fits", data, "gru4rec", cfg, None)
     knobs = {"lr": 0.001, "dropout": 0.1, "width": 16}
-    rec, entry = _train("gru4rec", data, cfg, knobs, 0, 20, store)
-    again, loaded = _train("gru4rec", data, cfg, knobs, 0, 20, store)
+    rec, entry = train_one("gru4rec", data, cfg, knobs, 0, 20, store)
+    again, loaded = train_one("gru4rec", data, cfg, knobs, 0, 20, store)
     assert loaded == entry and all(torch.equal(a, b) for a, b in zip(
         rec.module.state_dict().values(), again.module.state_dict().values()))
     pop = build("pop", data, cfg, {}, 0)
@@ -331,7 +333,7 @@ def test_fit_store_reuses_a_fit_only_for_the_same_settings_inputs_and_code(tiny_
     other_cfg = cfg_of(tiny_params(tiny_dataset.parent, max_len=5))
     assert FitStore(tmp_path / "fits", data, "gru4rec", other_cfg, None).load(fresh, knobs, 0) is None
     store = FitStore(tmp_path / "fits", data, "gru4rec", cfg, None)  # the settings back: fit saved again
-    _train("gru4rec", data, cfg, knobs, 0, 20, store)
+    train_one("gru4rec", data, cfg, knobs, 0, 20, store)
     assert store.load(fresh, knobs, 0) is not None
     train = pd.read_parquet(tiny_dataset / "train.parquet")
     train.head(len(train) - 1).to_parquet(tiny_dataset / "train.parquet", index=False)  # the data changed

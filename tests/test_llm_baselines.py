@@ -1,5 +1,6 @@
-"""BIGRec, D3 and S-DPO (tsrec/commands/llm_baseline.py): the title trie, grounding, the S-DPO loss, D3's assistant,
-and a tiny end-to-end run of each through the CLI, the evaluate stage's files, paired and the report."""
+"""BIGRec, D3 and S-DPO (tsrec/baselines/llm_*.py, sdpo.py; command tsrec/commands/llm_baseline.py): the title
+trie, grounding, the S-DPO loss, D3's assistant, and a tiny end-to-end run of each through the CLI, the evaluate
+stage's files, paired and the report."""
 
 import json
 import math
@@ -13,7 +14,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_train import make_params  # noqa: E402
 
-from tsrec.commands import llm_baseline as lb  # noqa: E402
+from tsrec.baselines.llm_config import LLMBaselinesConfig  # noqa: E402
+from tsrec.baselines.llm_decoding import (AssistantProcessor, clean_title, constrained_titles, ground,  # noqa: E402
+                                          last_hidden, title_trie)
+from tsrec.baselines.llm_titles import TitleText  # noqa: E402
+from tsrec.baselines.names import SFT_RUN  # noqa: E402
+from tsrec.baselines.sdpo import sdpo_loss, sequence_logps  # noqa: E402
+from tsrec.commands.llm_baseline import title_sft  # noqa: E402
 from tsrec.lm.decoding import SidTrie  # noqa: E402
 from tsrec.model.tasks import PromptsConfig, encode_prompt  # noqa: E402
 
@@ -27,7 +34,7 @@ def _tiny_model(tiny_backbone):
 
 def _titles(tiny_dataset):
     items = pd.read_parquet(tiny_dataset / "items.parquet")
-    return lb.TitleText(dict(zip(items["item_id"].astype(int), items["title"].astype(str))), lb.LLMBaselinesConfig(),
+    return TitleText(dict(zip(items["item_id"].astype(int), items["title"].astype(str))), LLMBaselinesConfig(),
                         PromptsConfig())
 
 
@@ -47,10 +54,10 @@ def test_a_title_trie_takes_variable_lengths_and_titles_that_prefix_others():
 def test_title_constrained_decoding_returns_only_real_titles(tiny_backbone, tiny_dataset):
     model, tok = _tiny_model(tiny_backbone)
     tt = _titles(tiny_dataset)
-    trie = lb.title_trie(tt, tok)
+    trie = title_trie(tt, tok)
     real = {tt.response(i) for i in tt.titles}
     prompts = [encode_prompt(tok, tt.render(h)[0]) for h in ([1, 2, 3], [4], [7, 8])]
-    leaves, scores = lb.constrained_titles(model, tok, trie, prompts, beams=8, batch_size=2)
+    leaves, scores = constrained_titles(model, tok, trie, prompts, beams=8, batch_size=2)
     assert [len(r) for r in leaves] == [8, 8, 8]
     for row, sc in zip(leaves, scores):
         assert len(set(row)) == len(row) and sc == sorted(sc, reverse=True)
@@ -63,17 +70,17 @@ def test_title_constrained_decoding_returns_only_real_titles(tiny_backbone, tiny
 def test_grounding_ranks_items_by_l2_distance():
     items = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 0.0], [0.0, -2.0]])
     pred = torch.tensor([[0.9, 0.1], [3.0, 3.0]])
-    assert lb.ground(pred, items, 4).tolist() == [[2, 0, 3, 1], [1, 2, 0, 3]]
-    assert lb.ground(pred, items, 2).tolist() == [[2, 0], [1, 2]]
+    assert ground(pred, items, 4).tolist() == [[2, 0, 3, 1], [1, 2, 0, 3]]
+    assert ground(pred, items, 2).tolist() == [[2, 0], [1, 2]]
 
 
 def test_grounding_puts_the_item_whose_title_was_generated_first(tiny_backbone, tiny_dataset):
     model, tok = _tiny_model(tiny_backbone)
     tt = _titles(tiny_dataset)
     ids = sorted(tt.titles)
-    emb = lb.last_hidden(model, tok, [lb.clean_title(tt.title(i)) for i in ids], batch_size=7)
+    emb = last_hidden(model, tok, [clean_title(tt.title(i)) for i in ids], batch_size=7)
     generated = [f' "{tt.title(ids[5])}"\n', tt.title(ids[17])]
-    top = lb.ground(lb.last_hidden(model, tok, [lb.clean_title(t) for t in generated]), emb, 3)
+    top = ground(last_hidden(model, tok, [clean_title(t) for t in generated]), emb, 3)
     assert top[:, 0].tolist() == [5, 17]
 
 
@@ -82,7 +89,7 @@ def test_sdpo_loss_equals_a_hand_computation_on_two_negatives():
     beta = 0.5
     pc, pr = torch.tensor([-2.0, -1.0]), torch.tensor([[-3.0, -4.0], [-0.5, -2.5]])
     rc, rr = torch.tensor([-2.5, -1.5]), torch.tensor([[-3.0, -3.0], [-1.0, -2.0]])
-    got = lb.sdpo_loss(pc, pr, rc, rr, beta)
+    got = sdpo_loss(pc, pr, rc, rr, beta)
     want = []
     for i in range(2):
         chosen = pc[i].item() - rc[i].item()
@@ -90,7 +97,7 @@ def test_sdpo_loss_equals_a_hand_computation_on_two_negatives():
         want.append(-math.log(1 / (1 + math.exp(math.log(s)))))  # -log sigmoid(-log s)
     assert got.tolist() == pytest.approx(want, rel=1e-6)
     # one negative: plain DPO, -log sigmoid(beta * (chosen margin - rejected margin))
-    dpo = lb.sdpo_loss(pc, pr[:, :1], rc, rr[:, :1], beta)
+    dpo = sdpo_loss(pc, pr[:, :1], rc, rr[:, :1], beta)
     assert dpo.tolist() == pytest.approx((-torch.nn.functional.logsigmoid(
         beta * ((pc - rc) - (pr[:, 0] - rr[:, 0])))).tolist())
 
@@ -100,7 +107,7 @@ def test_sequence_logps_sum_the_response_tokens_only(tiny_backbone):
     ids = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 7, 0, 0]])
     labels = torch.tensor([[-100, -100, 7, 8, 9], [-100, 6, 7, -100, -100]])
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
-    got = lb.sequence_logps(model, ids, mask, labels)
+    got = sequence_logps(model, ids, mask, labels)
     logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
     want = [logp[0, 1, 7] + logp[0, 2, 8] + logp[0, 3, 9], logp[1, 0, 6] + logp[1, 1, 7]]
     assert got.tolist() == pytest.approx([w.item() for w in want], abs=1e-4)
@@ -111,7 +118,7 @@ def test_d3_assistant_mixes_normalised_subtree_mass_into_the_scores():
     trie = SidTrie([(5, 6), (5, 7), (8,)], eos_id=1, items=[[10], [11], [12]], variable=True)
     leaf_probs = torch.tensor([[0.1, 0.3, 0.6]])  # leaves sorted: (5, 6), (5, 7), (8,)
     gs, L, V = 0.7, 2, 10
-    proc = lb.AssistantProcessor(trie, leaf_probs, num_beams=3, prompt_len=L, guidance_scale=gs)
+    proc = AssistantProcessor(trie, leaf_probs, num_beams=3, prompt_len=L, guidance_scale=gs)
     scores = torch.full((3, V), float("-inf"))
     scores[0, [5, 8]] = torch.tensor([-0.2, -1.8])   # root: allowed 5, 8
     scores[1, [6, 7]] = torch.tensor([-0.1, -2.5])   # after 5: allowed 6, 7
@@ -128,7 +135,7 @@ def test_d3_assistant_mixes_normalised_subtree_mass_into_the_scores():
     assert torch.isinf(out0[0, 6]) and torch.isinf(out[0, 5])  # disallowed tokens stay masked
     # the order flips where the assistant disagrees: LLM prefers 5 -> 6, the assistant 7 and 8
     assert out[0, 6] - out[0, 7] < scores[1, 6] - scores[1, 7]
-    same = lb.AssistantProcessor(trie, leaf_probs, num_beams=3, prompt_len=L, guidance_scale=1.0)
+    same = AssistantProcessor(trie, leaf_probs, num_beams=3, prompt_len=L, guidance_scale=1.0)
     assert torch.equal(same(input_ids, scores[1:]), scores[1:])
 
 
@@ -171,7 +178,7 @@ def test_tiny_end_to_end_writes_the_evaluate_stage_files(tiny_run, model, capsys
     from tsrec.eval.metrics import read_item_metrics, read_metrics
     from tsrec.model.scoring import check_ranks
 
-    if not (layout.train_run_dir(tiny_run / "artifacts", "tiny", lb.SFT_RUN, 0) / "final").is_dir():
+    if not (layout.train_run_dir(tiny_run / "artifacts", "tiny", SFT_RUN, 0) / "final").is_dir():
         assert _main(tiny_run, "--sft-only") == 0
     assert _main(tiny_run, "--model", model) == 0
     assert f"tiny/{model} seed 0: NDCG@10=" in capsys.readouterr().out
@@ -184,7 +191,7 @@ def test_tiny_end_to_end_writes_the_evaluate_stage_files(tiny_run, model, capsys
     assert len(full) == 12 and (full["ranked_items"].map(len) == 20).all()
     record = json.loads((res / "run.json").read_text())
     assert record["variant"] == model and record["model"]["meta"]["variant"] == (
-        "sdpo" if model == "sdpo" else lb.SFT_RUN)
+        "sdpo" if model == "sdpo" else SFT_RUN)
     if model == "d3":
         assert record["assistant"]["model"] == "sasrec"
     if model == "bigrec":
@@ -196,13 +203,13 @@ def test_planning_more_runs_keeps_the_title_sft_but_a_budget_change_refuses_it(t
     from tsrec.core.errors import TsrecError
 
     params = load_params(tiny_run / "params.yaml")
-    if not (tiny_run / "artifacts" / "tiny" / "runs" / lb.SFT_RUN / "seed0" / "final").is_dir():
+    if not (tiny_run / "artifacts" / "tiny" / "runs" / SFT_RUN / "seed0" / "final").is_dir():
         pytest.skip("the end-to-end runs did not run")
     more = {**params, "train": {**params["train"], "seeds": [0, 1, 2], "variants": ["tsrec", "sft", "x"]}}
-    assert lb.train_title_sft(more, "tiny", 0, train=False)["variant"] == lb.SFT_RUN
+    assert title_sft(more, "tiny", 0, train=False)["variant"] == SFT_RUN
     other = {**params, "train": {**params["train"], "lr": 5e-4}}
     with pytest.raises(TsrecError, match="--sft-only"):
-        lb.train_title_sft(other, "tiny", 0, train=False)
+        title_sft(other, "tiny", 0, train=False)
 
 
 def test_the_report_and_paired_read_the_llm_baselines(tiny_run, capsys):

@@ -20,10 +20,10 @@ CONFIGS = {
     "data": "tsrec.data.datasets:DataConfig", "raw": "tsrec.data.raw:RawConfig", "report": "tsrec.reporting.document:ReportConfig",
     "embed": "tsrec.semantics.encoder:EmbedConfig", "backbone": "tsrec.lm.llm:BackboneConfig",
     "sainit": "tsrec.model.sainit:SAInitConfig", "tasks": "tsrec.model.tasks:TasksConfig", "train": "tsrec.model.runs:TrainConfig",
-    "baselines": "tsrec.commands.baseline:BaselinesConfig", "sweep": "tsrec.tuning.config:SweepConfig",
+    "baselines": "tsrec.baselines.config:BaselinesConfig", "sweep": "tsrec.tuning.config:SweepConfig",
     "evaluate": "tsrec.model.scoring:EvaluateConfig", "codebook": "tsrec.data.sids:CodebookConfig",
     "keywords": "tsrec.semantics.keyword_cache:KeywordsConfig", "rl": "tsrec.model.grpo:RLConfig",
-    "llm_baselines": "tsrec.commands.llm_baseline:LLMBaselinesConfig",
+    "llm_baselines": "tsrec.baselines.llm_config:LLMBaselinesConfig",
     "repro": "tsrec.core.pinning:ReproConfig",
 }
 UNTYPED = {"seed", "variants"}

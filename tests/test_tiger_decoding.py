@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from tsrec.commands.baseline import BaselinesConfig, build
+from tsrec.baselines.config import BaselinesConfig
+from tsrec.baselines.protocol import build
 from tsrec.baselines.generative import EOS, PAD
 from tsrec.baselines.trainer import SeqData
 from tsrec.core.config import section

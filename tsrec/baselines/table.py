@@ -19,7 +19,7 @@ from tsrec.eval.metrics import ITEM_PREFIX, KS, mean_ci, read_item_metrics, read
 
 # (display name, source): "baseline:<model>" reads results/<DS>/baselines/<model>.json, "variant:<v>" reads
 # results/<DS>/<v>/seed<N>/metrics.json (every seed; tsrec.data.layout), "llm:<m>" the same files of an LLM baseline
-# (tsrec.commands.llm_baseline), None = not run by us (never filled from a paper).
+# (tsrec.baselines.llm_scoring), None = not run by us (never filled from a paper).
 ROWS = [
     ("Pop", "baseline:pop"),
     ("Transition (floor)", "baseline:transition"),
