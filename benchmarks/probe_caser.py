@@ -25,7 +25,7 @@ from tsrec.baselines import sequential as seq
 from tsrec.baselines.trainer import FitConfig, SeqData
 from tsrec.core.config import from_dict
 from tsrec.core.io import atomic_file
-from tsrec.data.layout import index_path
+from tsrec.data.layout import resolve_index
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("caser", "no_final_relu", "vertical_only", "untied_output", "input_x_sqrt_d", "window_5",
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         max_len = 5 if variant == "window_5" else base["max_len"]
         if max_len not in datas:
             datas[max_len] = SeqData(Path(base["data"]) / args.dataset, max_len,
-                                     index_file=index_path(params, args.dataset))
+                                     index_file=resolve_index(params, args.dataset))
         seq.NETS["caser_probe"] = caser_variant(variant)
         rec = seq.IDRecommender(datas[max_len], seed, "caser_probe", net_cfg, fit)
         result = rec.fit()

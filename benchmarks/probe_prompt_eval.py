@@ -19,7 +19,7 @@ from tsrec.commands import profiles
 from tsrec.core.config import load_params
 from tsrec.data.datasets import load_index, load_split
 from tsrec.lm.decoding import SidTrie
-from tsrec.lm.llm import add_sid_tokens, backbone_config, backbone_path, load_backbone
+from tsrec.lm.llm import add_sid_tokens, backbone_config, load_backbone
 from tsrec.model.scoring import evaluate_rows, select_rows
 from tsrec.data.sids import index_tokens
 from tsrec.model.tasks import encode_prompt, seqrec_prompt, tasks_config
@@ -35,7 +35,7 @@ def main() -> None:
     params = load_params()
     ds = Path(params["data"].get("out", "data")) / args.dataset
     index = load_index(ds / "sid_index.json")
-    model, tok = load_backbone(backbone_path(params), backbone_config(params).keep_layers)
+    model, tok = load_backbone(backbone_config(params).path, backbone_config(params).keep_layers)
     add_sid_tokens(model, tok, index_tokens(index))
     test = load_split(ds, "test")
     rows = test.iloc[select_rows(len(test), args.rows, 42)]

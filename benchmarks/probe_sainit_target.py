@@ -16,9 +16,9 @@ import torch
 
 from tsrec.core.config import load_params
 from tsrec.data.datasets import load_index
-from tsrec.semantics.keyword_cache import cache_path, read_records
-from tsrec.data.layout import index_path
-from tsrec.lm.llm import add_sid_tokens, backbone_path, load_backbone
+from tsrec.semantics.keyword_cache import cache_path, keywords_config, read_records
+from tsrec.data.layout import resolve_index
+from tsrec.lm.llm import add_sid_tokens, backbone_config, load_backbone
 from tsrec.model.sainit import SAInitConfig, sa_init
 from tsrec.data.sids import index_tokens
 
@@ -29,12 +29,12 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
     params = load_params()
-    tokens = index_tokens(load_index(index_path(params, args.dataset)))
-    cache = read_records(cache_path(params, args.dataset))
+    tokens = index_tokens(load_index(resolve_index(params, args.dataset)))
+    cache = read_records(cache_path(keywords_config(params), args.dataset))
     rows, reports = {}, {}
     for target in ("old_rows", "current_table"):
         torch.manual_seed(0)  # the same mean-resized new rows in both
-        model, tok = load_backbone(backbone_path(params), 1)
+        model, tok = load_backbone(backbone_config(params).path, 1)
         ids = add_sid_tokens(model, tok, tokens)
         reports[target] = sa_init(model, tok, dict(zip(tokens, ids)), cache, SAInitConfig(rescale_target=target))
         rows[target] = model.get_input_embeddings().weight[ids].detach().clone()
