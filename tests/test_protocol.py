@@ -93,3 +93,73 @@ def test_a_variant_with_its_own_budget_fails_the_check():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["variants"]["sft"] = {**params["variants"]["sft"], "train": {"max_steps": 999}}
     assert len(set(comparison_budgets(params).values())) == 2
+
+
+# ---------------------------------------------------------------- the pilot rule, applied by `tsrec budget`
+def _curve_csv(path, ranks_by_step: dict[int, list[int]]):
+    import pandas as pd
+
+    rows = [{"step": s, "row": i, "rank": r} for s, ranks in ranks_by_step.items() for i, r in enumerate(ranks)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _ranks(n: int, hits: int, rank: int = 0) -> list[int]:
+    """n rows, the first ``hits`` at ``rank``, the rest missed (-1)."""
+    return [rank] * hits + [-1] * (n - hits)
+
+
+def test_budget_rule_picks_the_first_step_within_every_variants_best(tmp_path):
+    from tsrec.reporting.budget import budget_report
+
+    n = 1000  # sft saturates at step 200, tsrec at 300; step 100 is far below both
+    sft = _curve_csv(tmp_path / "sft" / "plots" / "valid_rank_rows.csv",
+                     {100: _ranks(n, 20), 200: _ranks(n, 100), 300: _ranks(n, 100), 400: _ranks(n, 101)})
+    tsrec = _curve_csv(tmp_path / "tsrec" / "valid_rank_rows.csv",
+                       {100: _ranks(n, 10), 200: _ranks(n, 50), 300: _ranks(n, 110), 400: _ranks(n, 110)})
+    rep = budget_report({"sft": sft.parents[1], "tsrec": tsrec.parent}, n_boot=500)
+    assert rep["curves"]["sft"]["best_step"] == 400 and rep["curves"]["tsrec"]["best_step"] == 300
+    assert [p["within_best"] for p in rep["curves"]["sft"]["points"]] == [False, True, True, True]
+    assert [p["within_best"] for p in rep["curves"]["tsrec"]["points"]] == [False, False, True, True]
+    assert rep["budget"] == 300 and rep["select"] == "final"
+
+
+def test_budget_rule_selects_the_best_point_when_the_end_is_worse(tmp_path):
+    from tsrec.reporting.budget import budget_report
+
+    n = 1000
+    a = _curve_csv(tmp_path / "a.csv", {100: _ranks(n, 100), 200: _ranks(n, 200), 300: _ranks(n, 120)})
+    rep = budget_report({"a": a}, n_boot=500)
+    assert rep["budget"] == 200 and rep["select"] == "valid_ndcg10"
+    assert rep["last_within_best"] == {"a": False}
+
+
+def test_budget_refuses_curves_over_different_rows(tmp_path):
+    import pandas as pd
+
+    from tsrec.core.errors import TsrecError
+    from tsrec.reporting.budget import read_points
+
+    path = tmp_path / "valid_rank_rows.csv"
+    pd.DataFrame({"step": [1, 1, 2, 2], "row": [0, 1, 0, 2], "rank": [0, 1, 0, 1]}).to_csv(path, index=False)
+    with pytest.raises(TsrecError, match="other rows"):
+        read_points(path)
+    path.write_text("step,row,rank\n")
+    with pytest.raises(TsrecError, match="header only"):
+        read_points(path)
+
+
+def test_cli_budget_writes_the_report(tmp_path, capsys):
+    import json
+
+    from tsrec import cli
+
+    n = 200
+    run = _curve_csv(tmp_path / "run" / "plots" / "valid_rank_rows.csv", {50: _ranks(n, 5), 100: _ranks(n, 60)})
+    out = tmp_path / "budget.json"
+    assert cli.main(["budget", "--run", f"tsrec={run.parents[1]}", "--bootstrap", "200", "--out", str(out),
+                     "--markdown", str(tmp_path / "budget.md")]) == 0
+    assert json.loads(out.read_text())["budget"] == 100
+    assert "Budget B = 100" in capsys.readouterr().out and (tmp_path / "budget.md").is_file()
+    assert cli.main(["budget", "--run", "tsrec"]) == 2  # not VARIANT=DIR: one clear error

@@ -377,7 +377,6 @@ def test_rl_renders_the_sft_runs_prompt_text(tmp_path, tiny_backbone, monkeypatc
     and evaluate scores the RL run with the same text."""
     import json
 
-    import tsrec.commands.evaluate
     import tsrec.model.scoring
     from tsrec.commands import profiles
     from tsrec.model import grpo
@@ -411,7 +410,6 @@ def test_rl_renders_the_sft_runs_prompt_text(tmp_path, tiny_backbone, monkeypatc
         seen["completions"].append(real_tokens(trie, sid_ids))
         return seen["completions"][-1]
 
-    monkeypatch.setattr(tsrec.commands.evaluate, "evaluate_rows", rows)  # both stages score through tsrec.model.scoring
     monkeypatch.setattr(tsrec.model.scoring, "evaluate_rows", rows)
     monkeypatch.setattr(grpo, "beam_search", beam)
     monkeypatch.setattr(grpo, "sid_tokens", tokens)

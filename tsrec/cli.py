@@ -30,11 +30,12 @@ STAGES = {
     "sweep": ("tsrec.commands.sweep", "Optuna sweep over SA-Init pooling and the TS-Align weight"),
     "report": ("tsrec.commands.report", "Recall/NDCG tables from the metrics files"),
     "paired": ("tsrec.commands.paired", "paired test of two evaluated variants on their saved row ranks (no decoding)"),
+    "budget": ("tsrec.commands.budget", "the pilot rule on valid-ranking curves: the equal budget B and the selection rule"),
     "check": ("tsrec.commands.check", "compare the metrics files with a committed expected file (regression check)"),
     "migrate-seed-layout": ("tsrec.commands.migrate", "move runs made before per-seed folders into seed<N>/ (no retraining)"),
 }
-NOT_STAGES = {"paired", "check", "migrate-seed-layout"}  # commands run by hand around `dvc repro`, not pipeline stages
-NO_PARAMS = {"check", "migrate-seed-layout"}  # they run wherever the results are, params.yaml or not
+NOT_STAGES = {"paired", "budget", "check", "migrate-seed-layout"}  # commands run by hand around `dvc repro`, not pipeline stages
+NO_PARAMS = {"budget", "check", "migrate-seed-layout"}  # they run wherever the results are, params.yaml or not
 
 log = logging.getLogger("tsrec")
 

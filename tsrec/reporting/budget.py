@@ -1,0 +1,94 @@
+"""The equal-budget protocol's pilot rule (docs/protocol.md), applied to valid-ranking curves: per variant, each
+evaluated step's valid NDCG@10 against the variant's best point, paired over the same fixed valid rows
+(``tsrec.eval.stats.paired``); the budget B = the smallest step at which every variant is within its paired 95 %
+CI of its own best; the selection rule = ``final`` when every variant's last point is, else ``valid_ndcg10``.
+
+Input: a run's ``plots/valid_rank_rows.csv`` (step, row, rank), written by ``train.rank_rows``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from tsrec.core.errors import TsrecError
+from tsrec.eval.stats import ndcg_at, paired
+
+COLUMNS = ("step", "row", "rank")
+
+
+def read_points(path: Path) -> dict[int, pd.DataFrame]:
+    """step -> the per-row ranks (row, rank) of that evaluation; every step must cover the same rows."""
+    path = Path(path)
+    if path.is_dir():
+        path = next((p for p in (path / "plots" / "valid_rank_rows.csv", path / "valid_rank_rows.csv")
+                     if p.is_file()), path / "valid_rank_rows.csv")
+    if not path.is_file():
+        raise TsrecError("no valid ranking curve (train with train.rank_rows > 0)", file=path)
+    df = pd.read_csv(path)
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise TsrecError(f"missing column(s) {missing}; expected {list(COLUMNS)}", file=path)
+    if df.empty:
+        raise TsrecError("no evaluation recorded yet (header only)", file=path)
+    points = {int(s): g[["row", "rank"]].sort_values("row").reset_index(drop=True) for s, g in df.groupby("step")}
+    rows = next(iter(points.values()))["row"]
+    for step, g in points.items():
+        if not g["row"].equals(rows):
+            raise TsrecError(f"step {step} ranks other rows than step {min(points)}: not one fixed subsample",
+                             file=path)
+    return points
+
+
+def curve(points: dict[int, pd.DataFrame], *, k: int = 10, n_boot: int = 2000, seed: int = 42) -> dict:
+    """Each point's NDCG@k and its paired difference to the best point (95 % bootstrap CI over rows)."""
+    means = {s: float(ndcg_at(p["rank"].to_numpy(), k).mean()) for s, p in points.items()}
+    best = max(sorted(means), key=lambda s: means[s])  # ties: the earliest
+    out = []
+    for s in sorted(points):
+        cmp = paired(points[s], points[best], k=k, n_boot=n_boot, seed=seed)
+        lo, hi = cmp[f"NDCG@{k}_diff_ci95"]
+        out.append({"step": s, f"NDCG@{k}": means[s], "diff_vs_best": cmp[f"NDCG@{k}_diff"],
+                    "ci95": [lo, hi], "within_best": s == best or hi >= 0})
+    return {"best_step": best, f"best_NDCG@{k}": means[best], "rows": len(points[best]), "points": out}
+
+
+def choose(curves: dict[str, dict]) -> dict:
+    """The rule: B = the smallest step every variant evaluated at and is within its best's CI there; the
+    selection = ``final`` when every variant's last point is within its best's CI, else ``valid_ndcg10``."""
+    steps = sorted(set.intersection(*({p["step"] for p in c["points"]} for c in curves.values())))
+    if not steps:
+        raise TsrecError(f"the curves of {sorted(curves)} share no evaluated step")
+    within = {v: {p["step"]: p["within_best"] for p in c["points"]} for v, c in curves.items()}
+    budget = next((s for s in steps if all(w[s] for w in within.values())), None)
+    last = {v: c["points"][-1]["within_best"] for v, c in curves.items()}
+    return {"budget": budget, "common_steps": steps, "select": "final" if all(last.values()) else "valid_ndcg10",
+            "last_within_best": last,
+            "note": None if budget is not None else "no common step is within every variant's best: train longer"}
+
+
+def budget_report(runs: dict[str, Path], *, k: int = 10, n_boot: int = 2000, seed: int = 42) -> dict:
+    """The rule applied to the runs ``variant -> run folder (or its valid_rank_rows.csv)``."""
+    if len(runs) < 1:
+        raise TsrecError("no runs given")
+    curves = {v: curve(read_points(p), k=k, n_boot=n_boot, seed=seed) for v, p in runs.items()}
+    return {"k": k, "bootstrap": {"resamples": n_boot, "seed": seed}, "runs": {v: str(p) for v, p in runs.items()},
+            "curves": curves, **choose(curves)}
+
+
+def markdown(report: dict) -> str:
+    """One table per variant (step, NDCG@k, difference to the best point with its CI) and the choice."""
+    from tabulate import tabulate
+
+    k = report["k"]
+    parts = []
+    for v, c in report["curves"].items():
+        rows = [[p["step"], f"{p[f'NDCG@{k}']:.4f}", f"{p['diff_vs_best']:+.4f}",
+                 f"[{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}]", "yes" if p["within_best"] else "no"]
+                for p in c["points"]]
+        parts.append(f"**{v}** (best step {c['best_step']}, {c['rows']} valid rows)\n\n"
+                     + tabulate(rows, headers=["step", f"NDCG@{k}", "- best", "95 % CI", "within best"],
+                                tablefmt="github"))
+    parts.append(f"Budget B = {report['budget']}; selection rule: {report['select']}"
+                 + (f" ({report['note']})" if report.get("note") else ""))
+    return "\n\n".join(parts) + "\n"
