@@ -159,7 +159,8 @@ def test_cli_budget_writes_the_report(tmp_path, capsys):
     run = _curve_csv(tmp_path / "run" / "plots" / "valid_rank_rows.csv", {50: _ranks(n, 5), 100: _ranks(n, 60)})
     out = tmp_path / "budget.json"
     assert cli.main(["budget", "--run", f"tsrec={run.parents[1]}", "--bootstrap", "200", "--out", str(out),
-                     "--markdown", str(tmp_path / "budget.md")]) == 0
+                     "--markdown", str(tmp_path / "budget.md"), "--plot", str(tmp_path / "budget.png")]) == 0
     assert json.loads(out.read_text())["budget"] == 100
     assert "Budget B = 100" in capsys.readouterr().out and (tmp_path / "budget.md").is_file()
+    assert (tmp_path / "budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli.main(["budget", "--run", "tsrec"]) == 2  # not VARIANT=DIR: one clear error

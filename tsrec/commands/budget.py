@@ -1,7 +1,7 @@
 """budget: the equal-budget protocol's pilot rule on valid-ranking curves (tsrec.reporting.budget): the budget B
 and the selection rule that every run of a comparison then shares (docs/protocol.md).
 
-``tsrec budget --run sft=RUN_DIR --run tsrec=RUN_DIR [--out FILE.json] [--markdown FILE.md]``; a RUN_DIR is a
+``tsrec budget --run sft=RUN_DIR --run tsrec=RUN_DIR [--out FILE.json] [--markdown FILE.md] [--plot FILE.png]``; a RUN_DIR is a
 trained run's folder (its ``plots/valid_rank_rows.csv``) or a results folder holding ``valid_rank_rows.csv``.
 A command run by hand (like ``tsrec paired``), not a pipeline stage."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tsrec.core.errors import ParamError
 from tsrec.core.io import atomic_file, write_json
-from tsrec.reporting.budget import budget_report, markdown
+from tsrec.reporting.budget import budget_report, markdown, plot
 
 
 def add_arguments(p) -> None:
@@ -22,6 +22,7 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=42, help="seed of the bootstrap")
     p.add_argument("--out", help="write the report as JSON here")
     p.add_argument("--markdown", help="write the tables as Markdown here")
+    p.add_argument("--plot", help="draw the curves (PNG) here")
 
 
 def run(args, params) -> None:
@@ -38,4 +39,6 @@ def run(args, params) -> None:
     if args.markdown:
         with atomic_file(args.markdown) as fh:
             fh.write(text)
+    if args.plot:
+        plot(report, Path(args.plot))
     print(text, end="")

@@ -92,3 +92,29 @@ def markdown(report: dict) -> str:
     parts.append(f"Budget B = {report['budget']}; selection rule: {report['select']}"
                  + (f" ({report['note']})" if report.get("note") else ""))
     return "\n\n".join(parts) + "\n"
+
+
+def plot(report: dict, dest: Path) -> Path:
+    """Valid NDCG@k vs step, a line per variant with each point's 95 % CI of the gap to its best (shaded), the
+    chosen budget as a vertical line."""
+    from tsrec.reporting.plots import pyplot, save_png
+
+    plt, k = pyplot(), report["k"]
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for v, c in report["curves"].items():
+        steps = [p["step"] for p in c["points"]]
+        y = [p[f"NDCG@{k}"] for p in c["points"]]
+        best = c[f"best_NDCG@{k}"]
+        line, = ax.plot(steps, y, marker="o", label=f"{v} (best {best:.4f} @ {c['best_step']})")
+        ax.fill_between(steps, [best + p["ci95"][0] for p in c["points"]], [best + p["ci95"][1] for p in c["points"]],
+                        color=line.get_color(), alpha=0.15, linewidth=0)
+    if report["budget"] is not None:
+        ax.axvline(report["budget"], color="grey", linestyle="--", linewidth=1, label=f"B = {report['budget']}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(f"valid NDCG@{k}")
+    ax.set_title(f"valid NDCG@{k} ({next(iter(report['curves'].values()))['rows']} fixed rows); shade: best + 95 % CI "
+                 "of the paired gap", fontsize=8)
+    ax.legend(fontsize=8)
+    path = save_png(fig, Path(dest))
+    plt.close(fig)
+    return path

@@ -14,13 +14,13 @@ from tsrec.data import layout
 from tsrec.reporting.tables import ITEM_ONLY, Row
 
 
-def _save(fig, path: Path) -> Path:
+def save_png(fig, path: Path) -> Path:
     with atomic_file(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
     return path
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,7 +43,7 @@ def read_curves(results: Path, ds: str, variant: str) -> pd.DataFrame:
 
 
 def plot_valid_loss(results: Path, ds: str, variants: list[str], dest: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     missing = []
     for v in variants:
@@ -61,14 +61,14 @@ def plot_valid_loss(results: Path, ds: str, variants: list[str], dest: Path) -> 
         ax.legend(fontsize=8)
     if missing:
         fig.text(0.01, -0.02, "not run: " + ", ".join(missing), fontsize=8, color="gray", va="top")
-    _save(fig, dest)
+    save_png(fig, dest)
     plt.close(fig)
     return dest
 
 
 def plot_valid_ndcg(results: Path, ds: str, dest: Path) -> Path | None:
     """Valid NDCG@10 (train.rank_rows) against the step, one line per run (variant x seed); None without curves."""
-    plt = _pyplot()
+    plt = pyplot()
     curves = []
     for v in layout.found_variants(results, ds):
         for seed, folder in layout.variant_seeds(results, ds, v).items():
@@ -89,13 +89,13 @@ def plot_valid_ndcg(results: Path, ds: str, dest: Path) -> Path | None:
     ax.set(xlabel="optimizer step", ylabel="valid NDCG@10",
            title=f"{ds}: valid NDCG@10 during training" + (f" ({rows:,} fixed valid rows)" if rows else ""))
     ax.legend(fontsize=7)
-    _save(fig, dest)
+    save_png(fig, dest)
     plt.close(fig)
     return dest
 
 
 def plot_hr_at_k(rows: list[Row], ks: list[int], ds: str, dest: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     missing, item_only = [], []
     drawn = 0
@@ -119,7 +119,7 @@ def plot_hr_at_k(rows: list[Row], ks: list[int], ds: str, dest: Path) -> Path:
                                                                    ("item-level metrics only", item_only)) if labels]
     if notes:
         fig.text(0.01, -0.02, "; ".join(notes), fontsize=7, color="gray", va="top", wrap=True)
-    _save(fig, dest)
+    save_png(fig, dest)
     plt.close(fig)
     return dest
 
@@ -147,7 +147,7 @@ def plot_baseline_curves(results: Path, ds: str, dest: Path) -> Path | None:
     learned = {m: recs for m, recs in runs.items() if any(r.get("curve") for r in recs)}
     if not learned:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     for j, (m, recs) in enumerate(learned.items()):
         style = series_style(j)
@@ -163,7 +163,7 @@ def plot_baseline_curves(results: Path, ds: str, dest: Path) -> Path | None:
     ax.set(xlabel="epoch", ylabel="valid NDCG@10 (SID level)",
            title=f"{ds}: learned baselines per epoch (chosen config, each seed) vs the floors")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    _save(fig, dest)
+    save_png(fig, dest)
     plt.close(fig)
     return dest
 
@@ -181,7 +181,7 @@ def rl_variants(results: Path, ds: str) -> list[str]:
 def plot_rl(results: Path, ds: str, variants: list[str], dest: Path, smooth: int = 16) -> Path:
     """GRPO curves per RL variant (seeds averaged): both reward parts and the KL (rolling mean over ``smooth``
     steps) from ``rl.csv``, valid NDCG@10 from ``rl_valid.csv``."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(RL_PANELS), figsize=(4 * len(RL_PANELS), 3.4))
     for ax, (_, title) in zip(axes, RL_PANELS):
         ax.set_xlabel("RL step", fontsize=8)
@@ -202,6 +202,6 @@ def plot_rl(results: Path, ds: str, variants: list[str], dest: Path, smooth: int
             ax.plot(curve.index, curve.values, ms=3, label=f"{v} (n={len(frames)})", **style)
     axes[-1].legend(fontsize=7)
     fig.suptitle(f"{ds}: GRPO (rewards and KL: rolling mean over {smooth} steps)", fontsize=9)
-    _save(fig, dest)
+    save_png(fig, dest)
     plt.close(fig)
     return dest

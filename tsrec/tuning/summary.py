@@ -119,17 +119,17 @@ def _plots(study, dest: Path, importances: dict, target_name: str = "objective")
 
     ax = plot_optimization_history(study, target_name=target_name)
     ax.set_xlabel("trial")
-    _save(ax.figure, dest / "history.png")
+    save_png(ax.figure, dest / "history.png")
     if importances:
         fig, ax = plt.subplots(figsize=(6, 3))
         names = list(importances)[::-1]
         ax.barh(names, [importances[n] for n in names])
         ax.set_xlabel("fANOVA importance")
         ax.set_title(f"{study.study_name}: parameter importances")
-        _save(fig, dest / "importance.png")
+        save_png(fig, dest / "importance.png")
 
 
-def _save(fig, path: Path) -> None:
+def save_png(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
