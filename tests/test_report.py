@@ -221,14 +221,14 @@ def test_baseline_curves_plot_the_learned_models_against_the_floors(tmp_path, mo
                       {"curve": curve, "valid_rows_early_stopping": 100})
     write_metrics(base / "gru4rec.json", {"n_runs": 2}, {"seeds": [42, 43]})
     drawn = {}
-    real_save = report._save
+    real_save = report.save_png
 
     def spy(fig, path):
         ax = fig.axes[0]
         drawn["lines"] = [(line.get_label(), list(line.get_ydata())) for line in ax.lines]
         return real_save(fig, path)
 
-    monkeypatch.setattr(report, "_save", spy)
+    monkeypatch.setattr(report, "save_png", spy)
     dest = report.plot_baseline_curves(tmp_path, "DS", tmp_path / "plots" / "b.png")
     assert dest.is_file() and dest.stat().st_size > 0
     labels = [label for label, _ in drawn["lines"]]
