@@ -9,7 +9,7 @@ import itertools
 from typing import Any
 
 from tsrec.baselines.generative import TigerConfig
-from tsrec.baselines.names import DETERMINISTIC, KNOBS, LEARNED, MODELS
+from tsrec.baselines.names import DETERMINISTIC, KNOBS, LEARNED, MODELS, check_models
 from tsrec.baselines.sequential import CaserConfig, GRU4RecConfig, HSTUConfig, SASRecConfig
 from tsrec.baselines.trainer import FitConfig
 from tsrec.core.config import from_dict
@@ -72,9 +72,7 @@ class BaselinesConfig:
     tuning: TuningConfig = dataclasses.field(default_factory=TuningConfig)
 
     def validate(self) -> None:
-        unknown = sorted(set(self.models) - set(MODELS))
-        if unknown:
-            raise ValueError(f"unknown model(s) {unknown}; known: {list(MODELS)}")
+        check_models(self.models, MODELS)
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
         if self.max_len < 1 or self.topk < 1 or self.threads < 1:

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
-from tsrec.baselines.names import LLM_MODELS
+from tsrec.baselines.names import LLM_MODELS, check_models
 from tsrec.core.pinning import ReproConfig
 from tsrec.lm.llm import BackboneConfig
 from tsrec.model.tasks import PromptText, template_fields
@@ -81,9 +81,7 @@ class LLMBaselinesConfig:
     sdpo: SDPOConfig = dataclasses.field(default_factory=SDPOConfig)
 
     def validate(self) -> None:
-        bad = sorted(set(self.models) - set(LLM_MODELS))
-        if bad:
-            raise ValueError(f"unknown model(s) {bad}; known: {list(LLM_MODELS)}")
+        check_models(self.models, LLM_MODELS)
         if self.title_words < 0 or self.title_history < 1 or self.max_len < 16 or self.batch_size < 1:
             raise ValueError("title_words >= 0, title_history >= 1, max_len >= 16, batch_size >= 1")
         for where, text in (("prompt.prompt", self.prompt.prompt), ("prompt.response", self.prompt.response)):

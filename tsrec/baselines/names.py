@@ -11,3 +11,10 @@ KNOBS = ("lr", "dropout", "width")  # the tuned knobs, in grid order (lr outermo
 LLM_MODELS = ("bigrec", "d3", "sdpo")
 SFT_RUN = "title_sft"  # the shared title-SFT run: <train.out>/<DS>/runs/title_sft/seed<N>
 SDPO_RUN = "sdpo"      # S-DPO's own run, from the SFT one
+
+
+def check_models(models, known) -> None:
+    """ValueError naming the models not in ``known`` (a config's ``validate``)."""
+    bad = sorted(set(models) - set(known))
+    if bad:
+        raise ValueError(f"unknown model(s) {bad}; known: {list(known)}")
