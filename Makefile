@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 
 
-.PHONY: setup repro rl teachers test bench roofline tables ablations sweep confirm clean-venv profile push pull
+.PHONY: setup repro rl teachers test bench roofline layout tables ablations sweep confirm clean-venv profile push pull
 DVC := PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc
 
 setup: $(VENV)/.installed
@@ -73,6 +73,9 @@ bench: setup
 # GEMM rate at the model's shapes vs the train step's and beam search's achieved rate (docs/speed.md)
 roofline: setup
 	$(PY) benchmarks/roofline.py --lora30
+
+layout: setup               # 1 x 2 threads vs 2 x 1 thread (DDP, side-by-side runs, data-parallel evaluate)
+	$(PY) benchmarks/bench_layout.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -103,6 +103,46 @@ def test_killed_two_process_run_resumes(setup):
     assert_same_training(root / "two", out, loss_tol=1e-6, weight_tol=1e-7)
 
 
+# ---------------------------------------------------------------- evaluate over 2 processes
+def test_shard_batches_deal_the_one_process_batches():
+    from tsrec.lm.decoding import shard_batches
+
+    lengths = [5, 3, 9, 3, 7, 1, 4, 4, 8, 2, 6]
+    one = shard_batches(lengths, 3)
+    assert [lengths[i] for b in one for i in b] == sorted(lengths) and all(len(b) == 3 for b in one[:-1])
+    for world in (2, 3, 5):
+        shards = [shard_batches(lengths, 3, r, world) for r in range(world)]
+        assert sorted(b for s in shards for b in s) == sorted(one)  # the same batches, each searched once
+        assert shards[1] == one[1::world]
+
+
+def test_two_process_evaluate_writes_what_one_process_writes(setup):
+    """``torchrun -m tsrec evaluate``: each process searches every 2nd batch, rank 0 gathers and writes; on
+    the same threads per process the ranks (SIDs and scores) are bit-identical to one process's."""
+    import pandas as pd
+
+    root, _ = setup
+    common = ["-m", "tsrec", "--params", str(root / "params2.yaml"), "evaluate", "--dataset", "tiny", "--variant",
+              "sft", "--run-dir", str(root / "one"), "--split", "valid", "--beams", "20", "--batch-size", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    one = subprocess.run([sys.executable, *common, "--results", str(root / "ev1"), "--artifacts", str(root / "eva1")],
+                         env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = torchrun(*common, "--results", str(root / "ev2"), "--artifacts", str(root / "eva2"), cwd=root)
+    assert two.returncode == 0, two.stderr[-3000:]
+    ranks = [pd.read_parquet(r / "tiny" / "eval" / "sft" / "seed0" / "ranks_valid.parquet")
+             for r in (root / "eva1", root / "eva2")]
+    assert len(ranks[0]) > 4 and (ranks[0]["rank"] >= -1).all()  # several batches, so both processes searched
+    pd.testing.assert_frame_equal(ranks[0], ranks[1])
+    m1, m2 = (json.loads((r / "tiny" / "sft" / "seed0" / "metrics_valid.json").read_text())
+              for r in (root / "ev1", root / "ev2"))
+    timing = ("wall_time_s", "rows_per_s")
+    assert {k: v for k, v in m1.items() if k not in timing} == {k: v for k, v in m2.items() if k not in timing}
+    run1, run2 = (json.loads((r / "tiny" / "sft" / "seed0" / "run_valid.json").read_text())
+                  for r in (root / "ev1", root / "ev2"))
+    assert run1["processes"] == 1 and run2["processes"] == 2 and run1["torch_threads"] == run2["torch_threads"]
+
+
 # ---------------------------------------------------------------- RL (GRPO) over 2 processes
 RL = {"variants": ["sft"], "train_prompts": 24, "max_steps": 4, "batch_size": 4, "num_generations": 16,
       "eval_steps": 2, "valid_rows": 8, "valid_beams": 10, "ref_sync_steps": 2, "lr": 1e-3, "threads": 1,

@@ -37,3 +37,20 @@ def test_roofline_json(tmp_path, tiny_backbone):
     for key in ("train_4L_full_default_over_gemm", "evaluate_default_b8_over_gemm",
                 "train_4L_full_default_over_before-logits"):
         assert r["roofline"][key] > 0
+
+
+def test_layout_json(tmp_path, tiny_backbone):
+    """benchmarks/bench_layout.py on the tiny backbone: every layout launched, the data-parallel evaluate's rows
+    bit-identical to one 1-thread process, rates and ratios written."""
+    spec = importlib.util.spec_from_file_location("bench_layout", REPO / "benchmarks" / "bench_layout.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "layout.json"
+    assert mod.main(["--backbone", str(tiny_backbone), "--out", str(out), "--rounds", "1", "--reps", "1",
+                     "--prompts", "24", "--keep-layers", "2"]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["train_4L_full"]) == {"1x2", "1x1", "ddp2x1", "lanes2x1"}
+    assert r["train_4L_full"]["lanes2x1"]["lanes"] == 2 and r["train_4L_full"]["1x2"]["epoch_tokens_per_s"] > 0
+    ev = r["evaluate_4L"]
+    assert ev["dp2x1"]["identical_to_1x1"] and ev["dp2x1"]["rows_ranked_differently_from_1x1"] == 0
+    assert r["ratios"]["evaluate_dp2x1_identical_to_1x1"] is True and r["ratios"]["train_ddp2x1_over_1x2"] > 0

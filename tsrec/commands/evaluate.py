@@ -15,10 +15,16 @@ Outputs of the run trained with seed N (test split; the valid split writes ``met
   artifacts/<DS>/eval/<variant>/seed<N>/ranks.parquet  the same rows with the ranked SIDs and their scores
 The subsample (``evaluate.subsample``) is drawn with the top-level ``seed``, not the run's: every run of a
 dataset is scored on the same rows.
+
+``torchrun --nproc_per_node N -m tsrec evaluate ...`` splits the rows: each process searches every N-th
+length-sorted batch, rank 0 gathers and writes. A batch is the same in any layout, so the outputs are
+bit-identical to one process on the same threads per process (``evaluate.threads`` / ``repro.threads``);
+docs/speed.md measures the layouts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -26,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from tsrec.core import pinning
+from tsrec.core import distributed, pinning
 from tsrec.core.config import global_seed, section_with_flags
 from tsrec.core.errors import TsrecError
 from tsrec.core.io import output_lock
@@ -68,12 +74,17 @@ def run(args, params) -> None:
         torch.set_num_threads(cfg.threads)
     ds, variant, suffix = args.dataset, args.variant, split_suffix(cfg.split)
     data_dir = Path(args.data_dir or Path((params.get("data") or {}).get("out", "data")) / ds)
-    device = resolve_device(cfg.device)
-    with output_lock(eval_folder(args.artifacts, ds, variant, run_seed)):  # one evaluate per run at a time
+    w = distributed.world()  # under torchrun: each process searches its share of the batches, rank 0 writes
+    device = str(distributed.resolve_device(cfg.device, w)) if w.distributed else resolve_device(cfg.device)
+    distributed.init(device)
+    lock = output_lock(eval_folder(args.artifacts, ds, variant, run_seed)) if w.main else contextlib.nullcontext()
+    with lock:  # one evaluate per run at a time
         model, tokenizer, meta, source, index_file = _load(args, params, data_dir, run_seed, device)
         prompts = run_prompts(meta, tasks_config(params).prompts)
         ranks_df, numbers, record = score_split(model, tokenizer, index_file, prompts, data_dir, cfg, seed, device,
-                                                f"{ds}/{variant}")
+                                                f"{ds}/{variant}", shard=(w.rank, w.size))
+        if not w.main:
+            return
         numbers = {"seed": run_seed, **numbers}
         record = {"dataset": ds, "variant": variant, "seed": run_seed, **{k: v for k, v in record.items() if k != "index"},
                   "model": {"source": source, "meta": meta}, "index": record["index"], "device": device, "torch_threads": torch.get_num_threads(), "host": platform.machine(),

@@ -118,3 +118,26 @@ def check_in_sync(model, device: torch.device | str = "cpu") -> None:
     tdist.all_gather(sums, total)
     if any(not torch.equal(s, sums[0]) for s in sums):
         raise RuntimeError(f"the processes' models diverged (parameter sums {[s.item() for s in sums]})")
+
+
+def gather_rows(owned: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Each process filled the rows of ``tensors`` where its bool ``owned`` is true (the rows of different
+    processes are disjoint); every process gets them all, each row from its owner (on the tensors' device)."""
+    import torch.distributed as tdist
+
+    n, home = tdist.get_world_size(), owned.device
+    dev = torch.device("cuda", torch.cuda.current_device()) if tdist.get_backend() == "nccl" else torch.device("cpu")
+    owned, tensors = owned.to(dev), [t.to(dev) for t in tensors]
+    owners = [torch.zeros_like(owned) for _ in range(n)]
+    tdist.all_gather(owners, owned)
+    if int(torch.stack(owners).sum(0).max()) > 1 or not bool(torch.stack(owners).any(0).all()):
+        raise RuntimeError("the processes' rows overlap or leave rows out")
+    out = []
+    for t in tensors:
+        parts = [torch.empty_like(t) for _ in range(n)]
+        tdist.all_gather(parts, t.contiguous())
+        full = t.clone()
+        for mask, part in zip(owners, parts):
+            full[mask] = part[mask]
+        out.append(full.to(home))
+    return out

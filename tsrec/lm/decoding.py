@@ -397,15 +397,23 @@ def reference_beam_search(model, input_ids: torch.Tensor, attention_mask: torch.
     return BeamResult(sid_ids=sid_ids, scores=scores)
 
 
+def shard_batches(lengths: Sequence[int], batch_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """The prompt positions of each length-sorted batch that process ``rank`` of ``world`` searches: the batches
+    of one process, dealt round-robin. A batch is the same whatever ``world``, so its bits are too."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    return batches[rank::world]
+
+
 def search_batches(model, prompts: Sequence[Sequence[int]], trie: SidTrie, *, pad_id: int, num_beams: int = 20,
-                   batch_size: int = 8, progress: Callable[[int], None] | None = None) -> BeamResult:
-    """``beam_search`` over many tokenized prompts, in length-sorted left-padded batches; results in prompt order."""
-    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+                   batch_size: int = 8, progress: Callable[[int], None] | None = None,
+                   shard: tuple[int, int] = (0, 1)) -> BeamResult:
+    """``beam_search`` over many tokenized prompts, in length-sorted left-padded batches; results in prompt order.
+    ``shard = (rank, world)``: only this process's batches (``shard_batches``); the other rows stay -1 / -inf."""
     dev = next(model.parameters()).device
     sid_ids = torch.full((len(prompts), num_beams), -1, dtype=torch.long)
     scores = torch.full((len(prompts), num_beams), float("-inf"))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    for idx in shard_batches([len(p) for p in prompts], batch_size, *shard):
         ids, mask = left_pad([prompts[i] for i in idx], pad_id, device=dev)
         res = beam_search(model, ids, mask, trie, num_beams)
         sid_ids[idx] = res.sid_ids.cpu()

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from tsrec.eval import metrics
-from tsrec.lm.decoding import SidTrie, search_batches
+from tsrec.lm.decoding import BeamResult, SidTrie, search_batches, shard_batches
 from tsrec.core.errors import TsrecError
 from tsrec.core.io import atomic_dir, commit_group, output_lock, sha256_file
 from tsrec.data.layout import write_row_ranks
@@ -65,11 +65,14 @@ def select_rows(n: int, subsample: int | None, seed: int) -> np.ndarray:
 def evaluate_rows(model, tokenizer, trie: SidTrie, index: dict[int, list[str]], rows: pd.DataFrame,
                   prompt_fn: Callable[[list[str]], str], encode: Callable[[object, str], list[int]], *,
                   beams: int = 20, batch_size: int = 8, desc: str = "evaluate",
-                  precision: str = "fp32") -> tuple[pd.DataFrame, dict]:
+                  precision: str = "fp32", shard: tuple[int, int] = (0, 1)) -> tuple[pd.DataFrame, dict]:
     """Rank the target SID of every row; return per-row ranks and a summary (metrics, counts, timing).
 
     ``prompt_fn(history SID strings) -> text`` and ``encode(tokenizer, text) -> ids`` must be the ones
     training used (``tsrec.model.tasks.seqrec_prompt`` / ``tsrec.model.tasks.encode_prompt``).
+    ``shard = (rank, world)`` under a started process group: each process searches its share of the batches
+    (``tsrec.lm.decoding.shard_batches``) and all get every row; the rows are bit-identical to one process
+    on the same threads.
     """
     prompts = [encode(tokenizer, prompt_fn([sid_str(index[i]) for i in hist])) for hist in rows["history"]]
     targets = [sid_str(index[int(t)]) for t in rows["target"]]
@@ -77,10 +80,17 @@ def evaluate_rows(model, tokenizer, trie: SidTrie, index: dict[int, list[str]], 
     model.eval()
     start = time.perf_counter()
     device = next(model.parameters()).device.type
-    with tqdm(total=len(prompts), desc=desc, unit="row", disable=None, dynamic_ncols=True) as bar, \
-            autocast(precision, device):
+    mine = [i for b in shard_batches([len(p) for p in prompts], batch_size, *shard) for i in b]
+    with tqdm(total=len(mine), desc=desc, unit="row", disable=None if shard[0] == 0 else True,
+              dynamic_ncols=True) as bar, autocast(precision, device):
         res = search_batches(model, prompts, trie, pad_id=pad_id, num_beams=beams, batch_size=batch_size,
-                             progress=bar.update)
+                             progress=bar.update, shard=shard)
+    if shard[1] > 1:
+        from tsrec.core.distributed import gather_rows
+
+        owned = torch.zeros(len(prompts), dtype=torch.bool)
+        owned[mine] = True
+        res = BeamResult(*gather_rows(owned, res.sid_ids, res.scores))
     wall = time.perf_counter() - start
     ranked = [[trie.names[s] for s in row if s >= 0] for row in res.sid_ids.tolist()]
     known = set(trie.names)
@@ -177,9 +187,9 @@ def command_line(args, params_file: str | None, command: str = "evaluate") -> st
 
 
 def score_split(model, tokenizer, index_file: Path, prompts, data_dir: Path, cfg: EvaluateConfig, seed: int,
-                device: str, desc: str) -> tuple[pd.DataFrame, dict, dict]:
+                device: str, desc: str, shard: tuple[int, int] = (0, 1)) -> tuple[pd.DataFrame, dict, dict]:
     """Constrained beam search of ``cfg.split`` (its fixed ``seed``-ed subsample) with the model's prompts ->
-    (per-row ranks, the metrics file's numbers, the run record's scoring part)."""
+    (per-row ranks, the metrics file's numbers, the run record's scoring part); ``shard``: ``evaluate_rows``."""
     from tsrec.core.precision import resolve as resolve_precision
     from tsrec.data.datasets import load_index, load_split
     from tsrec.model.tasks import encode_prompt, seqrec_prompt
@@ -208,14 +218,14 @@ def score_split(model, tokenizer, index_file: Path, prompts, data_dir: Path, cfg
 
     ranks_df, summary = evaluate_rows(model, tokenizer, trie, index, rows, prompt_fn, encode_prompt, beams=cfg.beams,
                                       batch_size=cfg.batch_size, desc=f"evaluate {desc}",
-                                      precision=resolve_precision(cfg.precision, device))
+                                      precision=resolve_precision(cfg.precision, device), shard=shard)
     if summary["invalid_outputs"] or summary["duplicate_outputs"]:
         log.error("invalid or duplicate outputs: %d / %d", summary["invalid_outputs"], summary["duplicate_outputs"])
     numbers = {**summary["metrics"], "n_rows": len(rows), "n_rows_split": len(split_df),
                **{k: summary[k] for k in METRIC_COUNTS}}
     record = {
         "split": cfg.split, "subsample": None if len(rows) == len(split_df) else {"n": len(rows), "seed": seed},
-        "beams": cfg.beams, "batch_size": cfg.batch_size, "precision_requested": cfg.precision,
+        "beams": cfg.beams, "batch_size": cfg.batch_size, "processes": shard[1], "precision_requested": cfg.precision,
         "prompt": {"kind": cfg.prompt, "eos_suffix": prompts.eos_suffix,
                    "first_row": prompt_fn([sid_str(index[int(i)]) for i in rows["history"].iloc[0]])},
         **{k: v for k, v in summary.items() if k not in ("metrics", "n_rows", *METRIC_COUNTS)},
