@@ -164,3 +164,64 @@ def test_cli_budget_writes_the_report(tmp_path, capsys):
     assert "Budget B = 100" in capsys.readouterr().out and (tmp_path / "budget.md").is_file()
     assert (tmp_path / "budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli.main(["budget", "--run", "tsrec"]) == 2  # not VARIANT=DIR: one clear error
+
+
+def _arm(root, curves: dict[str, dict[int, list[int]]]):
+    for variant, by_step in curves.items():
+        _curve_csv(root / variant / "seed42" / "valid_rank_rows.csv", by_step)
+    return root
+
+
+def test_arms_rule_picks_the_best_fitting_arm_and_sends_ties_to_the_cheaper(tmp_path):
+    from tsrec.reporting.budget import compare_arms
+
+    n = 1000
+    # arm "long": both variants best at its end (final); arm "short": lower; arm "big": best but too slow
+    long_ = _arm(tmp_path / "long", {"sft": {100: _ranks(n, 50), 200: _ranks(n, 120)},
+                                     "tsrec": {100: _ranks(n, 60), 200: _ranks(n, 130)}})
+    short = _arm(tmp_path / "short", {"sft": {100: _ranks(n, 40), 200: _ranks(n, 60)},
+                                      "tsrec": {100: _ranks(n, 40), 200: _ranks(n, 60)}})
+    big = _arm(tmp_path / "big", {"sft": {100: _ranks(n, 300), 200: _ranks(n, 300)},
+                                  "tsrec": {100: _ranks(n, 300), 200: _ranks(n, 300)}})
+    runs = {a: {v: r / v / "seed42" for v in ("sft", "tsrec")} for a, r in
+            (("long", long_), ("short", short), ("big", big))}
+    rep = compare_arms(runs, {"long": 2.0, "short": 1.0, "big": 9.0}, n_boot=500)
+    arms = rep["arms"]
+    assert arms["big"]["fits"] is False and rep["best"] == "long" and rep["chosen"] == "long"
+    assert arms["long"]["budget"] == 200 and arms["long"]["select"] == "final"
+    assert arms["long"]["mean_NDCG@10"] == pytest.approx(0.125)
+    lo, hi = arms["short"]["ci95"]
+    assert hi < 0 and not arms["short"]["tie"]  # short is measurably below: not a tie
+    # a near-copy of "long" that costs less ties with it and wins
+    near = _arm(tmp_path / "near", {"sft": {100: _ranks(n, 50), 200: _ranks(n, 119)},
+                                    "tsrec": {100: _ranks(n, 60), 200: _ranks(n, 129)}})
+    runs["near"] = {v: near / v / "seed42" for v in ("sft", "tsrec")}
+    rep = compare_arms(runs, {"long": 2.0, "short": 1.0, "big": 9.0, "near": 1.5}, n_boot=500)
+    assert rep["best"] == "long" and rep["arms"]["near"]["tie"] and rep["chosen"] == "near"
+
+
+def test_arms_rule_keeps_the_best_point_by_b_when_the_end_is_worse(tmp_path):
+    from tsrec.reporting.budget import compare_arms
+
+    n = 1000
+    a = _arm(tmp_path / "a", {"sft": {100: _ranks(n, 100), 200: _ranks(n, 200), 300: _ranks(n, 120)}})
+    rep = compare_arms({"a": {"sft": a / "sft" / "seed42"}}, {"a": 1.0}, n_boot=500)
+    assert rep["arms"]["a"]["select"] == "valid_ndcg10" and rep["arms"]["a"]["selected_step"] == {"sft": 200}
+
+
+def test_cli_budget_compares_arms(tmp_path, capsys):
+    import json
+
+    from tsrec import cli
+
+    n = 200
+    for arm, hits in (("x", 60), ("y", 20)):
+        _arm(tmp_path / arm, {"sft": {50: _ranks(n, 5), 100: _ranks(n, hits)},
+                              "tsrec": {50: _ranks(n, 5), 100: _ranks(n, hits)}})
+    out = tmp_path / "arms.json"
+    argv = ["budget", "--arm", f"x={tmp_path / 'x'}", "--arm", f"y={tmp_path / 'y'}", "--bootstrap", "200",
+            "--out", str(out)]
+    assert cli.main([*argv, "--cost", "x=2", "--cost", "y=1"]) == 0
+    assert json.loads(out.read_text())["chosen"] == "x" and "**x**" in capsys.readouterr().out
+    assert cli.main([*argv, "--cost", "x=2"]) == 2  # a cost per arm, or one clear error
+    assert cli.main([*argv, "--cost", "x=2", "--cost", "y=1", "--run", f"sft={tmp_path}"]) == 2

@@ -2,6 +2,9 @@
 evaluated step's valid NDCG@10 against the variant's best point, paired over the same fixed valid rows
 (``tsrec.eval.stats.paired``); the budget B = the smallest step at which every variant is within its paired 95 %
 CI of its own best; the selection rule = ``final`` when every variant's last point is, else ``valid_ndcg10``.
+Across arms (rule 3, ``compare_arms``): each arm's score = the mean over variants of the valid NDCG@10 its rule
+selects by B, paired per row against the best arm; the profile = the best arm that fits the time limit, a tie
+(the paired CI of the gap covers 0) going to the cheaper arm.
 
 Input: a run's ``plots/valid_rank_rows.csv`` (step, row, rank), written by ``train.rank_rows``."""
 
@@ -12,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from tsrec.core.errors import TsrecError
-from tsrec.eval.stats import ndcg_at, paired
+from tsrec.eval.stats import ndcg_at, paired, paired_pooled
 
 COLUMNS = ("step", "row", "rank")
 
@@ -74,6 +77,68 @@ def budget_report(runs: dict[str, Path], *, k: int = 10, n_boot: int = 2000, see
     curves = {v: curve(read_points(p), k=k, n_boot=n_boot, seed=seed) for v, p in runs.items()}
     return {"k": k, "bootstrap": {"resamples": n_boot, "seed": seed}, "runs": {v: str(p) for v, p in runs.items()},
             "curves": curves, **choose(curves)}
+
+
+def selected_step(curve_: dict, budget: int, select: str, k: int = 10) -> int:
+    """The point a run of the arm keeps: the one at B (``final``), else the best evaluated point by B."""
+    if select == "final":
+        return budget
+    steps = [p for p in curve_["points"] if p["step"] <= budget]
+    return max(steps, key=lambda p: (p[f"NDCG@{k}"], -p["step"]))["step"]
+
+
+def compare_arms(arms: dict[str, dict[str, Path]], costs: dict[str, float], *, limit_h: float = 2.5, k: int = 10,
+                 n_boot: int = 2000, seed: int = 42) -> dict:
+    """Rule 3 over arms ``name -> {variant: run folder}`` (the same variants, the same valid rows) with
+    ``costs`` = hours of one run (train + full-test evaluate, 2 threads) per arm."""
+    if set(costs) != set(arms):
+        raise TsrecError(f"give one cost per arm: arms {sorted(arms)}, costs {sorted(costs)}")
+    variants = sorted(next(iter(arms.values())))
+    if any(sorted(v) != variants for v in arms.values()):
+        raise TsrecError(f"every arm needs the same variants ({variants})")
+    per_arm, chosen_points = {}, {}
+    for name, runs in arms.items():
+        points = {v: read_points(p) for v, p in runs.items()}
+        rep = {"curves": {v: curve(pts, k=k, n_boot=n_boot, seed=seed) for v, pts in points.items()}}
+        rep |= choose(rep["curves"])
+        if rep["budget"] is None:
+            raise TsrecError(f"arm {name}: {rep['note']}")
+        steps = {v: selected_step(c, rep["budget"], rep["select"], k) for v, c in rep["curves"].items()}
+        chosen_points[name] = {v: points[v][s] for v, s in steps.items()}
+        per_arm[name] = {"budget": rep["budget"], "select": rep["select"], "selected_step": steps,
+                         f"NDCG@{k}": {v: float(ndcg_at(chosen_points[name][v]["rank"].to_numpy(), k).mean())
+                                       for v in variants},
+                         "cost_h": costs[name], "fits": costs[name] <= limit_h}
+        per_arm[name][f"mean_NDCG@{k}"] = sum(per_arm[name][f"NDCG@{k}"].values()) / len(variants)
+    fitting = [a for a in arms if per_arm[a]["fits"]]
+    if not fitting:
+        raise TsrecError(f"no arm fits {limit_h} h")
+    best = max(fitting, key=lambda a: per_arm[a][f"mean_NDCG@{k}"])
+    for name in arms:  # the gap to the best fitting arm, paired per row over the variants
+        cmp = paired_pooled([(chosen_points[name][v], chosen_points[best][v]) for v in variants], k=k,
+                            n_boot=n_boot, seed=seed)
+        lo, hi = cmp[f"NDCG@{k}_diff_ci95"]
+        per_arm[name] |= {"diff_vs_best": cmp[f"NDCG@{k}_diff"], "ci95": [lo, hi], "tie": lo <= 0 <= hi}
+    tied = [a for a in fitting if per_arm[a]["tie"] or a == best]
+    choice = min(tied, key=lambda a: (per_arm[a]["cost_h"], a))
+    return {"k": k, "limit_h": limit_h, "variants": variants, "bootstrap": {"resamples": n_boot, "seed": seed},
+            "runs": {a: {v: str(p) for v, p in r.items()} for a, r in arms.items()}, "arms": per_arm,
+            "best": best, "chosen": choice}
+
+
+def arms_markdown(report: dict) -> str:
+    from tabulate import tabulate
+
+    k = report["k"]
+    rows = [[a, r["budget"], r["select"], *(f"{r[f'NDCG@{k}'][v]:.4f} ({r['selected_step'][v]})" for v in
+                                             report["variants"]),
+             f"{r[f'mean_NDCG@{k}']:.4f}", f"{r['diff_vs_best']:+.4f} [{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]",
+             f"{r['cost_h']:.2f}", "yes" if r["fits"] else "no", "**chosen**" if a == report["chosen"] else ""]
+            for a, r in report["arms"].items()]
+    head = ["arm", "B", "selection", *(f"{v} NDCG@{k} (step)" for v in report["variants"]), "mean",
+            "- best arm [95 % CI]", "cost h", f"fits {report['limit_h']} h", ""]
+    return (tabulate(rows, headers=head, tablefmt="github") + f"\n\nBest fitting arm: {report['best']}; chosen "
+            f"(ties to the cheaper): **{report['chosen']}**\n")
 
 
 def markdown(report: dict) -> str:
