@@ -429,7 +429,8 @@ from tsrec.cli import main
 marker = pathlib.Path(sys.argv[1])
 def slow(self, *a, **kw):  # the outputs are being written when the signal comes
     marker.touch()
-    time.sleep(120)
+    for _ in range(1200):  # short sleeps: Python handles a signal that another (OpenMP) thread received
+        time.sleep(0.1)    # at the next one, where one long sleep would run out first
 pd.DataFrame.to_parquet = slow
 sys.exit(main(sys.argv[2:]))
 """
