@@ -36,7 +36,6 @@ from tsrec.core import distributed, pinning
 from tsrec.core.config import global_seed, section_with_flags
 from tsrec.core.errors import TsrecError
 from tsrec.core.io import output_lock
-from tsrec.core.precision import resolve_device
 from tsrec.data.layout import eval_dir as eval_folder
 from tsrec.data.layout import results_dir, split_suffix
 from tsrec.model.scoring import EvaluateConfig, command_line, commit_outputs, load_plain, run_prompts, score_split
@@ -75,7 +74,7 @@ def run(args, params) -> None:
     ds, variant, suffix = args.dataset, args.variant, split_suffix(cfg.split)
     data_dir = Path(args.data_dir or Path((params.get("data") or {}).get("out", "data")) / ds)
     w = distributed.world()  # under torchrun: each process searches its share of the batches, rank 0 writes
-    device = str(distributed.resolve_device(cfg.device, w)) if w.distributed else resolve_device(cfg.device)
+    device = str(distributed.resolve_device(cfg.device, w))  # GPU LOCAL_RANK per process under torchrun
     distributed.init(device)
     lock = output_lock(eval_folder(args.artifacts, ds, variant, run_seed)) if w.main else contextlib.nullcontext()
     with lock:  # one evaluate per run at a time

@@ -74,9 +74,18 @@ def budget_report(runs: dict[str, Path], *, k: int = 10, n_boot: int = 2000, see
     """The rule applied to the runs ``variant -> run folder (or its valid_rank_rows.csv)``."""
     if len(runs) < 1:
         raise TsrecError("no runs given")
-    curves = {v: curve(read_points(p), k=k, n_boot=n_boot, seed=seed) for v, p in runs.items()}
     return {"k": k, "bootstrap": {"resamples": n_boot, "seed": seed}, "runs": {v: str(p) for v, p in runs.items()},
-            "curves": curves, **choose(curves)}
+            **_apply(_read_all(runs), k=k, n_boot=n_boot, seed=seed)}
+
+
+def _read_all(runs: dict[str, Path]) -> dict[str, dict[int, pd.DataFrame]]:
+    return {v: read_points(p) for v, p in runs.items()}
+
+
+def _apply(points: dict[str, dict[int, pd.DataFrame]], *, k: int, n_boot: int, seed: int) -> dict:
+    """Rules 1-2 on the variants' points: their curves, B and the selection."""
+    curves = {v: curve(pts, k=k, n_boot=n_boot, seed=seed) for v, pts in points.items()}
+    return {"curves": curves, **choose(curves)}
 
 
 def selected_step(curve_: dict, budget: int, select: str, k: int = 10) -> int:
@@ -98,9 +107,8 @@ def compare_arms(arms: dict[str, dict[str, Path]], costs: dict[str, float], *, l
         raise TsrecError(f"every arm needs the same variants ({variants})")
     per_arm, chosen_points = {}, {}
     for name, runs in arms.items():
-        points = {v: read_points(p) for v, p in runs.items()}
-        rep = {"curves": {v: curve(pts, k=k, n_boot=n_boot, seed=seed) for v, pts in points.items()}}
-        rep |= choose(rep["curves"])
+        points = _read_all(runs)
+        rep = _apply(points, k=k, n_boot=n_boot, seed=seed)
         if rep["budget"] is None:
             raise TsrecError(f"arm {name}: {rep['note']}")
         steps = {v: selected_step(c, rep["budget"], rep["select"], k) for v, c in rep["curves"].items()}
