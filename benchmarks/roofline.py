@@ -4,6 +4,7 @@ One command, one JSON (default ``results/benchmarks/roofline.json``)::
 
     python benchmarks/roofline.py                      # 4-layer full FT + evaluate, 1 and 2 threads GEMMs
     python benchmarks/roofline.py --lora30             # + the 30-layer LoRA step (keep_layers null, finetune lora)
+                                                       #   and beam search on the merged 30-layer model
 
 In ONE process and ONE interleaved loop (rep 1: every case once, GEMMs included, rep 2: every case once, ...),
 so a shared, drifting box slows all cases alike and the ratios stay comparable; medians and min/max over the
@@ -402,6 +403,19 @@ def main(argv=None) -> int:
         result["train_30L_lora"]["note"] = "the mid-length batch only (tokens/s of that batch, not an epoch mix)"
         result["train_30L_lora"]["gemm"] = {k: summary(v, gflops[k] / 1e9) | {"unit": "GFLOP/s"}
                                             for k, v in times.items() if k.startswith("gemm_")}
+        if "evaluate" not in a.skip:  # beam search on the merged 30-layer model, as evaluate runs a LoRA run
+            model = model.merge_and_unload()
+            trie, seqs = eval_setup(tok, a.eval_prompts)
+            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+            res30: dict = {}
+            ecases = {f"eval30:{key}": search_case(model, seqs, trie, a.beams, 8, pad, t, res30, key)
+                      for key, t in (("default_b8", a.stage_threads), ("b8-1thread", 1))}
+            times = interleave(ecases, max(2, a.reps // 2))
+            ef = eval_flops(shapes(model), seqs, trie, a.beams)
+            result["evaluate_30L"] = {"analytic": ef, "prompts": len(seqs), "threads": a.stage_threads, "cases": {
+                k[7:]: summary(v, len(seqs)) | {"unit": "rows/s", "gflops_median": round(
+                    len(seqs) * ef["flops_per_row"] / 1e9 / statistics.median(v), 2)} for k, v in times.items()},
+                "note": "LoRA merged into the base weights (as tsrec evaluate loads a LoRA run): a plain 30-layer model"}
     result["roofline"] = ratios(result, a.stage_threads)
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     result["wall_s"] = round(time.time() - t_start, 1)
@@ -480,6 +494,9 @@ def ratios(r: dict, threads: int) -> dict:
             out[f"evaluate_{case}_identical_rankings"] = c["identical_rankings"]
             if lay and head:
                 out[f"evaluate_{case}_over_gemm"] = round(c["gflops_median"] / (1 / (hs / head + (1 - hs) / lay)), 3)
+    for case, c in r.get("evaluate_30L", {}).get("cases", {}).items():
+        out[f"evaluate_30L_{case}_rows_per_s"] = c["rate_median"]
+        out[f"evaluate_30L_{case}_gflops"] = c["gflops_median"]
     for key, base, cases in (("train_4L_full", "default", ("before-logits", "default-1thread")),
                              ("train_30L_lora", "default", ("before-logits",))):
         if key in r:

@@ -34,6 +34,9 @@ def test_roofline_json(tmp_path, tiny_backbone):
     assert ev["default_b8"]["identical_rankings"] and ev["default_b8"]["rows_with_other_ranking"] == 0
     assert r["evaluate_4L"]["analytic"]["flops_per_row"] > 0
     assert "default" in r["train_30L_lora"]["cases"]
+    ev30 = r["evaluate_30L"]
+    assert set(ev30["cases"]) == {"default_b8", "b8-1thread"} and ev30["analytic"]["flops_per_row"] > 0
+    assert r["roofline"]["evaluate_30L_default_b8_rows_per_s"] > 0
     for key in ("train_4L_full_default_over_gemm", "evaluate_default_b8_over_gemm",
                 "train_4L_full_default_over_before-logits"):
         assert r["roofline"][key] > 0
