@@ -2,6 +2,9 @@
 for beam search. One command, one JSON (default ``results/benchmarks/layout.json``)::
 
     python benchmarks/bench_layout.py            # quiet box wanted: other load changes the 2-thread cases most
+    python benchmarks/bench_layout.py --lora30 --prompts 48 --out results/benchmarks/layout_30L.json
+                                                 # the same layouts for the 30-layer LoRA profile (LoRA merged
+                                                 # for evaluate, as tsrec evaluate loads a LoRA run)
 
 Layouts, each a fresh set of worker processes (model load untimed), alternated ``--rounds`` times so a drifting
 box slows all alike; every worker times ``--reps`` steps per case after one warmup:
@@ -49,7 +52,10 @@ def worker(a) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(a.threads)
-    model, tok = R.load(Path(a.backbone), a.keep_layers, "full")
+    if a.lora30:  # all layers; LoRA for train, the plain model (= LoRA merged) for evaluate
+        model, tok = R.load(Path(a.backbone), None, "lora" if a.kind == "train" else "full")
+    else:
+        model, tok = R.load(Path(a.backbone), a.keep_layers, "full")
     if a.world > 1:
         dist.init_process_group("gloo", rank=a.rank, world_size=a.world, init_method=f"tcp://127.0.0.1:{a.port}")
     out = train_worker(a, model, tok) if a.kind == "train" else eval_worker(a, model, tok)
@@ -123,7 +129,8 @@ def launch(a, kind: str, layout: str, world: int, threads: int, tmp: Path, port:
         files.append(f)
         cmd = [sys.executable, __file__, "--worker", kind, "--layout", layout, "--rank", str(rank), "--world", str(world), "--threads",
                str(threads), "--port", str(port), "--reps", str(a.reps), "--prompts", str(a.prompts),
-               "--keep-layers", str(a.keep_layers), "--backbone", a.backbone, "--out", str(f)]
+               "--keep-layers", str(a.keep_layers), "--backbone", a.backbone, "--out", str(f),
+               *(["--lora30"] if a.lora30 else [])]
         procs.append(subprocess.Popen(cmd, env=env))
     if any(p.wait() for p in procs):
         raise SystemExit(f"a {kind} worker of layout {layout} failed")
@@ -152,6 +159,8 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=2, help="timed steps / searches per case and launch")
     p.add_argument("--prompts", type=int, default=160)
     p.add_argument("--keep-layers", type=int, default=4, help="layers of the model (CPU profile: 4)")
+    p.add_argument("--lora30", action="store_true", help="the 30-layer LoRA model instead (train_30L_lora, "
+                   "evaluate_30L); --keep-layers is then ignored")
     p.add_argument("--skip", nargs="*", default=[], choices=list(LAYOUTS))
     p.add_argument("--worker", choices=list(LAYOUTS), help=argparse.SUPPRESS)
     p.add_argument("--layout", default="", help=argparse.SUPPRESS)
@@ -178,12 +187,13 @@ def main(argv=None) -> int:
                     port += 1
                     raw[kind][name].append(launch(a, kind, name, world, threads, Path(tmp), port))
                     log.info("round %d %s %s done", rnd + 1, kind, name)
+    train_key, eval_key = ("train_30L_lora", "evaluate_30L") if a.lora30 else ("train_4L_full", "evaluate_4L")
     if "train" in raw:
-        result["train_4L_full"] = {name: summarize_train(
+        result[train_key] = {name: summarize_train(
             {g: [t for launch_ in runs for w in launch_ for t in w[g]] for g, *_ in R.MIX},
             lanes=2 if name.startswith("lanes") else 1) for name, runs in raw["train"].items()}
     if "evaluate" in raw:
-        result["evaluate_4L"] = evaluate_summary(raw["evaluate"], a.prompts)
+        result[eval_key] = evaluate_summary(raw["evaluate"], a.prompts)
     result["ratios"] = ratios(result)
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     result["wall_s"] = round(time.time() - t0, 1)
@@ -210,17 +220,19 @@ def evaluate_summary(raw: dict, prompts: int) -> dict:
 
 def ratios(r: dict) -> dict:
     out = {}
-    if "train_4L_full" in r:
-        t = {k: v["epoch_tokens_per_s"] for k, v in r["train_4L_full"].items()}
+    train = next((k for k in ("train_4L_full", "train_30L_lora") if k in r), None)
+    evaluate = next((k for k in ("evaluate_4L", "evaluate_30L") if k in r), None)
+    if train:
+        t = {k: v["epoch_tokens_per_s"] for k, v in r[train].items()}
         out |= {f"train_{k}_tokens_per_s": v for k, v in t.items()}
         out |= {"train_1x2_over_1x1": round(t["1x2"] / t["1x1"], 3),
                 "train_ddp2x1_over_1x2": round(t["ddp2x1"] / t["1x2"], 3),
                 "train_lanes2x1_over_1x2": round(t["lanes2x1"] / t["1x2"], 3)}
-    if "evaluate_4L" in r:
-        e = {k: v["rows_per_s_median"] for k, v in r["evaluate_4L"].items()}
+    if evaluate:
+        e = {k: v["rows_per_s_median"] for k, v in r[evaluate].items()}
         out |= {f"evaluate_{k}_rows_per_s": v for k, v in e.items()}
         out |= {"evaluate_dp2x1_over_1x2": round(e["dp2x1"] / e["1x2"], 3),
-                "evaluate_dp2x1_identical_to_1x1": r["evaluate_4L"]["dp2x1"]["identical_to_1x1"]}
+                "evaluate_dp2x1_identical_to_1x1": r[evaluate]["dp2x1"]["identical_to_1x1"]}
     return out
 
 

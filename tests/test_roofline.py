@@ -57,3 +57,22 @@ def test_layout_json(tmp_path, tiny_backbone):
     ev = r["evaluate_4L"]
     assert ev["dp2x1"]["identical_to_1x1"] and ev["dp2x1"]["rows_ranked_differently_from_1x1"] == 0
     assert r["ratios"]["evaluate_dp2x1_identical_to_1x1"] is True and r["ratios"]["train_ddp2x1_over_1x2"] > 0
+
+
+
+def test_layout_lora30_worker_trains_the_all_layer_lora_model(tmp_path, tiny_backbone):
+    """--lora30: a train worker loads every layer with LoRA (peft adapters + trainable SID rows) and times the
+    mix's steps; the driver files it under its own key (the full layout run is test_layout_json's path)."""
+    import argparse
+
+    spec = importlib.util.spec_from_file_location("bench_layout", REPO / "benchmarks" / "bench_layout.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "w.json"
+    mod.worker(argparse.Namespace(kind="train", layout="1x1", rank=0, world=1, threads=1, port=0, reps=1,
+                                  prompts=0, keep_layers=2, backbone=str(tiny_backbone), out=str(out), lora30=True))
+    times = json.loads(out.read_text())
+    assert set(times) == {name for name, *_ in mod.R.MIX} and all(len(v) == 1 for v in times.values())
+    s = mod.summarize_train(times)
+    r = mod.ratios({"train_30L_lora": {k: s for k in ("1x2", "1x1", "ddp2x1", "lanes2x1")}})
+    assert r["train_lanes2x1_over_1x2"] == 1.0 and "train_4L_full" not in r
