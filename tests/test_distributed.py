@@ -23,7 +23,9 @@ KILLER = Path(__file__).parent / "kill_train.py"
 STEPS = 4
 # global batch 16 = 8 x accumulation 2 (1 process) = 4 x 2 x 2 processes; a checkpoint every 2 steps. LoRA dropout
 # 0: dropout masks are drawn per process, so with dropout the runs agree in distribution only (docs/gpu.md)
-RUN = {"max_steps": STEPS, "batch_size": 8, "global_batch": 16, "eval_steps": 2, "keep_checkpoints": True}
+# valid ranking on 24 rows at every evaluation: under 2 processes each searches half the batches (gathered)
+RUN = {"max_steps": STEPS, "batch_size": 8, "global_batch": 16, "eval_steps": 2, "keep_checkpoints": True,
+       "rank_rows": 24, "rank_batch": 4}
 
 
 def torchrun(*args: str, cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
@@ -73,6 +75,7 @@ def setup(tmp_path_factory, tiny_backbone):
     proc = torchrun("-m", "tsrec", "--params", str(root / "params2.yaml"), "train", "--dataset", "tiny",
                     "--variant", "sft", "--out", str(root / "two"), "--results", str(root / "results"), cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (root / "two.log").write_text(proc.stderr)
     return root, one
 
 
@@ -87,6 +90,27 @@ def test_two_cpu_processes_train_what_one_process_trains(setup):
     assert "train --dataset tiny --variant sft" in summary["command"]
     assert summary["train"]["tokens_total"] == one["train"]["tokens_total"]  # every example, counted once
     assert_same_training(root / "one", root / "two", loss_tol=1e-5, weight_tol=1e-6)
+
+
+def test_two_process_valid_ranking_covers_every_row_once(setup):
+    """The in-training valid ranking under DDP: each process ranks its share, rank 0 writes all rows once per
+    evaluation, and the curve's metrics are those of the gathered ranks."""
+    from tsrec.eval import metrics
+
+    root, _ = setup
+    with open(root / "two" / "plots" / "valid_rank_rows.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    with open(root / "two" / "plots" / "valid_rank.csv", newline="") as fh:
+        curve = {int(r["step"]): r for r in csv.DictReader(fh)}
+    assert sorted(curve) == [2, STEPS]
+    for step, point in curve.items():
+        mine = [r for r in rows if int(r["step"]) == step]
+        assert sorted(int(r["row"]) for r in mine) == sorted({int(r["row"]) for r in mine}) and len(mine) == 24
+        m = metrics.from_ranks([int(r["rank"]) for r in mine])
+        assert abs(float(point["NDCG@10"]) - m["NDCG@10"]) < 1e-12 and int(point["rows"]) == 24
+    log = (root / "two.log").read_text()
+    for rank in (0, 1):  # 6 batches of 4 rows dealt round-robin: 12 rows each
+        assert f"(24 rows, 12 searched by process {rank} of 2," in log, log[-3000:]
 
 
 def test_killed_two_process_run_resumes(setup):

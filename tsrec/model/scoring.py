@@ -107,6 +107,7 @@ def evaluate_rows(model, tokenizer, trie: SidTrie, index: dict[int, list[str]], 
     summary = {
         "metrics": metrics.from_ranks(row_ranks),
         "n_rows": len(rows),
+        "searched": len(mine),  # by this process (all rows but under a multi-process launch)
         "invalid_outputs": invalid,
         "duplicate_outputs": duplicate,
         "rows_with_fewer_than_B_sids": short,
@@ -228,7 +229,7 @@ def score_split(model, tokenizer, index_file: Path, prompts, data_dir: Path, cfg
         "beams": cfg.beams, "batch_size": cfg.batch_size, "processes": shard[1], "precision_requested": cfg.precision,
         "prompt": {"kind": cfg.prompt, "eos_suffix": prompts.eos_suffix,
                    "first_row": prompt_fn([sid_str(index[int(i)]) for i in rows["history"].iloc[0]])},
-        **{k: v for k, v in summary.items() if k not in ("metrics", "n_rows", *METRIC_COUNTS)},
+        **{k: v for k, v in summary.items() if k not in ("metrics", "n_rows", "searched", *METRIC_COUNTS)},
         "decoding": "constrained beam search, exact HF semantics (length_penalty=0, full-vocab log-softmax, "
                     "SID then EOS); rank of the target's SID",
         "index": {"path": str(index_file), "sha256": sha256_file(index_file), "items": len(index), "sids": len(trie),

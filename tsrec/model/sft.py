@@ -236,11 +236,16 @@ def _rank_callback(rows, trie, index, prompts, cfg: TrainConfig, plots: Path, pr
     """Valid ranking at every evaluation: constrained beam search (the evaluate stage's) on the fixed seeded
     valid rows; adds ``eval_ndcg10`` / ``eval_hr10`` to the evaluation's metrics (so ``select: valid_ndcg10``
     and early stopping can use them; placed before those callbacks) and appends to ``valid_rank*.csv``.
-    Decoding draws no random numbers, so a run's training trajectory is the same with or without it."""
+    Decoding draws no random numbers, so a run's training trajectory is the same with or without it. Under a
+    multi-process launch each process searches its share of the batches and all get every row (as
+    ``torchrun -m tsrec evaluate``), bit-identical to one process on the same threads."""
     from transformers import TrainerCallback
 
+    from tsrec.core.distributed import world
     from tsrec.model.scoring import evaluate_rows
     from tsrec.model.tasks import encode_prompt, seqrec_prompt
+
+    w = world()
 
     class RankEval(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, model=None, processing_class=None, **kw):
@@ -249,7 +254,7 @@ def _rank_callback(rows, trie, index, prompts, cfg: TrainConfig, plots: Path, pr
                 ranks, summary = evaluate_rows(
                     model, processing_class, trie, index, rows, lambda h: seqrec_prompt(h, prompts, "seqrec"),
                     encode_prompt, beams=cfg.rank_beams, batch_size=cfg.rank_batch,
-                    desc=f"valid ranking @ step {state.global_step}", precision=precision)
+                    desc=f"valid ranking @ step {state.global_step}", precision=precision, shard=(w.rank, w.size))
             model.train(was_training)
             m = summary["metrics"]
             if metrics is not None:
@@ -261,8 +266,9 @@ def _rank_callback(rows, trie, index, prompts, cfg: TrainConfig, plots: Path, pr
                 append_rows(plots / "valid_rank_rows.csv", PLOTS["valid_rank_rows.csv"],
                             [{"step": state.global_step, "row": int(r), "rank": int(rank)}
                              for r, rank in zip(ranks["row"], ranks["rank"])])
-            log.info("step %d: valid NDCG@10 %.4f HR@10 %.4f (%d rows, %.0f s)", state.global_step, m["NDCG@10"],
-                     m["HR@10"], len(rows), summary["wall_time_s"])
+            log.info("step %d: valid NDCG@10 %.4f HR@10 %.4f (%d rows, %d searched by process %d of %d, %.0f s)",
+                     state.global_step, m["NDCG@10"], m["HR@10"], len(rows), summary["searched"], w.rank, w.size,
+                     summary["wall_time_s"])
 
     return RankEval()
 
