@@ -423,9 +423,12 @@ def test_disk_full_in_data_keeps_the_previous_dataset(tmp_path, capsys, monkeypa
 
 
 SLOW_WRITER = """
-import pathlib, sys, time
+import pathlib, signal, sys, time
 import pandas as pd
 from tsrec.cli import main
+# a shell without job control starts background jobs with SIGINT ignored, and Python then keeps it ignored: give
+# this process Python's own handler, whatever launched the test suite
+signal.signal(signal.SIGINT, signal.default_int_handler)
 marker = pathlib.Path(sys.argv[1])
 def slow(self, *a, **kw):  # the outputs are being written when the signal comes
     marker.touch()
