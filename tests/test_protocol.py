@@ -225,3 +225,23 @@ def test_cli_budget_compares_arms(tmp_path, capsys):
     assert json.loads(out.read_text())["chosen"] == "x" and "**x**" in capsys.readouterr().out
     assert cli.main([*argv, "--cost", "x=2"]) == 2  # a cost per arm, or one clear error
     assert cli.main([*argv, "--cost", "x=2", "--cost", "y=1", "--run", f"sft={tmp_path}"]) == 2
+
+
+def test_a_capped_arm_without_a_common_best_step_takes_its_last_step(tmp_path):
+    """sft still rising at the arm's last step while tsrec peaked earlier: rule 1 finds no B. An arm declared
+    capped (measured as long as the cost limit allows) takes its last step, marked, with the best point by it."""
+    from tsrec.core.errors import TsrecError
+    from tsrec.reporting.budget import arms_markdown, compare_arms
+
+    n = 1000
+    cap = _arm(tmp_path / "cap", {"sft": {100: _ranks(n, 50), 200: _ranks(n, 150)},
+                                  "tsrec": {100: _ranks(n, 150), 200: _ranks(n, 50)}})
+    runs = {"cap": {v: cap / v / "seed42" for v in ("sft", "tsrec")}}
+    with pytest.raises(TsrecError, match="train longer"):
+        compare_arms(runs, {"cap": 2.0}, n_boot=200)
+    rep = compare_arms(runs, {"cap": 2.0}, n_boot=200, capped=frozenset({"cap"}))
+    arm = rep["arms"]["cap"]
+    assert arm["budget"] == 200 and arm["budget_capped"] and arm["select"] == "valid_ndcg10"
+    assert arm["selected_step"] == {"sft": 200, "tsrec": 100} and "200 (cap)" in arms_markdown(rep)
+    with pytest.raises(TsrecError, match="names no arm"):
+        compare_arms(runs, {"cap": 2.0}, n_boot=200, capped=frozenset({"other"}))

@@ -24,6 +24,9 @@ def add_arguments(p) -> None:
     p.add_argument("--cost", action="append", metavar="NAME=HOURS", help="--arm: one run's hours (train + test evaluate)")
     p.add_argument("--variants", nargs="+", default=["sft", "tsrec"], help="--arm: the variants of every arm")
     p.add_argument("--limit-h", type=float, default=2.5, help="--arm: hours a run may take (default 2.5)")
+    p.add_argument("--capped", action="append", default=[], metavar="NAME",
+                   help="--arm: an arm measured only as long as the limit lets it train; if no common step has "
+                        "every variant within its best, its B is its last step (marked) instead of an error")
     p.add_argument("--k", type=int, default=10, help="NDCG@K of the rule (default 10)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples over rows")
     p.add_argument("--seed", type=int, default=42, help="seed of the bootstrap")
@@ -62,7 +65,8 @@ def run(args, params) -> None:
             costs = {k: float(v) for k, v in _pairs(args.cost, "--cost").items()}
         except ValueError as exc:
             raise ParamError(f"--cost: {exc}", file="command line", field="--cost") from None
-        report = compare_arms(arms, costs, limit_h=args.limit_h, k=args.k, n_boot=args.bootstrap, seed=args.seed)
+        report = compare_arms(arms, costs, limit_h=args.limit_h, k=args.k, n_boot=args.bootstrap, seed=args.seed,
+                              capped=frozenset(args.capped))
         text = arms_markdown(report)
     else:
         runs = {k: Path(v) for k, v in _pairs(args.run, "--run").items()}

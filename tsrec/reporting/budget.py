@@ -97,11 +97,16 @@ def selected_step(curve_: dict, budget: int, select: str, k: int = 10) -> int:
 
 
 def compare_arms(arms: dict[str, dict[str, Path]], costs: dict[str, float], *, limit_h: float = 2.5, k: int = 10,
-                 n_boot: int = 2000, seed: int = 42) -> dict:
+                 n_boot: int = 2000, seed: int = 42, capped: frozenset[str] = frozenset()) -> dict:
     """Rule 3 over arms ``name -> {variant: run folder}`` (the same variants, the same valid rows) with
-    ``costs`` = hours of one run (train + full-test evaluate, 2 threads) per arm."""
+    ``costs`` = hours of one run (train + full-test evaluate, 2 threads) per arm. An arm in ``capped`` was
+    measured exactly as long as the cost limit lets it train: where no common step has every variant within
+    its best (rule 1 asks for more steps than the limit allows), its B is its last common step, marked
+    ``budget_capped``, instead of an error."""
     if set(costs) != set(arms):
         raise TsrecError(f"give one cost per arm: arms {sorted(arms)}, costs {sorted(costs)}")
+    if not set(capped) <= set(arms):
+        raise TsrecError(f"--capped names no arm: {sorted(set(capped) - set(arms))}")
     variants = sorted(next(iter(arms.values())))
     if any(sorted(v) != variants for v in arms.values()):
         raise TsrecError(f"every arm needs the same variants ({variants})")
@@ -109,11 +114,15 @@ def compare_arms(arms: dict[str, dict[str, Path]], costs: dict[str, float], *, l
     for name, runs in arms.items():
         points = _read_all(runs)
         rep = _apply(points, k=k, n_boot=n_boot, seed=seed)
-        if rep["budget"] is None:
+        is_capped = rep["budget"] is None and name in capped
+        if is_capped:
+            rep["budget"] = rep["common_steps"][-1]
+        elif rep["budget"] is None:
             raise TsrecError(f"arm {name}: {rep['note']}")
         steps = {v: selected_step(c, rep["budget"], rep["select"], k) for v, c in rep["curves"].items()}
         chosen_points[name] = {v: points[v][s] for v, s in steps.items()}
-        per_arm[name] = {"budget": rep["budget"], "select": rep["select"], "selected_step": steps,
+        per_arm[name] = {"budget": rep["budget"], "budget_capped": is_capped, "select": rep["select"],
+                         "selected_step": steps,
                          f"NDCG@{k}": {v: float(ndcg_at(chosen_points[name][v]["rank"].to_numpy(), k).mean())
                                        for v in variants},
                          "cost_h": costs[name], "fits": costs[name] <= limit_h}
@@ -138,15 +147,18 @@ def arms_markdown(report: dict) -> str:
     from tabulate import tabulate
 
     k = report["k"]
-    rows = [[a, r["budget"], r["select"], *(f"{r[f'NDCG@{k}'][v]:.4f} ({r['selected_step'][v]})" for v in
+    rows = [[a, f"{r['budget']} (cap)" if r.get("budget_capped") else r["budget"], r["select"], *(f"{r[f'NDCG@{k}'][v]:.4f} ({r['selected_step'][v]})" for v in
                                              report["variants"]),
              f"{r[f'mean_NDCG@{k}']:.4f}", f"{r['diff_vs_best']:+.4f} [{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]",
              f"{r['cost_h']:.2f}", "yes" if r["fits"] else "no", "**chosen**" if a == report["chosen"] else ""]
             for a, r in report["arms"].items()]
     head = ["arm", "B", "selection", *(f"{v} NDCG@{k} (step)" for v in report["variants"]), "mean",
             "- best arm [95 % CI]", "cost h", f"fits {report['limit_h']} h", ""]
-    return (tabulate(rows, headers=head, tablefmt="github") + f"\n\nBest fitting arm: {report['best']}; chosen "
-            f"(ties to the cheaper): **{report['chosen']}**\n")
+    capped = [a for a, r in report["arms"].items() if r.get("budget_capped")]
+    note = (f"\n\n(cap): {', '.join(capped)}: no common step had every variant within its best; B is the last step "
+            "the cost limit allows (rule 1 would need more)" if capped else "")
+    return (tabulate(rows, headers=head, tablefmt="github") + note + f"\n\nBest fitting arm: {report['best']}; "
+            f"chosen (ties to the cheaper): **{report['chosen']}**\n")
 
 
 def markdown(report: dict) -> str:
