@@ -299,6 +299,18 @@ def eval_flops(sh: dict, seqs: list[list[int]], trie, beams: int) -> dict:
                 (2 * sh["vocab"] * sh["hidden"] * (1 + steps * beams)) / (prefill + decode), 3)}
 
 
+def eval_result(times: dict, res: dict, sh: dict, seqs, trie, beams: int, threads: int, prefix: str) -> dict:
+    """The evaluate cases ``prefix<case>`` of ``times``: rows/s, GFLOP/s and their rankings against ``default_b8``'s."""
+    ef, ref = eval_flops(sh, seqs, trie, beams), res["default_b8"]
+    return {"analytic": ef, "prompts": len(seqs), "threads": threads, "cases": {
+        k[len(prefix):]: summary(v, len(seqs)) | {"unit": "rows/s", "gflops_median": round(
+            len(seqs) * ef["flops_per_row"] / 1e9 / statistics.median(v), 2),
+            "identical_rankings": bool(torch.equal(res[k[len(prefix):]].sid_ids, ref.sid_ids)),
+            "identical_scores": bool(torch.equal(res[k[len(prefix):]].scores, ref.scores)),
+            "rows_with_other_ranking": int((res[k[len(prefix):]].sid_ids != ref.sid_ids).any(1).sum())}
+        for k, v in times.items() if k.startswith(prefix)}}
+
+
 def search_case(model, seqs, trie, beams: int, batch_size: int, pad_id: int, threads: int, out: dict, key: str):
     from tsrec.lm.decoding import search_batches
 
@@ -359,7 +371,7 @@ def main(argv=None) -> int:
             cases[f"train:before-logits_{name}"] = make_step(model, b, opt, a.stage_threads, legacy_loss)
             cases[f"train:default-1thread_{name}"] = make_step(model, b, opt, 1)
     res: dict = {}
-    if "evaluate" not in a.skip:
+    if "evaluate" not in a.skip:  # the same prompts and trie for the 30-layer model (the same tokenizer)
         trie, seqs = eval_setup(tok, a.eval_prompts)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         for key, bs, t in (("default_b8", 8, a.stage_threads), ("batch16", 16, a.stage_threads), ("b8-1thread", 8, 1)):
@@ -378,15 +390,7 @@ def main(argv=None) -> int:
             "before-logits": "the step before issue 38 (logits of the last position computed, unused)",
             "default-1thread": "default on 1 torch thread"}
     if "evaluate" not in a.skip:
-        ef = eval_flops(sh, seqs, trie, a.beams)
-        ref = res["default_b8"]
-        result["evaluate_4L"] = {"analytic": ef, "prompts": len(seqs), "threads": a.stage_threads, "cases": {
-            k[5:]: summary(v, len(seqs)) | {"unit": "rows/s", "gflops_median": round(
-                len(seqs) * ef["flops_per_row"] / 1e9 / statistics.median(v), 2),
-                "identical_rankings": bool(torch.equal(res[k[5:]].sid_ids, ref.sid_ids)),
-                "identical_scores": bool(torch.equal(res[k[5:]].scores, ref.scores)),
-                "rows_with_other_ranking": int((res[k[5:]].sid_ids != ref.sid_ids).any(1).sum())}
-            for k, v in times.items() if k.startswith("eval:")}}
+        result["evaluate_4L"] = eval_result(times, res, sh, seqs, trie, a.beams, a.stage_threads, "eval:")
     del model, cases
     if a.lora30:
         model, tok = load(backbone, None, "lora")
@@ -404,18 +408,13 @@ def main(argv=None) -> int:
         result["train_30L_lora"]["gemm"] = {k: summary(v, gflops[k] / 1e9) | {"unit": "GFLOP/s"}
                                             for k, v in times.items() if k.startswith("gemm_")}
         if "evaluate" not in a.skip:  # beam search on the merged 30-layer model, as evaluate runs a LoRA run
-            model = model.merge_and_unload()
-            trie, seqs = eval_setup(tok, a.eval_prompts)
-            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-            res30: dict = {}
-            ecases = {f"eval30:{key}": search_case(model, seqs, trie, a.beams, 8, pad, t, res30, key)
+            model, res = model.merge_and_unload(), {}
+            ecases = {f"eval30:{key}": search_case(model, seqs, trie, a.beams, 8, pad, t, res, key)
                       for key, t in (("default_b8", a.stage_threads), ("b8-1thread", 1))}
             times = interleave(ecases, max(2, a.reps // 2))
-            ef = eval_flops(shapes(model), seqs, trie, a.beams)
-            result["evaluate_30L"] = {"analytic": ef, "prompts": len(seqs), "threads": a.stage_threads, "cases": {
-                k[7:]: summary(v, len(seqs)) | {"unit": "rows/s", "gflops_median": round(
-                    len(seqs) * ef["flops_per_row"] / 1e9 / statistics.median(v), 2)} for k, v in times.items()},
-                "note": "LoRA merged into the base weights (as tsrec evaluate loads a LoRA run): a plain 30-layer model"}
+            result["evaluate_30L"] = eval_result(times, res, sh30, seqs, trie, a.beams, a.stage_threads, "eval30:")
+            result["evaluate_30L"]["note"] = ("LoRA merged into the base weights (as tsrec evaluate loads a LoRA "
+                                              "run): a plain 30-layer model")
     result["roofline"] = ratios(result, a.stage_threads)
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     result["wall_s"] = round(time.time() - t_start, 1)

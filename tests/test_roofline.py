@@ -59,7 +59,6 @@ def test_layout_json(tmp_path, tiny_backbone):
     assert r["ratios"]["evaluate_dp2x1_identical_to_1x1"] is True and r["ratios"]["train_ddp2x1_over_1x2"] > 0
 
 
-
 def test_layout_lora30_worker_trains_the_all_layer_lora_model(tmp_path, tiny_backbone):
     """--lora30: a train worker loads every layer with LoRA (peft adapters + trainable SID rows) and times the
     mix's steps; the driver files it under its own key (the full layout run is test_layout_json's path)."""

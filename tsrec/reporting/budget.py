@@ -56,17 +56,21 @@ def curve(points: dict[int, pd.DataFrame], *, k: int = 10, n_boot: int = 2000, s
     return {"best_step": best, f"best_NDCG@{k}": means[best], "rows": len(points[best]), "points": out}
 
 
-def choose(curves: dict[str, dict]) -> dict:
+def choose(curves: dict[str, dict], *, capped: bool = False) -> dict:
     """The rule: B = the smallest step every variant evaluated at and is within its best's CI there; the
-    selection = ``final`` when every variant's last point is within its best's CI, else ``valid_ndcg10``."""
+    selection = ``final`` when every variant's last point is within its best's CI, else ``valid_ndcg10``.
+    ``capped``: the curves are as long as the cost limit lets a run train, so where no step qualifies B is the
+    last common step (``budget_capped``) instead of none."""
     steps = sorted(set.intersection(*({p["step"] for p in c["points"]} for c in curves.values())))
     if not steps:
         raise TsrecError(f"the curves of {sorted(curves)} share no evaluated step")
     within = {v: {p["step"]: p["within_best"] for p in c["points"]} for v, c in curves.items()}
     budget = next((s for s in steps if all(w[s] for w in within.values())), None)
+    at_cap = budget is None and capped
+    budget = steps[-1] if at_cap else budget
     last = {v: c["points"][-1]["within_best"] for v, c in curves.items()}
-    return {"budget": budget, "common_steps": steps, "select": "final" if all(last.values()) else "valid_ndcg10",
-            "last_within_best": last,
+    return {"budget": budget, "budget_capped": at_cap, "common_steps": steps,
+            "select": "final" if all(last.values()) else "valid_ndcg10", "last_within_best": last,
             "note": None if budget is not None else "no common step is within every variant's best: train longer"}
 
 
@@ -82,10 +86,11 @@ def _read_all(runs: dict[str, Path]) -> dict[str, dict[int, pd.DataFrame]]:
     return {v: read_points(p) for v, p in runs.items()}
 
 
-def _apply(points: dict[str, dict[int, pd.DataFrame]], *, k: int, n_boot: int, seed: int) -> dict:
+def _apply(points: dict[str, dict[int, pd.DataFrame]], *, k: int, n_boot: int, seed: int,
+           capped: bool = False) -> dict:
     """Rules 1-2 on the variants' points: their curves, B and the selection."""
     curves = {v: curve(pts, k=k, n_boot=n_boot, seed=seed) for v, pts in points.items()}
-    return {"curves": curves, **choose(curves)}
+    return {"curves": curves, **choose(curves, capped=capped)}
 
 
 def selected_step(curve_: dict, budget: int, select: str, k: int = 10) -> int:
@@ -113,15 +118,12 @@ def compare_arms(arms: dict[str, dict[str, Path]], costs: dict[str, float], *, l
     per_arm, chosen_points = {}, {}
     for name, runs in arms.items():
         points = _read_all(runs)
-        rep = _apply(points, k=k, n_boot=n_boot, seed=seed)
-        is_capped = rep["budget"] is None and name in capped
-        if is_capped:
-            rep["budget"] = rep["common_steps"][-1]
-        elif rep["budget"] is None:
+        rep = _apply(points, k=k, n_boot=n_boot, seed=seed, capped=name in capped)
+        if rep["budget"] is None:
             raise TsrecError(f"arm {name}: {rep['note']}")
         steps = {v: selected_step(c, rep["budget"], rep["select"], k) for v, c in rep["curves"].items()}
         chosen_points[name] = {v: points[v][s] for v, s in steps.items()}
-        per_arm[name] = {"budget": rep["budget"], "budget_capped": is_capped, "select": rep["select"],
+        per_arm[name] = {"budget": rep["budget"], "budget_capped": rep["budget_capped"], "select": rep["select"],
                          "selected_step": steps,
                          f"NDCG@{k}": {v: float(ndcg_at(chosen_points[name][v]["rank"].to_numpy(), k).mean())
                                        for v in variants},
@@ -147,8 +149,8 @@ def arms_markdown(report: dict) -> str:
     from tabulate import tabulate
 
     k = report["k"]
-    rows = [[a, f"{r['budget']} (cap)" if r.get("budget_capped") else r["budget"], r["select"], *(f"{r[f'NDCG@{k}'][v]:.4f} ({r['selected_step'][v]})" for v in
-                                             report["variants"]),
+    rows = [[a, f"{r['budget']} (cap)" if r.get("budget_capped") else r["budget"], r["select"],
+             *(f"{r[f'NDCG@{k}'][v]:.4f} ({r['selected_step'][v]})" for v in report["variants"]),
              f"{r[f'mean_NDCG@{k}']:.4f}", f"{r['diff_vs_best']:+.4f} [{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]",
              f"{r['cost_h']:.2f}", "yes" if r["fits"] else "no", "**chosen**" if a == report["chosen"] else ""]
             for a, r in report["arms"].items()]
