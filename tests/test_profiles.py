@@ -192,7 +192,7 @@ AUTHORS = {
 # what this machine forces, each a row of docs/profiles.md's deviation table: (the row, the authors' value, ours)
 FORCED = {
     "backbone.model": ("backbone", "Qwen2.5-1.5B", "smollm2-135m-instruct"),
-    "backbone.keep_layers": ("backbone", None, 4),
+    "backbone.finetune": ("backbone", "full", "lora"),  # the depth is theirs (all layers); LoRA: the CPU budget
     "train.precision": ("precision", "bf16_pure", "fp32"),
     "train.batch_size": ("batch", 16, 16),          # micro batch: theirs too
     "train.global_batch": ("batch", 1024, None),
