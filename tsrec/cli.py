@@ -33,9 +33,10 @@ STAGES = {
     "budget": ("tsrec.commands.budget", "the pilot rule on valid-ranking curves: the equal budget B and the selection rule"),
     "check": ("tsrec.commands.check", "compare the metrics files with a committed expected file (regression check)"),
     "migrate-seed-layout": ("tsrec.commands.migrate", "move runs made before per-seed folders into seed<N>/ (no retraining)"),
+    "land": ("tsrec.commands.land", "bring runs finished in another worktree (a lane) into this one: dvc.lock entries + tracked outputs"),
 }
-NOT_STAGES = {"paired", "budget", "check", "migrate-seed-layout"}  # commands run by hand around `dvc repro`, not pipeline stages
-NO_PARAMS = {"budget", "check", "migrate-seed-layout"}  # they run wherever the results are, params.yaml or not
+NOT_STAGES = {"paired", "budget", "check", "migrate-seed-layout", "land"}  # commands run by hand around `dvc repro`, not pipeline stages
+NO_PARAMS = {"budget", "check", "migrate-seed-layout", "land"}  # they run wherever the results are, params.yaml or not
 
 log = logging.getLogger("tsrec")
 
