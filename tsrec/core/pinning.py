@@ -38,7 +38,7 @@ class ReproConfig:
     runs: list[str] = dataclasses.field(
         default_factory=lambda: ["Industrial_and_Scientific-tsrec-42", "Industrial_and_Scientific-sft-42"])
     cpu_capability: Capability = "avx2"  # torch CPU kernel set; native = whatever this CPU offers (not portable)
-    threads: int = 2                     # torch threads of every stage without its own setting (0 = leave as is)
+    threads: int = 1                     # torch threads of every stage without its own setting (0 = leave as is)
     # MKL's code branch for BLAS (torch's fp32 matmuls): auto = chosen per CPU model (fast; its blocking differs
     # between CPU models, so bits do too); compatible = MKL_CBWR=COMPATIBLE, the one branch MKL documents as
     # reproducible on Intel and non-Intel CPUs alike (~4x slower train steps here)

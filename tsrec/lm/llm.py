@@ -50,8 +50,8 @@ class BackboneConfig:
     model: str = SMOLLM2           # smollm2-135m-instruct (offline package) | HF folder | .gguf file | hub name
     name: str | None = "smollm2-135m-instruct"  # folder name under `out`; null: derived from `model`
     out: str = "artifacts/backbone"
-    keep_layers: int | None = 4     # keep the first N transformer layers at load time (null: all)
-    finetune: Literal["lora", "full"] = "full"
+    keep_layers: int | None = None  # keep the first N transformer layers at load time (null: all)
+    finetune: Literal["lora", "full"] = "lora"
     lora: LoraParams = dataclasses.field(default_factory=LoraParams)
 
     def validate(self) -> None:

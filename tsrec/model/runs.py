@@ -51,21 +51,21 @@ class TrainConfig:
     extra: ExtraRuns = dataclasses.field(default_factory=ExtraRuns)
     out: str = "artifacts"
     epochs: float = 10.0
-    max_steps: int = 3200           # > 0 overrides epochs
+    max_steps: int = 1800           # > 0 overrides epochs
     batch_size: int = 16            # per process and micro-step
     grad_accum: int = 1
     global_batch: int | None = None  # examples per optimizer step over all processes: sets grad_accum (authors 1024)
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 20
-    schedule: Literal["cosine", "linear", "constant_with_warmup"] = "constant_with_warmup"  # over max_steps (or the epochs)
-    eval_steps: int | float = 100   # also the checkpoint interval; < 1: fraction of the total steps (authors 0.05)
+    schedule: Literal["cosine", "linear", "constant_with_warmup"] = "linear"  # over max_steps (or the epochs)
+    eval_steps: int | float = 300   # also the checkpoint interval; < 1: fraction of the total steps (authors 0.05)
     patience: int = 3               # early stopping on valid loss
     min_delta: float = 0.005         # a valid-loss gain below this does not count as improvement (plateau)
     valid_rows: int = 256           # fixed subsample of valid seqrec rows for the valid loss (0 = all)
-    early_stopping: bool = True     # stop on a plateau of the selection metric (patience, min_delta); false: train max_steps
-    select: Literal["valid_loss", "valid_ndcg10", "final"] = "valid_loss"  # the checkpoint final/ holds
-    rank_rows: int = 0              # > 0: valid HR/NDCG@K by constrained beam search on this fixed seeded valid subsample at every evaluation
+    early_stopping: bool = False    # stop on a plateau of the selection metric (patience, min_delta); false: train max_steps
+    select: Literal["valid_loss", "valid_ndcg10", "final"] = "final"  # the checkpoint final/ holds
+    rank_rows: int = 1000           # > 0: valid HR/NDCG@K by constrained beam search on this fixed seeded valid subsample at every evaluation
     rank_beams: int = 20
     rank_batch: int = 8
     group_by_length: bool = True
