@@ -56,7 +56,7 @@ def test_ranking_evaluation_leaves_the_training_trajectory_alone(tmp_path, tiny_
 
 def test_inconsistent_protocol_settings_are_refused():
     with pytest.raises(ParamError, match="needs rank_rows"):
-        section({"train": {"select": "valid_ndcg10"}}, "train", TrainConfig)
+        section({"train": {"select": "valid_ndcg10", "rank_rows": 0}}, "train", TrainConfig)
     with pytest.raises(ParamError, match="early_stopping"):
         section({"train": {"select": "final", "early_stopping": True}}, "train", TrainConfig)
 

@@ -200,6 +200,7 @@ def test_summary_records_precision_and_stop_reason(params, tmp_path, monkeypatch
 
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
     params["train"]["precision"] = "auto"  # the default is fp32 now; auto is still an option
+    params["train"].update(early_stopping=True, select="valid_loss")  # the plateau stop: an option, not the default
     meta = train_run(resolve_run(params, "tiny", "sft", out=tmp_path / "cap"))
     assert meta["train"]["precision"] == {"requested": "auto", "resolved": "fp32"}
     assert meta["train"]["stop_reason"] == "step_cap" and meta["train"]["steps"] == 4
