@@ -123,3 +123,21 @@ def test_landing_into_the_lane_itself_is_refused(repo, capsys):
     assert main(["land", "--from", str(lane), "--repo", str(lane), "a"]) == 2
     assert "the worktree to land in" in capsys.readouterr().err
 
+
+
+def test_an_interrupt_half_way_leaves_the_worktree_as_it_was(repo, monkeypatch):
+    from dvc.repo import Repo
+
+    main_wt, lane = repo
+    (main_wt / "results" / "a").mkdir(parents=True)
+    (main_wt / "results" / "a" / "metrics.json").write_text('{"score": -1}')
+
+    def interrupted(self, *a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Repo, "status", interrupted)
+    assert main(["land", "--from", str(lane), "--repo", str(main_wt), "a"]) == 130  # the CLI's Ctrl-C exit
+    assert not (main_wt / "dvc.lock").exists()
+    assert (main_wt / "results/a/metrics.json").read_text() == '{"score": -1}'
+    assert not (main_wt / "results/a/train.json").exists()
+    assert sorted(p.name for p in main_wt.iterdir() if p.name.startswith("tmp")) == []

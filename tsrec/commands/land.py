@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from tsrec.core.errors import TsrecError
+from tsrec.core.io import atomic_file
 
 log = logging.getLogger(__name__)
 LOCK = "dvc.lock"
@@ -80,31 +81,46 @@ def land(repo_dir: Path, lane: Path, runs: list[str], stages: list[str] | None =
     if missing:
         raise TsrecError(f"{lane}: outputs of {sorted(entries)} missing there: {missing}")
 
+    lock_before = (repo_dir / LOCK).read_bytes() if (repo_dir / LOCK).exists() else None
     with tempfile.TemporaryDirectory(dir=repo_dir) as tmp:
         backup = Path(tmp)
-        lock_before = (repo_dir / LOCK).read_bytes() if (repo_dir / LOCK).exists() else None
-        for p in tracked:  # keep what is here, to put back on refusal
-            if (repo_dir / p).exists():
-                (backup / p).parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(repo_dir / p, backup / p)
-        ours = load_yaml(repo_dir / LOCK) if lock_before is not None else {"schema": "2.0", "stages": {}}
-        ours.setdefault("stages", {}).update(entries)
-        dump_yaml(repo_dir / LOCK, ours)
-        for p in tracked:
-            src, dst = lane / p, repo_dir / p
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
-        landed_outs = {o["path"] for e in entries.values() for o in e.get("outs", [])}
-        problems = _problems(Repo(str(repo_dir)).status(targets=sorted(entries)), landed_outs)
-        if problems:
+
+        def put_back() -> None:
             for p in tracked:
-                shutil.rmtree(repo_dir / p) if (repo_dir / p).is_dir() else (repo_dir / p).unlink()
+                if (repo_dir / p).is_dir():
+                    shutil.rmtree(repo_dir / p)
+                elif (repo_dir / p).exists():
+                    (repo_dir / p).unlink()
                 if (backup / p).exists():
                     shutil.move(backup / p, repo_dir / p)
             if lock_before is None:
-                (repo_dir / LOCK).unlink()
+                (repo_dir / LOCK).unlink(missing_ok=True)
             else:
-                (repo_dir / LOCK).write_bytes(lock_before)
+                with atomic_file(repo_dir / LOCK, "wb") as f:
+                    f.write(lock_before)
+
+        try:
+            for p in tracked:  # keep what is here, to put back on refusal
+                if (repo_dir / p).exists():
+                    (backup / p).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.move(repo_dir / p, backup / p)
+            ours = load_yaml(repo_dir / LOCK) if lock_before is not None else {"schema": "2.0", "stages": {}}
+            ours.setdefault("stages", {}).update(entries)
+            new_lock = backup / LOCK
+            dump_yaml(new_lock, ours)  # DVC's own lock-file layout
+            with atomic_file(repo_dir / LOCK, "wb") as f:
+                f.write(new_lock.read_bytes())
+            for p in tracked:
+                src, dst = lane / p, repo_dir / p
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+            landed_outs = {o["path"] for e in entries.values() for o in e.get("outs", [])}
+            problems = _problems(Repo(str(repo_dir)).status(targets=sorted(entries)), landed_outs)
+        except BaseException:  # an error or Ctrl-C half way: leave the worktree as it was
+            put_back()
+            raise
+        if problems:
+            put_back()
             lines = "; ".join(f"{name}: {changes}" for name, changes in sorted(problems.items()))
             raise TsrecError(f"{lane / LOCK}: entries do not hold in {repo_dir} (nothing landed): {lines}")
     for name in sorted(entries):
