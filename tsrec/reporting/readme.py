@@ -42,7 +42,7 @@ def readme_block(results: Path, datasets: list[str], variants: list[str], seed: 
         if ours and best:
             a, b = ours.mean_ci(MAIN)[0], best.runs.mean_ci(MAIN)[0]
             mine = (f"here: `tsrec` {100 * (a / b - 1):+.1f} % vs the best baseline, {best.label}, "
-                    f"mean of {len(ours.seeds)} seeds")
+                    + (f"mean of {len(ours.seeds)} seeds" if len(ours.seeds) > 1 else "one seed"))
             claim = "; ".join(x for x in (claim, mine) if x)
         out += [f"**{ds}** ({claim})", "", pd.DataFrame(recs).to_markdown(index=False, disable_numparse=True), ""]
     return "\n".join(out).rstrip() + "\n"
