@@ -135,7 +135,7 @@ class RLTasks:
 @dataclasses.dataclass
 class RLConfig:
     # the RL runs (dvc stages rl / evaluate_rl): datasets x variants x seeds, each a subset of the train matrix's
-    datasets: list[str] = dataclasses.field(default_factory=lambda: ["Industrial_and_Scientific"])
+    datasets: list[str] = dataclasses.field(default_factory=lambda: ["Industrial_and_Scientific", "Office_Products"])
     variants: list[str] = dataclasses.field(default_factory=lambda: ["sft", "tsrec"])  # SFT runs to start from
     seeds: list[int] = dataclasses.field(default_factory=lambda: [42])
     tasks: RLTasks = dataclasses.field(default_factory=RLTasks)
