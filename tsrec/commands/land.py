@@ -115,7 +115,8 @@ def land(repo_dir: Path, lane: Path, runs: list[str], stages: list[str] | None =
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
             landed_outs = {o["path"] for e in entries.values() for o in e.get("outs", [])}
-            problems = _problems(Repo(str(repo_dir)).status(targets=sorted(entries)), landed_outs)
+            fresh = Repo(str(repo_dir))  # a new Repo: the first one may hold the lock file it read before the update
+            problems = _problems(fresh.status(targets=sorted(entries)), landed_outs)
         except BaseException:  # an error or Ctrl-C half way: leave the worktree as it was
             put_back()
             raise
